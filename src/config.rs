@@ -1,0 +1,394 @@
+//! Job configuration: TOML with defaults, environment overrides and validation.
+//!
+//! A config file is read in three steps, each of which can only make it more
+//! specific:
+//!
+//! 1. the TOML file (every key is optional and has a documented default);
+//! 2. environment overrides `K2__<SECTION>__<KEY>=value`, for example
+//!    `K2__KAFKA__BROKERS=10.0.0.1:9092` or `K2__JOB__EPOCH_MS=100`; the value
+//!    is read as a TOML value when it parses as one, else as a string;
+//! 3. validation of the result.
+//!
+//! Unknown keys are rejected rather than ignored, and every error names the key
+//! (`config `job.epoch_ms`: invalid type: string "x", expected u64`), so a
+//! typo cannot silently fall back to a default.
+
+use crate::error::{Error, Result};
+use crate::record::Exchange;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A whole job's configuration.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Job identity and progress settings.
+    pub job: JobConfig,
+    /// The Kafka cluster and topics.
+    pub kafka: KafkaConfig,
+    /// Event-time settings of the source.
+    pub source: SourceConfig,
+    /// Dedup settings.
+    pub dedup: DedupConfig,
+    /// The Iceberg catalog and warehouse.
+    pub iceberg: IcebergConfig,
+    /// Where checkpoints live.
+    pub checkpoint: CheckpointConfig,
+}
+
+/// `[job]`: identity and progress.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobConfig {
+    /// The job's name: it keys checkpoints and appears in every snapshot
+    /// summary as `k2.job`. Two runs with the same name are the same job.
+    pub name: String,
+    /// Epoch length in ms. Epochs are the unit of consistency: shorter epochs
+    /// mean lower commit latency and more, smaller files.
+    pub epoch_ms: u64,
+    /// Minimum time between Iceberg commits, in ms. A commit covers every
+    /// complete epoch since the previous one.
+    pub commit_interval_ms: u64,
+    /// `continuous` (run until SIGINT/SIGTERM) or `bounded` (stop at the end
+    /// offsets seen at start).
+    pub mode: RunMode,
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        JobConfig {
+            name: "bronze".into(),
+            epoch_ms: 200,
+            commit_interval_ms: 1000,
+            mode: RunMode::Continuous,
+        }
+    }
+}
+
+/// How long a job runs.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RunMode {
+    /// Until SIGINT/SIGTERM, then a clean final commit.
+    Continuous,
+    /// Until the end offsets seen at start, then a final commit and exit.
+    Bounded,
+}
+
+/// `[kafka]`: the cluster and the topics.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Topic of each exchange's trade feed.
+    pub topics: TopicsConfig,
+    /// Most messages one worker polls per activation before yielding.
+    pub poll_batch: usize,
+    /// Extra librdkafka consumer properties, passed through unchanged.
+    pub consumer: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topics: TopicsConfig::default(),
+            poll_batch: 4096,
+            consumer: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[kafka.topics]`: one topic per exchange.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    /// Binance `trade` events.
+    pub binance: String,
+    /// Kraken v2 `trade` channel messages.
+    pub kraken: String,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            binance: "market.crypto.trades.binance".into(),
+            kraken: "market.crypto.trades.kraken".into(),
+        }
+    }
+}
+
+impl TopicsConfig {
+    /// `(exchange, topic)` pairs in a fixed order; the index in this list is
+    /// the topic number carried in [`crate::record::SourcePosition::topic`].
+    pub fn list(&self) -> Vec<(Exchange, String)> {
+        vec![
+            (Exchange::Binance, self.binance.clone()),
+            (Exchange::Kraken, self.kraken.clone()),
+        ]
+    }
+}
+
+/// `[source]`: event-time progress.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    /// Allowed out-of-orderness: a partition's watermark is the largest event
+    /// time it has shown minus this.
+    pub max_out_of_orderness_ms: u64,
+    /// A partition that is caught up and has shown nothing for this long stops
+    /// holding the watermark back (see `source::kafka` for the policy).
+    pub idle_timeout_ms: u64,
+    /// Where a job without a checkpoint starts: `earliest` or `latest`.
+    pub start: StartPosition,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            max_out_of_orderness_ms: 2000,
+            idle_timeout_ms: 2000,
+            start: StartPosition::Earliest,
+        }
+    }
+}
+
+/// Where a fresh job starts reading.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StartPosition {
+    /// The oldest retained message.
+    Earliest,
+    /// Only messages produced after the start.
+    Latest,
+}
+
+/// `[dedup]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupConfig {
+    /// How long, in event time, a message id is remembered.
+    pub ttl_ms: u64,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig { ttl_ms: 600_000 }
+    }
+}
+
+/// `[iceberg]`: catalog and warehouse.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IcebergConfig {
+    /// Catalog name; outside readers must use the same one.
+    pub catalog_name: String,
+    /// Warehouse folder (relative paths are taken from the working directory).
+    pub warehouse: PathBuf,
+    /// SQL catalog URI; defaults to a SQLite file `catalog.db` in the warehouse.
+    pub catalog_uri: Option<String>,
+    /// Namespace of the job's tables.
+    pub namespace: String,
+    /// Data files are rolled at this size, as well as at every commit.
+    pub target_file_size_bytes: u64,
+}
+
+impl Default for IcebergConfig {
+    fn default() -> Self {
+        IcebergConfig {
+            catalog_name: "k2".into(),
+            warehouse: PathBuf::from(".k2/warehouse"),
+            catalog_uri: None,
+            namespace: "market_data".into(),
+            target_file_size_bytes: 128 * 1024 * 1024,
+        }
+    }
+}
+
+impl IcebergConfig {
+    /// The warehouse as an absolute path.
+    pub fn warehouse_abs(&self) -> PathBuf {
+        absolute(&self.warehouse)
+    }
+
+    /// The catalog URI, defaulted from the warehouse.
+    pub fn catalog_uri(&self) -> String {
+        match &self.catalog_uri {
+            Some(uri) => uri.clone(),
+            None => format!(
+                "sqlite:{}?mode=rwc",
+                self.warehouse_abs().join("catalog.db").display()
+            ),
+        }
+    }
+}
+
+/// `[checkpoint]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Folder for manifests and operator state; every process must reach it.
+    pub dir: PathBuf,
+    /// How many manifests to keep.
+    pub keep: usize,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            dir: PathBuf::from(".k2/checkpoints"),
+            keep: 10,
+        }
+    }
+}
+
+impl CheckpointConfig {
+    /// This job's checkpoint folder, absolute.
+    pub fn job_dir(&self, job: &str) -> PathBuf {
+        absolute(&self.dir).join(job)
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+/// The prefix of environment overrides.
+pub const ENV_PREFIX: &str = "K2__";
+
+impl Config {
+    /// Reads `path`, applies the process environment's overrides, validates.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("read config", path, e))?;
+        Self::from_toml_with_env(&text, std::env::vars())
+            .map_err(|e| match e {
+                Error::Config { key, message } => Error::config(key, format!("{message} (in {})", path.display())),
+                other => other,
+            })
+    }
+
+    /// Parses `text`, applies overrides from `env` (only `K2__*` variables are
+    /// read), validates.
+    pub fn from_toml_with_env(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config> {
+        let mut value: toml::Table = toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            Error::config("<file>", msg)
+        })?;
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            if path.iter().any(|p| p.is_empty()) {
+                return Err(Error::config(name, "malformed override name; use K2__SECTION__KEY"));
+            }
+            let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(raw.clone()));
+            set_path(&mut value, &path, parsed).map_err(|m| Error::config(path.join("."), m))?;
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|e| {
+            let key = e.path().to_string();
+            Error::config(key, e.into_inner().message().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<()> {
+        let job = &self.job;
+        if job.name.is_empty() || !job.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(Error::config("job.name", format!("`{}` must be non-empty [A-Za-z0-9_-]", job.name)));
+        }
+        if job.epoch_ms == 0 {
+            return Err(Error::config("job.epoch_ms", "must be > 0"));
+        }
+        if job.commit_interval_ms < job.epoch_ms {
+            return Err(Error::config(
+                "job.commit_interval_ms",
+                format!("{} is shorter than job.epoch_ms ({})", job.commit_interval_ms, job.epoch_ms),
+            ));
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(Error::config("kafka.brokers", "must not be empty"));
+        }
+        if self.kafka.poll_batch == 0 {
+            return Err(Error::config("kafka.poll_batch", "must be > 0"));
+        }
+        if self.kafka.topics.binance == self.kafka.topics.kraken {
+            return Err(Error::config("kafka.topics.kraken", "must differ from kafka.topics.binance"));
+        }
+        if self.iceberg.namespace.is_empty() {
+            return Err(Error::config("iceberg.namespace", "must not be empty"));
+        }
+        if self.checkpoint.keep == 0 {
+            return Err(Error::config("checkpoint.keep", "must be >= 1"));
+        }
+        Ok(())
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> std::result::Result<(), String> {
+    let (last, parents) = path.split_last().expect("non-empty path");
+    let mut cur = table;
+    for p in parents {
+        let entry = cur.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry.as_table_mut().ok_or_else(|| format!("`{p}` is not a table"))?;
+    }
+    cur.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config> {
+        Config::from_toml_with_env(text, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(parse("", &[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("[job]\nepochs_ms = 5\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("epochs_ms"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = parse("[job]\nepoch_ms = \"fast\"\n", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("config `job.epoch_ms`"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_apply_and_are_typed() {
+        let c = parse("[job]\nepoch_ms = 5\ncommit_interval_ms = 5\n", &[
+            ("K2__JOB__EPOCH_MS", "3"),
+            ("K2__KAFKA__BROKERS", "h:1"),
+            ("UNRELATED", "x"),
+        ])
+        .unwrap();
+        assert_eq!(c.job.epoch_ms, 3);
+        assert_eq!(c.kafka.brokers, "h:1");
+        let e = parse("", &[("K2__JOB__NOPE", "1")]).unwrap_err().to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let e = parse("[job]\nepoch_ms = 0\n", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("config `job.epoch_ms`"), "{e}");
+        let e = parse("[job]\ncommit_interval_ms = 10\n", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("config `job.commit_interval_ms`"), "{e}");
+    }
+}

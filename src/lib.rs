@@ -1,0 +1,13 @@
+//! # K2 Stream
+//!
+//! Exactly-once streaming from Kafka into Apache Iceberg, on timely dataflow.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod feed;
+pub mod operators;
+pub mod record;
+pub mod source;
+pub mod time;

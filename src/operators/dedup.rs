@@ -1,0 +1,259 @@
+//! Dedup by key, with a time-to-live in event time.
+//!
+//! Exchanges and collectors re-send messages (redundant collectors, producer
+//! retries). `dedup` passes the first occurrence of each key through at once
+//! and drops later ones. A key is remembered until the input frontier's event
+//! time passes the key's own event time plus the TTL: from then on no on-time
+//! record can carry it (see [`crate::time`]), so the state can go.
+//!
+//! Records are routed to workers by a hash of the key, so all occurrences of a
+//! key meet at one worker whatever the number of workers.
+
+use crate::time::{Time, event_frontier};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+
+/// What dedup needs to know about a record.
+pub trait DedupKey {
+    /// The identity of the record: equal keys are duplicates.
+    fn dedup_key(&self) -> &str;
+    /// The record's own event time, ms since the Unix epoch.
+    fn event_ms(&self) -> u64;
+}
+
+impl DedupKey for crate::record::Trade {
+    fn dedup_key(&self) -> &str {
+        &self.message_id
+    }
+    fn event_ms(&self) -> u64 {
+        (self.event_us.max(0) / 1000) as u64
+    }
+}
+
+/// Counts kept by a dedup operator, shared by all its workers in a process.
+#[derive(Debug, Default)]
+pub struct DedupStats {
+    /// Records passed through (first occurrences).
+    pub passed: AtomicU64,
+    /// Records dropped as duplicates.
+    pub dropped: AtomicU64,
+    /// Keys forgotten because their TTL passed.
+    pub evicted: AtomicU64,
+}
+
+/// Drops repeated records, remembering keys for `ttl_ms` of event time.
+pub trait Dedup<'scope, D> {
+    /// Passes the first record of each key, drops the rest. `stats` counts both.
+    ///
+    /// # Examples
+    /// ```
+    /// use k2::operators::{Dedup, DedupKey};
+    /// use k2::time::Time;
+    /// use timely::dataflow::operators::{Inspect, vec::ToStream};
+    ///
+    /// #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+    /// struct Msg(String, u64);
+    /// impl DedupKey for Msg {
+    ///     fn dedup_key(&self) -> &str { &self.0 }
+    ///     fn event_ms(&self) -> u64 { self.1 }
+    /// }
+    ///
+    /// timely::execute_directly(|worker| {
+    ///     worker.dataflow::<Time, _, _>(|scope| {
+    ///         vec![Msg("a".into(), 1), Msg("b".into(), 2), Msg("a".into(), 3)]
+    ///             .to_stream(scope)
+    ///             .dedup(60_000, Default::default())
+    ///             .inspect(|m| assert_ne!((m.0.as_str(), m.1), ("a", 3)));
+    ///     });
+    /// });
+    /// ```
+    fn dedup(self, ttl_ms: u64, stats: Arc<DedupStats>) -> Stream<'scope, Time, Vec<D>>;
+}
+
+fn hash_key(key: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
+}
+
+impl<'scope, D> Dedup<'scope, D> for Stream<'scope, Time, Vec<D>>
+where
+    D: DedupKey + timely::ExchangeData,
+{
+    fn dedup(self, ttl_ms: u64, stats: Arc<DedupStats>) -> Stream<'scope, Time, Vec<D>> {
+        let pact = Exchange::new(|d: &D| hash_key(d.dedup_key()));
+        self.unary_frontier(pact, "Dedup", move |_cap, _info| {
+            // key -> expiry (event ms); expiry -> keys, for eviction in order.
+            let mut seen: HashMap<String, u64> = HashMap::new();
+            let mut expiries: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+            move |(input, frontier), output| {
+                input.for_each_stamp(|cap, data| {
+                    let mut session = output.session(&cap);
+                    let (mut passed, mut dropped) = (0, 0);
+                    for batch in data {
+                        for record in batch.drain(..) {
+                            let key = record.dedup_key();
+                            if seen.contains_key(key) {
+                                dropped += 1;
+                                continue;
+                            }
+                            let expiry = record.event_ms().saturating_add(ttl_ms);
+                            seen.insert(key.to_owned(), expiry);
+                            expiries.entry(expiry).or_default().push(key.to_owned());
+                            passed += 1;
+                            session.give(record);
+                        }
+                    }
+                    stats.passed.fetch_add(passed, Ordering::Relaxed);
+                    stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+                });
+                // Forget keys whose expiry the event-time frontier has reached.
+                let horizon = event_frontier(frontier.frontier().iter());
+                while let Some(entry) = expiries.first_entry() {
+                    if *entry.key() > horizon {
+                        break;
+                    }
+                    let keys = entry.remove();
+                    stats.evicted.fetch_add(keys.len() as u64, Ordering::Relaxed);
+                    for k in keys {
+                        seen.remove(&k);
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    use timely::dataflow::operators::Inspect;
+    use timely::dataflow::operators::generic::operator::source;
+
+    #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+    struct Rec {
+        key: String,
+        event: u64,
+        seq: u64,
+    }
+    impl DedupKey for Rec {
+        fn dedup_key(&self) -> &str {
+            &self.key
+        }
+        fn event_ms(&self) -> u64 {
+            self.event
+        }
+    }
+
+    /// A random input: keys from a small space (so duplicates are common),
+    /// split into per-worker batches at increasing times.
+    fn input(seed: u64, n: usize) -> Vec<(Time, Rec)> {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let keys = rng.random_range(1..n as u64 / 2 + 2);
+        (0..n as u64)
+            .map(|seq| {
+                let t = Time::new(seq / 7, seq);
+                (t, Rec { key: format!("k{}", rng.random_range(0..keys)), event: seq, seq })
+            })
+            .collect()
+    }
+
+    /// The sequential model: the first record of each key, in input order.
+    fn oracle(input: &[(Time, Rec)]) -> Vec<Rec> {
+        let mut seen = HashSet::new();
+        let mut out: Vec<Rec> = input.iter().filter(|(_, r)| seen.insert(r.key.clone())).map(|(_, r)| r.clone()).collect();
+        out.sort();
+        out
+    }
+
+    /// Runs dedup on `workers` threads. Each worker feeds the records whose
+    /// key hashes to it, in input order, so "first" is well defined whatever
+    /// the routing: this mirrors Kafka, where one key stays in one partition.
+    fn run(workers: usize, data: Vec<(Time, Rec)>, ttl: u64) -> Vec<Rec> {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let out2 = out.clone();
+        let data = Arc::new(data);
+        timely::execute(timely::Config::process(workers), move |worker| {
+            let (index, peers) = (worker.index(), worker.peers());
+            let mine: Vec<(Time, Rec)> = data.iter().filter(|(_, r)| (hash_key(&r.key) as usize / 3) % peers == index).cloned().collect();
+            let out = out2.clone();
+            worker.dataflow::<Time, _, _>(|scope| {
+                let activator_scope = scope;
+                source(scope, "Input", move |cap, info| {
+                    let activator = activator_scope.activator_for(info.address);
+                    let mut cap = Some(cap);
+                    let mut pos = 0;
+                    move |output| {
+                        if let Some(c) = cap.as_mut() {
+                            // A few records per activation, to interleave with other workers.
+                            for _ in 0..3 {
+                                if pos == mine.len() {
+                                    break;
+                                }
+                                let (t, r) = mine[pos].clone();
+                                c.downgrade(&t);
+                                pos += 1;
+                                if r.key.is_empty() {
+                                    // A pause: let progress reach dedup before going on.
+                                    break;
+                                }
+                                output.session(&*c).give(r);
+                            }
+                            if pos == mine.len() {
+                                cap = None;
+                            } else {
+                                activator.activate();
+                            }
+                        }
+                    }
+                })
+                .dedup(ttl, Default::default())
+                .inspect(move |r: &Rec| out.lock().unwrap().push(r.clone()));
+            });
+        })
+        .unwrap();
+        let mut v = out.lock().unwrap().clone();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn matches_sequential_oracle_on_1_2_4_workers() {
+        for seed in 0..24 {
+            let data = input(seed, 300);
+            let expected = oracle(&data);
+            for workers in [1, 2, 4] {
+                assert_eq!(run(workers, data.clone(), u64::MAX / 2), expected, "seed {seed}, {workers} workers");
+            }
+        }
+    }
+
+    #[test]
+    fn keys_are_forgotten_after_the_ttl() {
+        // Empty keys are pauses in the input (see `run`).
+        // "a" at event 0 with a TTL of 10 is forgotten once the frontier's
+        // event time reaches 10, so "a" at event 50 passes again; "b" repeats
+        // within its TTL and is dropped.
+        let rec = |key: &str, event| Rec { key: key.into(), event, seq: event };
+        let data = vec![
+            (Time::new(0, 0), rec("a", 0)),
+            (Time::new(0, 0), rec("b", 0)),
+            (Time::new(1, 5), rec("b", 5)),
+        ];
+        let mut data = data;
+        data.extend((0..5).map(|_| (Time::new(2, 50), rec("", 50))));
+        data.push((Time::new(2, 50), rec("a", 50)));
+        let got: Vec<(String, u64)> = run(1, data, 10).into_iter().map(|r| (r.key, r.event)).collect();
+        assert_eq!(got, vec![("a".into(), 0), ("a".into(), 50), ("b".into(), 0)]);
+    }
+}

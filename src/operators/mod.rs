@@ -1,0 +1,10 @@
+//! The operator vocabulary of K2 dataflows.
+//!
+//! Each operator is an extension trait on timely streams, one per file, named
+//! after its verb (`Dedup::dedup`). They are re-exported here, so this file is
+//! the whole vocabulary. Operators emit results as soon as their inputs allow
+//! (event at a time); frontiers only decide when state may be forgotten.
+
+pub mod dedup;
+
+pub use dedup::{Dedup, DedupKey};

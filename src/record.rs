@@ -1,0 +1,165 @@
+//! The records that flow through every K2 dataflow.
+//!
+//! All exchanges are normalized into one [`Trade`] shape, so that operators and
+//! sinks never care where a trade came from. Two choices here are deliberate:
+//!
+//! * **Symbols** use one convention, `BASE/QUOTE` in upper case (`BTC/USDT`,
+//!   `BTC/USD`), which is what Kraken v2 already sends. Binance's `BTCUSDT` is
+//!   split on a known list of quote assets. The exchange's own spelling is kept
+//!   in [`Trade::native_symbol`].
+//! * **Prices and quantities are exact decimals**: a [`Decimal`] is an `i128`
+//!   scaled by 10^18 (Iceberg `decimal(38, 18)`). Exchanges send decimal text
+//!   (Binance) or JSON numbers (Kraken) with up to 10 fractional digits for
+//!   micro-priced coins, so a fixed 8-digit scale would lose information, and
+//!   floats would not round-trip the exchange's own text. 18 digits covers every
+//!   listed instrument, and 20 integer digits covers every price.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Number of fractional digits carried by a [`Decimal`].
+pub const DECIMAL_SCALE: u32 = 18;
+
+/// An exact decimal: `value / 10^18`. See the module docs for why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+pub struct Decimal(pub i128);
+
+impl Decimal {
+    /// 10^18, the scale factor.
+    pub const ONE: i128 = 1_000_000_000_000_000_000;
+
+    /// The value as an `f64`, for analytics where exactness is not needed.
+    pub fn to_f64(self) -> f64 {
+        self.0 as f64 / Self::ONE as f64
+    }
+}
+
+impl fmt::Display for Decimal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let neg = self.0 < 0;
+        let abs = self.0.unsigned_abs();
+        let int = abs / Self::ONE as u128;
+        let frac = abs % Self::ONE as u128;
+        if neg {
+            write!(f, "-")?;
+        }
+        if frac == 0 {
+            return write!(f, "{int}");
+        }
+        let digits = format!("{frac:018}");
+        write!(f, "{int}.{}", digits.trim_end_matches('0'))
+    }
+}
+
+/// The exchanges K2 decodes natively.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Exchange {
+    /// Binance spot, `trade` stream events.
+    Binance,
+    /// Kraken WebSocket v2, `trade` channel messages.
+    Kraken,
+}
+
+impl Exchange {
+    /// Lower-case name, used in message ids and table names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Exchange::Binance => "binance",
+            Exchange::Kraken => "kraken",
+        }
+    }
+
+    /// All exchanges, in a fixed order.
+    pub const ALL: [Exchange; 2] = [Exchange::Binance, Exchange::Kraken];
+}
+
+impl fmt::Display for Exchange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Exchange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "binance" => Ok(Exchange::Binance),
+            "kraken" => Ok(Exchange::Kraken),
+            other => Err(format!("unknown exchange `{other}` (expected binance or kraken)")),
+        }
+    }
+}
+
+/// The taker's side of a trade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Side {
+    /// The taker bought (lifted the ask).
+    Buy,
+    /// The taker sold (hit the bid).
+    Sell,
+}
+
+impl Side {
+    /// `"buy"` or `"sell"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Buy => "buy",
+            Side::Sell => "sell",
+        }
+    }
+}
+
+/// Where a record was read from: enough to find it again in Kafka.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SourcePosition {
+    /// Index of the topic in the job's topic list (see the source config).
+    pub topic: u16,
+    /// Kafka partition.
+    pub partition: i32,
+    /// Kafka offset.
+    pub offset: i64,
+    /// The Kafka message timestamp (producer create time), ms since the Unix epoch.
+    pub kafka_ts_ms: i64,
+    /// When K2 read the message, µs since the Unix epoch.
+    pub ingest_us: i64,
+}
+
+/// One normalized trade.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Trade {
+    /// Deterministic id: `{exchange}:{native_symbol}:{trade_id}`. Exchanges
+    /// number trades per instrument, so this is unique and stable across
+    /// re-deliveries, which is what dedup keys on.
+    pub message_id: String,
+    /// The exchange the trade happened on.
+    pub exchange: Exchange,
+    /// Normalized symbol, `BASE/QUOTE`.
+    pub symbol: String,
+    /// The exchange's own spelling of the symbol.
+    pub native_symbol: String,
+    /// The exchange's trade id.
+    pub trade_id: u64,
+    /// Price, exact.
+    pub price: Decimal,
+    /// Quantity in base units, exact.
+    pub quantity: Decimal,
+    /// Taker side.
+    pub side: Side,
+    /// Trade time at the exchange, µs since the Unix epoch.
+    pub event_us: i64,
+    /// Where the trade was read from.
+    pub source: SourcePosition,
+}
+
+/// A message that could not be decoded: kept whole, with the reason.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Where the message was read from.
+    pub source: SourcePosition,
+    /// Why it was rejected, for a human.
+    pub reason: String,
+    /// The message key, as received.
+    pub key: Option<Vec<u8>>,
+    /// The message payload, as received.
+    pub payload: Vec<u8>,
+}

@@ -1,0 +1,3 @@
+//! The Kafka source: partition assignment, polling, progress and decoding.
+
+pub mod decode;

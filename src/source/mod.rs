@@ -1,0 +1,3 @@
+//! Sources: where records enter a dataflow.
+
+pub mod kafka;

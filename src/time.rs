@@ -1,0 +1,147 @@
+//! The K2 timestamp: a consistency epoch and an event time, partially ordered.
+//!
+//! Consistency and event time are separate concerns, and one partially ordered
+//! timestamp carries both through timely's progress tracking:
+//!
+//! * [`Time::epoch`] decides *consistency*, the way Flink's checkpoint barriers
+//!   do. Sources tick epochs from the wall clock (`epoch = now / period`, the
+//!   same rule on every worker), and a sink may commit epoch `e` once no element
+//!   of its input frontier has an epoch `<= e` (see [`epoch_complete`]).
+//! * [`Time::event`] decides *windows*, the way Flink's watermarks do. It is
+//!   the event-time watermark (milliseconds since the Unix epoch) under which a
+//!   record was emitted. An operator may forget state for event times `< W` once
+//!   every frontier element has an event part `>= W` (see [`event_frontier`]).
+//!
+//! The order is the product order: `a <= b` iff both parts are `<=`. Frontiers
+//! therefore often hold several incomparable elements, and both checks above
+//! read all of them.
+//!
+//! `timely::order::Product` would order the same way, but it cannot be a
+//! dataflow's top-level timestamp (it does not refine `()`), and named fields
+//! read better than `outer`/`inner`.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use timely::PartialOrder;
+use timely::order::Empty;
+use timely::progress::timestamp::{PathSummary, Refines, Timestamp};
+
+/// A dataflow timestamp: `(epoch, event-time watermark in ms)`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct Time {
+    /// The consistency epoch.
+    pub epoch: u64,
+    /// The event-time watermark, ms since the Unix epoch.
+    pub event: u64,
+}
+
+impl Time {
+    /// Creates a timestamp.
+    pub const fn new(epoch: u64, event: u64) -> Self {
+        Time { epoch, event }
+    }
+}
+
+impl fmt::Debug for Time {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.event == u64::MAX {
+            write!(f, "({}, MAX)", self.epoch)
+        } else {
+            write!(f, "({}, {})", self.epoch, self.event)
+        }
+    }
+}
+
+impl PartialOrder for Time {
+    #[inline]
+    fn less_equal(&self, other: &Self) -> bool {
+        self.epoch <= other.epoch && self.event <= other.event
+    }
+}
+
+impl Empty for Time {}
+
+impl Timestamp for Time {
+    type Summary = Time;
+    fn minimum() -> Self {
+        Time::new(0, 0)
+    }
+}
+
+/// Summaries add component-wise; K2 dataflows have no loops, so they are
+/// only ever the identity, but timely needs the arithmetic to be defined.
+impl PathSummary<Time> for Time {
+    #[inline]
+    fn results_in(&self, src: &Time) -> Option<Time> {
+        Some(Time::new(
+            self.epoch.checked_add(src.epoch)?,
+            self.event.checked_add(src.event)?,
+        ))
+    }
+    #[inline]
+    fn followed_by(&self, other: &Time) -> Option<Time> {
+        self.results_in(other)
+    }
+}
+
+impl Refines<()> for Time {
+    fn to_inner(_: ()) -> Time {
+        Time::minimum()
+    }
+    fn to_outer(self) {}
+    fn summarize(_: Time) {}
+}
+
+impl differential_dataflow::lattice::Lattice for Time {
+    #[inline]
+    fn join(&self, other: &Self) -> Self {
+        Time::new(self.epoch.max(other.epoch), self.event.max(other.event))
+    }
+    #[inline]
+    fn meet(&self, other: &Self) -> Self {
+        Time::new(self.epoch.min(other.epoch), self.event.min(other.event))
+    }
+}
+
+/// True when no element of `frontier` has an epoch `<= epoch`: every record of
+/// that epoch (and earlier ones) has been seen, so the epoch may be committed.
+pub fn epoch_complete<'a>(frontier: impl IntoIterator<Item = &'a Time>, epoch: u64) -> bool {
+    !frontier.into_iter().any(|t| t.epoch <= epoch)
+}
+
+/// The least event-time part over `frontier`: state for event times below it
+/// will never be needed by an on-time record again. An empty frontier (the
+/// input is finished) gives `u64::MAX`.
+pub fn event_frontier<'a>(frontier: impl IntoIterator<Item = &'a Time>) -> u64 {
+    frontier.into_iter().map(|t| t.event).min().unwrap_or(u64::MAX)
+}
+
+/// The least epoch over `frontier`, or `None` when it is empty (finished).
+pub fn epoch_frontier<'a>(frontier: impl IntoIterator<Item = &'a Time>) -> Option<u64> {
+    frontier.into_iter().map(|t| t.epoch).min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn product_order() {
+        let a = Time::new(1, 10);
+        assert!(a.less_equal(&Time::new(1, 10)));
+        assert!(a.less_equal(&Time::new(2, 10)));
+        assert!(!a.less_equal(&Time::new(2, 9)));
+        assert!(!Time::new(2, 9).less_equal(&a));
+    }
+
+    #[test]
+    fn frontier_checks_read_every_element() {
+        let f = [Time::new(4, u64::MAX), Time::new(7, 84869), Time::new(8, 84864)];
+        assert!(epoch_complete(&f, 3));
+        assert!(!epoch_complete(&f, 4));
+        assert_eq!(event_frontier(&f), 84864);
+        assert_eq!(epoch_frontier(&f), Some(4));
+        assert!(epoch_complete(&[], 1_000));
+        assert_eq!(event_frontier(&[]), u64::MAX);
+    }
+}
