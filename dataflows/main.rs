@@ -1,1 +1,92 @@
-fn main() {}
+//! The `k2` command: run dataflows, produce feeds, run the demo.
+#![forbid(unsafe_code)]
+
+mod bronze;
+mod demo;
+mod produce;
+mod registry;
+
+use anyhow::{Context, Result, anyhow};
+use clap::{Parser, Subcommand};
+use k2::config::{Config, RunMode};
+use k2::launch::{RunOptions, TimelyArgs};
+use std::path::PathBuf;
+
+/// K2 Stream: exactly-once Kafka → Iceberg streaming on timely dataflow.
+#[derive(Parser)]
+#[command(name = "k2", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a named dataflow (see `k2 dataflows`).
+    #[command(disable_help_flag = true)]
+    Run(RunArgs),
+    /// Produce a deterministic two-exchange trade feed into Kafka.
+    Produce(produce::ProduceArgs),
+    /// Start a local broker if needed, produce a few seconds of market data,
+    /// run bronze on 2 workers and print what happened.
+    Demo(demo::DemoArgs),
+    /// List the dataflows.
+    Dataflows,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The dataflow to run.
+    dataflow: String,
+    /// The job's TOML config.
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+    /// Stop at the end offsets seen at start (overrides `job.mode`).
+    #[arg(long)]
+    bounded: bool,
+    #[command(flatten)]
+    timely: TimelyArgs,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,iceberg=warn,sqlx=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = real_main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            let dataflow = registry::lookup(&args.dataflow)
+                .ok_or_else(|| anyhow!("unknown dataflow `{}`; known:\n{}", args.dataflow, registry::listing()))?;
+            let mut config = Config::load(&args.config)?;
+            if args.bounded {
+                config.job.mode = RunMode::Bounded;
+            }
+            let report = k2::launch::run(dataflow, config, &args.timely, RunOptions::default())?;
+            println!("{}", serde_json::to_string(&demo::report_json(&report)).context("report")?);
+            Ok(())
+        }
+        Command::Produce(args) => {
+            produce::produce(&args)?;
+            Ok(())
+        }
+        Command::Demo(args) => demo::demo(&args),
+        Command::Dataflows => {
+            println!("{}", registry::listing());
+            Ok(())
+        }
+    }
+}

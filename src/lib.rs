@@ -7,7 +7,9 @@
 pub mod config;
 pub mod error;
 pub mod feed;
+pub mod launch;
 pub mod operators;
 pub mod record;
+pub mod sink;
 pub mod source;
 pub mod time;

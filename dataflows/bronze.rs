@@ -1,0 +1,42 @@
+//! `bronze`: every exchange's trades, deduplicated, into Iceberg, exactly once.
+//!
+//! Kafka (Binance and Kraken topics) → decode → dedup by message id →
+//! `bronze_binance_trades` / `bronze_kraken_trades`; undecodable messages →
+//! `dead_letters`. All three tables are committed together, one cut per commit
+//! group, with the source offsets of the cut.
+
+use k2::error::Result;
+use k2::launch::{Dataflow, JobContext, TableKind};
+use k2::operators::Dedup;
+use k2::record::{DeadLetter, Exchange, Trade};
+use k2::sink::iceberg::WriteIceberg;
+use k2::time::Time;
+use timely::dataflow::Scope;
+use timely::dataflow::operators::Concat;
+use timely::dataflow::operators::vec::Partition;
+
+/// The bronze dataflow.
+pub const BRONZE: Dataflow = Dataflow {
+    name: "bronze",
+    about: "raw trades of every exchange, deduplicated, into Iceberg bronze tables",
+    tables: &[
+        ("bronze_binance_trades", TableKind::Trades),
+        ("bronze_kraken_trades", TableKind::Trades),
+        ("dead_letters", TableKind::DeadLetters),
+    ],
+    build,
+};
+
+fn build<'scope>(ctx: &JobContext, scope: Scope<'scope, Time>) -> Result<()> {
+    let source = ctx.kafka_source(scope)?;
+    let trades = source.trades.dedup(ctx.config.dedup.ttl_ms, ctx.dedup_stats.clone());
+    let mut by_exchange = trades.partition(2, |t: Trade| (if t.exchange == Exchange::Binance { 0 } else { 1 }, t));
+    let kraken = by_exchange.pop().expect("two outputs");
+    let binance = by_exchange.pop().expect("two outputs");
+    let staged = binance
+        .write_iceberg(ctx.table_writer::<Trade>("bronze_binance_trades"))
+        .concat(kraken.write_iceberg(ctx.table_writer::<Trade>("bronze_kraken_trades")))
+        .concat(source.dead_letters.write_iceberg(ctx.table_writer::<DeadLetter>("dead_letters")));
+    ctx.commit(staged, source.progress);
+    Ok(())
+}

@@ -1,0 +1,384 @@
+//! Launching a job: timely configuration, the shared job context, and the run loop.
+//!
+//! [`run`] does, in order:
+//! 1. open the Iceberg catalog and create the dataflow's tables;
+//! 2. find where to resume: the newest cut committed by this job (its
+//!    `k2.epoch` and `k2.offsets` snapshot summary);
+//! 3. plan the Kafka partitions and their offsets (once, for all workers);
+//! 4. start the timely workers, each building the dataflow with a
+//!    [`JobContext`], and step them until the dataflow is done;
+//! 5. wait for the last commit and report.
+//!
+//! All bridging between tokio (iceberg's async API, signals) and the timely
+//! workers is here and in the sink's committer thread: workers call
+//! `Handle::block_on` only to write their own data files.
+
+pub mod timely_args;
+
+use crate::config::{Config, RunMode};
+use crate::error::{Error, Result};
+use crate::operators::dedup::DedupStats;
+use crate::record::{DeadLetter, Trade};
+use crate::sink::iceberg::committer::{CommitSpec, CommitStats};
+use crate::sink::iceberg::writer::TableWriter;
+use crate::sink::iceberg::{CommitGroups, JobCatalog, OffsetReport, RowContext, StagedFiles, TableRow};
+use crate::source::kafka::{SourcePlan, SourceSpec, SourceStats, SourceStreams, StopSignal, kafka_source};
+use crate::time::Time;
+use iceberg::table::Table;
+use rdkafka::ClientConfig;
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use timely::dataflow::{Scope, Stream};
+pub use timely_args::TimelyArgs;
+
+/// The row type of a table, so the launcher can create it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableKind {
+    /// Normalized trades.
+    Trades,
+    /// Dead letters.
+    DeadLetters,
+}
+
+/// A named dataflow: its tables and how to build it on one worker.
+pub struct Dataflow {
+    /// Name used on the command line: `k2 run <name>`.
+    pub name: &'static str,
+    /// One line for `k2 run --help` and the registry listing.
+    pub about: &'static str,
+    /// The tables it writes, created at start, committed in this order.
+    pub tables: &'static [(&'static str, TableKind)],
+    /// Builds the dataflow in `scope`.
+    pub build: for<'scope> fn(&JobContext, Scope<'scope, Time>) -> Result<()>,
+}
+
+/// Options of one run that are not part of the job's config.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Stop requests (signals, the demo, the committer on a fatal error).
+    pub stop: StopSignal,
+    /// Set once the sources have their partitions and offsets.
+    pub ready: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// Shared by every worker of a process: configuration, plan, tables, stats.
+pub struct JobContext {
+    /// The job's config.
+    pub config: Config,
+    /// The Kafka partitions and offsets of this run.
+    pub plan: SourcePlan,
+    /// The first epoch of this run.
+    pub first_epoch: u64,
+    /// The catalog.
+    pub catalog: JobCatalog,
+    /// The job's tables, as loaded at start.
+    pub tables: BTreeMap<String, Table>,
+    /// A per-run token used in file names.
+    pub run_id: String,
+    /// The async runtime.
+    pub runtime: tokio::runtime::Handle,
+    /// Stop requests.
+    pub stop: StopSignal,
+    /// Source counters.
+    pub source_stats: Arc<SourceStats>,
+    /// Dedup counters.
+    pub dedup_stats: Arc<DedupStats>,
+    /// Commit statistics.
+    pub commit_stats: Arc<Mutex<CommitStats>>,
+    /// The committer thread, joined at the end.
+    pub commit_thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// The dataflow's table names, in commit order.
+    pub table_order: Vec<String>,
+}
+
+impl JobContext {
+    /// librdkafka consumer settings. Every override says why.
+    pub fn consumer_config(&self) -> ClientConfig {
+        consumer_config(&self.config)
+    }
+
+    /// The commit-group rule of this job.
+    pub fn groups(&self) -> CommitGroups {
+        CommitGroups {
+            epoch_ms: self.config.job.epoch_ms,
+            commit_interval_ms: self.config.job.commit_interval_ms,
+        }
+    }
+
+    /// Topic names by index.
+    pub fn topic_names(&self) -> Arc<Vec<String>> {
+        Arc::new(self.config.kafka.topics.list().into_iter().map(|(_, t)| t).collect())
+    }
+
+    /// The Kafka source for this worker's share of the partitions.
+    pub fn kafka_source<'scope>(&self, scope: Scope<'scope, Time>) -> Result<SourceStreams<'scope>> {
+        let spec = SourceSpec {
+            client: self.consumer_config(),
+            partitions: self.plan.for_worker(scope.index(), scope.peers()),
+            epoch_ms: self.config.job.epoch_ms,
+            first_epoch: self.first_epoch,
+            max_out_of_orderness_ms: self.config.source.max_out_of_orderness_ms,
+            idle_timeout_ms: self.config.source.idle_timeout_ms,
+            bounded: self.config.job.mode == RunMode::Bounded,
+            poll_batch: self.config.kafka.poll_batch,
+            stop: self.stop.clone(),
+            stats: self.source_stats.clone(),
+        };
+        kafka_source(scope, spec)
+    }
+
+    /// A writer for table `name` of this job.
+    pub fn table_writer<R: TableRow>(&self, name: &str) -> TableWriter<R> {
+        TableWriter {
+            name: name.to_string(),
+            table: self.tables.get(name).unwrap_or_else(|| panic!("table `{name}` is not declared by the dataflow")).clone(),
+            job: self.config.job.name.clone(),
+            run_id: self.run_id.clone(),
+            target_file_size: self.config.iceberg.target_file_size_bytes as usize,
+            groups: self.groups(),
+            ctx: RowContext { topics: self.topic_names() },
+            runtime: self.runtime.clone(),
+            rows: PhantomData,
+        }
+    }
+
+    /// Commits the staged files of all tables together with source progress.
+    pub fn commit<'scope>(&self, staged: Stream<'scope, Time, Vec<StagedFiles>>, progress: Stream<'scope, Time, Vec<OffsetReport>>) {
+        let stop = self.stop.clone();
+        let spec = CommitSpec {
+            job: self.config.job.name.clone(),
+            catalog: self.catalog.clone(),
+            tables: self.table_order.clone(),
+            topics: self.topic_names(),
+            groups: self.groups(),
+            runtime: self.runtime.clone(),
+            stats: self.commit_stats.clone(),
+            on_fatal: Arc::new(move |_| stop.stop_now()),
+            thread: self.commit_thread.clone(),
+        };
+        crate::sink::iceberg::commit(staged, progress, spec);
+    }
+}
+
+/// librdkafka consumer settings for `config`.
+pub fn consumer_config(config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.kafka.brokers)
+        // `assign` needs some group id, though K2 never joins the group; it
+        // is also where monitoring tools look for lag.
+        .set("group.id", format!("k2-{}", config.job.name))
+        // Offsets belong to K2's checkpoints, never to Kafka's auto-commit.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // End-of-partition events tell the source a partition is caught up,
+        // which the idleness policy needs.
+        .set("enable.partition.eof", "true")
+        // Without this, a fetch at the end of a partition waits 500 ms.
+        .set("fetch.wait.max.ms", "10")
+        // A resume offset that retention deleted must be an error, not a
+        // silent jump that would lose messages.
+        .set("auto.offset.reset", "error")
+        // Topics are created by the producer or an operator, never by a reader.
+        .set("allow.auto.create.topics", "false");
+    for (k, v) in &config.kafka.consumer {
+        c.set(k, v);
+    }
+    c
+}
+
+/// What a run did, for the CLI and the tests.
+#[derive(Debug)]
+pub struct RunReport {
+    /// Wall time of the run, from the start of the workers.
+    pub elapsed: Duration,
+    /// Kafka messages read.
+    pub messages: u64,
+    /// Trades decoded.
+    pub trades: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
+    /// Duplicates removed by dedup.
+    pub duplicates: u64,
+    /// Iceberg snapshots committed.
+    pub snapshots: u64,
+    /// Rows committed per table.
+    pub rows: BTreeMap<String, u64>,
+    /// Produce-to-visible latency, ms: (p50, p99, max).
+    pub latency_ms: Option<(u64, u64, u64)>,
+    /// Last committed epoch.
+    pub last_epoch: Option<u64>,
+}
+
+/// Finds the newest cut this job committed: `(epoch, offsets)`.
+async fn resume_point(
+    catalog: &JobCatalog,
+    job: &str,
+    tables: &[String],
+    topics: &[String],
+) -> Result<Option<(u64, BTreeMap<(u16, i32), i64>)>> {
+    let mut best: Option<(u64, BTreeMap<(u16, i32), i64>)> = None;
+    for name in tables {
+        let table = catalog.load(name).await?;
+        for snapshot in table.metadata().snapshots() {
+            let props = &snapshot.summary().additional_properties;
+            if props.get("k2.job").map(String::as_str) != Some(job) {
+                continue;
+            }
+            let Some(epoch) = props.get("k2.epoch").and_then(|e| e.parse::<u64>().ok()) else { continue };
+            if best.as_ref().is_some_and(|(e, _)| *e >= epoch) {
+                continue;
+            }
+            let raw = props.get("k2.offsets").cloned().unwrap_or_default();
+            let parsed: BTreeMap<String, BTreeMap<String, i64>> = serde_json::from_str(&raw)
+                .map_err(|e| Error::Checkpoint(format!("table {name}: unreadable k2.offsets `{raw}`: {e}")))?;
+            let mut offsets = BTreeMap::new();
+            for (topic, parts) in parsed {
+                let Some(index) = topics.iter().position(|t| *t == topic) else { continue };
+                for (p, o) in parts {
+                    let p: i32 = p.parse().map_err(|_| Error::Checkpoint(format!("bad partition `{p}` in k2.offsets")))?;
+                    offsets.insert((index as u16, p), o);
+                }
+            }
+            best = Some((epoch, offsets));
+        }
+    }
+    Ok(best)
+}
+
+/// Runs `dataflow` with `config` on the workers described by `timely`.
+pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: RunOptions) -> Result<RunReport> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("k2-io")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Other(format!("start async runtime: {e}")))?;
+    let handle = runtime.handle().clone();
+    let stop = options.stop.clone();
+    install_signal_handlers(&handle, stop.clone());
+
+    let table_order: Vec<String> = dataflow.tables.iter().map(|(n, _)| n.to_string()).collect();
+    let topics: Vec<String> = config.kafka.topics.list().into_iter().map(|(_, t)| t).collect();
+    let (catalog, tables, resume) = handle.block_on(async {
+        let catalog = JobCatalog::open(&config.iceberg).await?;
+        let mut tables = BTreeMap::new();
+        for (name, kind) in dataflow.tables {
+            let table = match kind {
+                TableKind::Trades => catalog.ensure_table::<Trade>(name).await?,
+                TableKind::DeadLetters => catalog.ensure_table::<DeadLetter>(name).await?,
+            };
+            tables.insert(name.to_string(), table);
+        }
+        let resume = resume_point(&catalog, &config.job.name, &table_order, &topics).await?;
+        Result::Ok((catalog, tables, resume))
+    })?;
+    let (first_epoch, resume_offsets) = match resume {
+        Some((epoch, offsets)) => {
+            tracing::info!(epoch, "resuming after the last committed cut");
+            (epoch + 1, offsets)
+        }
+        None => (0, BTreeMap::new()),
+    };
+    let plan = SourcePlan::discover(
+        &consumer_config(&config),
+        &config.kafka.topics.list(),
+        config.source.start,
+        &resume_offsets,
+        config.job.mode == RunMode::Bounded,
+    )?;
+    tracing::info!(partitions = plan.partitions.len(), workers = timely.total_workers(), "source planned");
+    if let Some(ready) = &options.ready {
+        ready.store(true, Ordering::SeqCst);
+    }
+
+    let ctx = Arc::new(JobContext {
+        config,
+        plan,
+        first_epoch,
+        catalog,
+        tables,
+        run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
+        runtime: handle.clone(),
+        stop: stop.clone(),
+        source_stats: Default::default(),
+        dedup_stats: Default::default(),
+        commit_stats: Default::default(),
+        commit_thread: Default::default(),
+        table_order,
+    });
+    let started = Instant::now();
+    let build = dataflow.build;
+    let worker_ctx = ctx.clone();
+    let guards = timely::execute(timely.to_config()?, move |worker| {
+        let ctx = worker_ctx.clone();
+        let built = worker.dataflow::<Time, _, _>(|scope| build(&ctx, scope));
+        if let Err(e) = built {
+            tracing::error!(error = %e, "building the dataflow failed; stopping");
+            ctx.stop.stop_now();
+            return Err(e.to_string());
+        }
+        while worker.step_or_park(None) {}
+        Ok(())
+    })
+    .map_err(|e| Error::Other(format!("start timely workers: {e}")))?;
+    let mut worker_error = None;
+    for result in guards.join() {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => worker_error = Some(e),
+            Err(e) => worker_error = Some(format!("worker failed: {e}")),
+        }
+    }
+    if let Some(thread) = ctx.commit_thread.lock().expect("thread slot").take() {
+        let _ = thread.join();
+    }
+    if let Some(e) = worker_error {
+        return Err(Error::Other(e));
+    }
+    let stats = ctx.commit_stats.lock().expect("stats");
+    if let Some(e) = &stats.error {
+        return Err(Error::Other(e.clone()));
+    }
+    let latency = (!stats.latency_ms.is_empty()).then(|| {
+        (stats.latency_ms.value_at_quantile(0.5), stats.latency_ms.value_at_quantile(0.99), stats.latency_ms.max())
+    });
+    Ok(RunReport {
+        elapsed: started.elapsed(),
+        messages: ctx.source_stats.messages.load(Ordering::Relaxed),
+        trades: ctx.source_stats.trades.load(Ordering::Relaxed),
+        dead_letters: ctx.source_stats.dead_letters.load(Ordering::Relaxed),
+        duplicates: ctx.dedup_stats.dropped.load(Ordering::Relaxed),
+        snapshots: stats.snapshots,
+        rows: stats.rows.clone(),
+        latency_ms: latency,
+        last_epoch: stats.last_epoch,
+    })
+}
+
+fn install_signal_handlers(handle: &tokio::runtime::Handle, stop: StopSignal) {
+    handle.spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stop requested: closing the current epoch and committing");
+        stop.stop_now();
+        // A second signal means "now".
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::warn!("second stop request: exiting without a final commit");
+        std::process::exit(130);
+    });
+}

@@ -1,0 +1,80 @@
+//! Timely's cluster flags, parsed by the application.
+//!
+//! `timely::execute_from_args` rejects flags it does not know, so K2 parses
+//! `-w/-n/-p/-h` itself (with clap, alongside its own flags) and builds
+//! `timely::Config` here.
+
+use crate::error::{Error, Result};
+use std::path::PathBuf;
+use timely::CommunicationConfig;
+
+/// Worker threads and processes.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct TimelyArgs {
+    /// Worker threads per process.
+    #[arg(short = 'w', long = "workers", default_value_t = 1)]
+    pub workers: usize,
+    /// Number of processes in the cluster.
+    #[arg(short = 'n', long = "processes", default_value_t = 1)]
+    pub processes: usize,
+    /// This process's index in the cluster, 0-based.
+    #[arg(short = 'p', long = "process", default_value_t = 0)]
+    pub process: usize,
+    /// Hostfile: one `host:port` per line, one line per process.
+    #[arg(short = 'h', long = "hostfile")]
+    pub hostfile: Option<PathBuf>,
+}
+
+impl Default for TimelyArgs {
+    fn default() -> Self {
+        TimelyArgs {
+            workers: 1,
+            processes: 1,
+            process: 0,
+            hostfile: None,
+        }
+    }
+}
+
+impl TimelyArgs {
+    /// Workers over the whole cluster.
+    pub fn total_workers(&self) -> usize {
+        self.workers * self.processes
+    }
+
+    /// The timely configuration these flags describe.
+    pub fn to_config(&self) -> Result<timely::Config> {
+        if self.workers == 0 {
+            return Err(Error::config("-w", "needs at least one worker"));
+        }
+        if self.processes == 0 || self.process >= self.processes {
+            return Err(Error::config("-p", format!("process {} is not in 0..{}", self.process, self.processes)));
+        }
+        let communication = if self.processes == 1 {
+            CommunicationConfig::Process(self.workers)
+        } else {
+            let addresses = match &self.hostfile {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read hostfile", path, e))?;
+                    let hosts: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+                    if hosts.len() != self.processes {
+                        return Err(Error::config("-h", format!("{} lists {} hosts for {} processes", path.display(), hosts.len(), self.processes)));
+                    }
+                    hosts
+                }
+                None => (0..self.processes).map(|i| format!("127.0.0.1:{}", 2101 + i)).collect(),
+            };
+            CommunicationConfig::Cluster {
+                threads: self.workers,
+                process: self.process,
+                addresses,
+                report: false,
+                zerocopy: false,
+            }
+        };
+        Ok(timely::Config {
+            communication,
+            worker: timely::WorkerConfig::default(),
+        })
+    }
+}

@@ -1,0 +1,3 @@
+//! Sinks: where records leave a dataflow.
+
+pub mod iceberg;
