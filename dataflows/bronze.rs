@@ -36,7 +36,11 @@ fn build<'scope>(ctx: &JobContext, scope: Scope<'scope, Time>) -> Result<()> {
     let staged = binance
         .write_iceberg(ctx.table_writer::<Trade>("bronze_binance_trades"))
         .concat(kraken.write_iceberg(ctx.table_writer::<Trade>("bronze_kraken_trades")))
-        .concat(source.dead_letters.write_iceberg(ctx.table_writer::<DeadLetter>("dead_letters")));
+        .concat(
+            source
+                .dead_letters
+                .write_iceberg(ctx.table_writer::<DeadLetter>("dead_letters")),
+        );
     ctx.commit(staged, source.progress);
     Ok(())
 }

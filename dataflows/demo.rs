@@ -104,11 +104,20 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         workers: args.workers,
         ..TimelyArgs::default()
     };
-    eprintln!("running bronze on {} workers; warehouse {}", args.workers, config.iceberg.warehouse.display());
+    eprintln!(
+        "running bronze on {} workers; warehouse {}",
+        args.workers,
+        config.iceberg.warehouse.display()
+    );
     let job = std::thread::spawn(move || k2::launch::run(&crate::bronze::BRONZE, config, &timely, options));
     while !ready.load(Ordering::SeqCst) {
         if job.is_finished() {
-            return Err(job.join().expect("job thread").err().map(anyhow::Error::from).unwrap_or_else(|| anyhow::anyhow!("job ended early")));
+            return Err(job
+                .join()
+                .expect("job thread")
+                .err()
+                .map(anyhow::Error::from)
+                .unwrap_or_else(|| anyhow::anyhow!("job ended early")));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -120,7 +129,13 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     produce_args.duplicates = 0.02;
     produce_args.malformed = 0.002;
     produce_args.quiet = true;
-    eprintln!("producing {} s of Binance + Kraken trades at {} msg/s…", args.seconds, args.rate);
+    // A fresh seed per run: the same seed gives the same trade ids, which a
+    // second demo on the same topics would (rightly) treat as duplicates.
+    produce_args.seed = chrono::Utc::now().timestamp_millis() as u64;
+    eprintln!(
+        "producing {} s of Binance + Kraken trades at {} msg/s…",
+        args.seconds, args.rate
+    );
     let produced = produce(&produce_args)?;
 
     let names = [topics.binance.clone(), topics.kraken.clone()];
@@ -135,18 +150,41 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     let rows = |t: &str| report.rows.get(t).copied().unwrap_or(0);
     println!();
     println!("K2 Stream demo: bronze on {} workers", args.workers);
-    println!("  produced           {:>9} messages ({} duplicates, {} malformed) at {:.0} msg/s", produced.delivered, produced.duplicates, produced.malformed, produced.delivered as f64 / produced.elapsed.as_secs_f64());
-    println!("  read               {:>9} messages, {} trades", report.messages, report.trades);
+    println!(
+        "  produced           {:>9} messages ({} duplicates, {} malformed) at {:.0} msg/s",
+        produced.delivered,
+        produced.duplicates,
+        produced.malformed,
+        produced.delivered as f64 / produced.elapsed.as_secs_f64()
+    );
+    println!(
+        "  read               {:>9} messages, {} trades",
+        report.messages, report.trades
+    );
     println!("  bronze_binance     {:>9} rows", rows("bronze_binance_trades"));
     println!("  bronze_kraken      {:>9} rows", rows("bronze_kraken_trades"));
     println!("  duplicates removed {:>9}", report.duplicates);
-    println!("  dead letters       {:>9} rows (reasons in market_data.dead_letters)", rows("dead_letters"));
-    println!("  snapshots          {:>9} committed, last epoch {}", report.snapshots, report.last_epoch.map(|e| e.to_string()).unwrap_or("-".into()));
-    println!("  throughput         {:>9.0} msg/s over the run ({:.1} s)", report.messages as f64 / report.elapsed.as_secs_f64(), report.elapsed.as_secs_f64());
+    println!(
+        "  dead letters       {:>9} rows (reasons in market_data.dead_letters)",
+        rows("dead_letters")
+    );
+    println!(
+        "  snapshots          {:>9} committed, last epoch {}",
+        report.snapshots,
+        report.last_epoch.map(|e| e.to_string()).unwrap_or("-".into())
+    );
+    println!(
+        "  throughput         {:>9.0} msg/s over the run ({:.1} s)",
+        report.messages as f64 / report.elapsed.as_secs_f64(),
+        report.elapsed.as_secs_f64()
+    );
     if let Some((p50, p99, max)) = report.latency_ms {
         println!("  produce→visible    p50 {p50} ms, p99 {p99} ms, max {max} ms (Kafka timestamp to Iceberg commit)");
     }
     println!("  warehouse          {}", dir.join("warehouse").display());
-    println!("  catalog            sqlite:{}  (catalog name `k2`)", dir.join("warehouse/catalog.db").display());
+    println!(
+        "  catalog            sqlite:{}  (catalog name `k2`)",
+        dir.join("warehouse/catalog.db").display()
+    );
     Ok(())
 }

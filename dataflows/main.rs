@@ -76,7 +76,10 @@ fn real_main() -> Result<()> {
                 config.job.mode = RunMode::Bounded;
             }
             let report = k2::launch::run(dataflow, config, &args.timely, RunOptions::default())?;
-            println!("{}", serde_json::to_string(&demo::report_json(&report)).context("report")?);
+            println!(
+                "{}",
+                serde_json::to_string(&demo::report_json(&report)).context("report")?
+            );
             Ok(())
         }
         Command::Produce(args) => {

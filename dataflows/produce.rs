@@ -11,13 +11,13 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use k2::feed::{Feed, FeedConfig, MessageKind};
 use k2::record::Exchange;
+use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::ClientContext;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufWriter, Write};
@@ -105,7 +105,9 @@ impl ProduceArgs {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
-    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 10s, 500ms, 2m"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 10s, 500ms, 2m"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "" | "s" => n,
@@ -186,7 +188,10 @@ impl ProducerContext for Ctx {
             }
             Err((e, _)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                self.first_error.lock().expect("err").get_or_insert_with(|| e.to_string());
+                self.first_error
+                    .lock()
+                    .expect("err")
+                    .get_or_insert_with(|| e.to_string());
             }
         }
     }
@@ -216,7 +221,9 @@ pub fn produce(args: &ProduceArgs) -> Result<ProduceSummary> {
         topics.push(t.clone());
     }
     let truth = match &args.truth {
-        Some(p) => Some(Mutex::new(BufWriter::new(std::fs::File::create(p).with_context(|| format!("create {}", p.display()))?))),
+        Some(p) => Some(Mutex::new(BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("create {}", p.display()))?,
+        ))),
         None => None,
     };
     let ctx = Ctx {
@@ -244,30 +251,36 @@ pub fn produce(args: &ProduceArgs) -> Result<ProduceSummary> {
     let started = Instant::now();
     let mut summary = ProduceSummary::default();
     let mut next_id = 0usize;
-    let mut send = |topic: usize, key: Option<&[u8]>, payload: &[u8], kind: &'static str, ids: Vec<String>| -> Result<()> {
-        let id = next_id;
-        next_id += 1;
-        if producer.context().truth.is_some() {
-            producer.context().pending.lock().expect("pending").insert(id, Pending { topic, kind, ids });
-        }
-        let mut record = BaseRecord::with_opaque_to(&topics[topic], id).payload(payload);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        let mut record = record;
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(5));
-                }
-                Err((e, _)) => bail!("produce to `{}`: {e}", topics[topic]),
+    let mut send =
+        |topic: usize, key: Option<&[u8]>, payload: &[u8], kind: &'static str, ids: Vec<String>| -> Result<()> {
+            let id = next_id;
+            next_id += 1;
+            if producer.context().truth.is_some() {
+                producer
+                    .context()
+                    .pending
+                    .lock()
+                    .expect("pending")
+                    .insert(id, Pending { topic, kind, ids });
             }
-        }
-        producer.poll(Duration::ZERO);
-        Ok(())
-    };
+            let mut record = BaseRecord::with_opaque_to(&topics[topic], id).payload(payload);
+            if let Some(k) = key {
+                record = record.key(k);
+            }
+            let mut record = record;
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        producer.poll(Duration::from_millis(5));
+                    }
+                    Err((e, _)) => bail!("produce to `{}`: {e}", topics[topic]),
+                }
+            }
+            producer.poll(Duration::ZERO);
+            Ok(())
+        };
 
     if let Some(path) = &args.from_file {
         let topic = args.topic.as_deref().expect("clap requires --topic");
@@ -304,17 +317,17 @@ pub fn produce(args: &ProduceArgs) -> Result<ProduceSummary> {
             Some(_) => ProgressBar::new(args.duration.map(|d| d.as_secs()).unwrap_or(0)),
             None => ProgressBar::new(total),
         };
-        bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}").expect("template"));
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}").expect("template"),
+        );
         let mut sent: u64 = 0;
         'outer: loop {
             for feed in feeds.iter_mut() {
                 if deadline.is_none() && sent >= total {
                     break 'outer;
                 }
-                if let Some(d) = deadline {
-                    if Instant::now() >= d {
-                        break 'outer;
-                    }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break 'outer;
                 }
                 if args.rate > 0 {
                     let due = started + Duration::from_secs_f64(sent as f64 / args.rate as f64);
@@ -341,7 +354,7 @@ pub fn produce(args: &ProduceArgs) -> Result<ProduceSummary> {
                 };
                 send(topic_index(feed.exchange()), Some(&msg.key), &msg.payload, kind, ids)?;
                 sent += 1;
-                if sent % 4096 == 0 {
+                if sent.is_multiple_of(4096) {
                     match deadline {
                         Some(_) => bar.set_position(started.elapsed().as_secs()),
                         None => bar.set_position(sent),

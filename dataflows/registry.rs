@@ -13,5 +13,9 @@ pub fn lookup(name: &str) -> Option<&'static Dataflow> {
 
 /// `name  about` lines, for help and errors.
 pub fn listing() -> String {
-    DATAFLOWS.iter().map(|d| format!("  {:<12} {}", d.name, d.about)).collect::<Vec<_>>().join("\n")
+    DATAFLOWS
+        .iter()
+        .map(|d| format!("  {:<12} {}", d.name, d.about))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -217,10 +217,7 @@ impl IcebergConfig {
     pub fn catalog_uri(&self) -> String {
         match &self.catalog_uri {
             Some(uri) => uri.clone(),
-            None => format!(
-                "sqlite:{}?mode=rwc",
-                self.warehouse_abs().join("catalog.db").display()
-            ),
+            None => format!("sqlite:{}?mode=rwc", self.warehouse_abs().join("catalog.db").display()),
         }
     }
 }
@@ -255,7 +252,9 @@ fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
     }
 }
 
@@ -266,11 +265,10 @@ impl Config {
     /// Reads `path`, applies the process environment's overrides, validates.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io("read config", path, e))?;
-        Self::from_toml_with_env(&text, std::env::vars())
-            .map_err(|e| match e {
-                Error::Config { key, message } => Error::config(key, format!("{message} (in {})", path.display())),
-                other => other,
-            })
+        Self::from_toml_with_env(&text, std::env::vars()).map_err(|e| match e {
+            Error::Config { key, message } => Error::config(key, format!("{message} (in {})", path.display())),
+            other => other,
+        })
     }
 
     /// Parses `text`, applies overrides from `env` (only `K2__*` variables are
@@ -281,7 +279,9 @@ impl Config {
             Error::config("<file>", msg)
         })?;
         for (name, raw) in env {
-            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
             let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
             if path.iter().any(|p| p.is_empty()) {
                 return Err(Error::config(name, "malformed override name; use K2__SECTION__KEY"));
@@ -303,8 +303,16 @@ impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<()> {
         let job = &self.job;
-        if job.name.is_empty() || !job.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(Error::config("job.name", format!("`{}` must be non-empty [A-Za-z0-9_-]", job.name)));
+        if job.name.is_empty()
+            || !job
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(Error::config(
+                "job.name",
+                format!("`{}` must be non-empty [A-Za-z0-9_-]", job.name),
+            ));
         }
         if job.epoch_ms == 0 {
             return Err(Error::config("job.epoch_ms", "must be > 0"));
@@ -312,7 +320,10 @@ impl Config {
         if job.commit_interval_ms < job.epoch_ms {
             return Err(Error::config(
                 "job.commit_interval_ms",
-                format!("{} is shorter than job.epoch_ms ({})", job.commit_interval_ms, job.epoch_ms),
+                format!(
+                    "{} is shorter than job.epoch_ms ({})",
+                    job.commit_interval_ms, job.epoch_ms
+                ),
             ));
         }
         if self.kafka.brokers.trim().is_empty() {
@@ -322,7 +333,10 @@ impl Config {
             return Err(Error::config("kafka.poll_batch", "must be > 0"));
         }
         if self.kafka.topics.binance == self.kafka.topics.kraken {
-            return Err(Error::config("kafka.topics.kraken", "must differ from kafka.topics.binance"));
+            return Err(Error::config(
+                "kafka.topics.kraken",
+                "must differ from kafka.topics.binance",
+            ));
         }
         if self.iceberg.namespace.is_empty() {
             return Err(Error::config("iceberg.namespace", "must not be empty"));
@@ -338,7 +352,9 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> std
     let (last, parents) = path.split_last().expect("non-empty path");
     let mut cur = table;
     for p in parents {
-        let entry = cur.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = cur
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         cur = entry.as_table_mut().ok_or_else(|| format!("`{p}` is not a table"))?;
     }
     cur.insert(last.clone(), value);
@@ -372,11 +388,14 @@ mod tests {
 
     #[test]
     fn env_overrides_apply_and_are_typed() {
-        let c = parse("[job]\nepoch_ms = 5\ncommit_interval_ms = 5\n", &[
-            ("K2__JOB__EPOCH_MS", "3"),
-            ("K2__KAFKA__BROKERS", "h:1"),
-            ("UNRELATED", "x"),
-        ])
+        let c = parse(
+            "[job]\nepoch_ms = 5\ncommit_interval_ms = 5\n",
+            &[
+                ("K2__JOB__EPOCH_MS", "3"),
+                ("K2__KAFKA__BROKERS", "h:1"),
+                ("UNRELATED", "x"),
+            ],
+        )
         .unwrap();
         assert_eq!(c.job.epoch_ms, 3);
         assert_eq!(c.kafka.brokers, "h:1");

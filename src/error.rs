@@ -29,7 +29,7 @@ pub enum Error {
         context: String,
         /// The client's error.
         #[source]
-        source: rdkafka::error::KafkaError,
+        source: Box<rdkafka::error::KafkaError>,
     },
     /// An Iceberg operation failed.
     #[error("iceberg table `{table}` ({context}): {source}")]
@@ -40,7 +40,7 @@ pub enum Error {
         context: String,
         /// The library's error.
         #[source]
-        source: iceberg::Error,
+        source: Box<iceberg::Error>,
     },
     /// A file could not be read or written.
     #[error("{context} `{}`: {source}", path.display())]
@@ -77,7 +77,7 @@ impl Error {
     pub fn kafka(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
         Error::Kafka {
             context: context.into(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -86,7 +86,7 @@ impl Error {
         Error::Iceberg {
             table: table.into(),
             context: context.into(),
-            source,
+            source: Box::new(source),
         }
     }
 

@@ -90,9 +90,7 @@ impl FeedConfig {
         for base in &self.symbols {
             let native = native_symbol(Exchange::Binance, base, &self.quote);
             let expected = format!("{base}/{}", self.quote);
-            if crate::source::kafka::decode::normalize_binance_symbol(&native).as_deref()
-                != Some(expected.as_str())
-            {
+            if crate::source::kafka::decode::normalize_binance_symbol(&native).as_deref() != Some(expected.as_str()) {
                 return Err(format!(
                     "feed: symbol `{base}` with quote `{}` is not a valid pair (assets must be \
                      upper-case letters and digits, and the quote a known Binance quote asset)",
@@ -158,9 +156,7 @@ impl MessageKind {
     /// The trades' message ids; empty for malformed messages.
     pub fn message_ids(&self) -> &[String] {
         match self {
-            MessageKind::Valid { message_ids } | MessageKind::Duplicate { message_ids } => {
-                message_ids
-            }
+            MessageKind::Valid { message_ids } | MessageKind::Duplicate { message_ids } => message_ids,
             MessageKind::Malformed { .. } => &[],
         }
     }
@@ -258,12 +254,7 @@ const BAD_DECIMAL_STRINGS: &[&str] = &[
 ];
 
 /// Well-formed JSON numbers that are not valid decimals at scale 18.
-const BAD_DECIMAL_NUMBERS: &[&str] = &[
-    "0.0000000000000000000001",
-    "123456789012345678901234",
-    "1e-19",
-    "2e21",
-];
+const BAD_DECIMAL_NUMBERS: &[&str] = &["0.0000000000000000000001", "123456789012345678901234", "1e-19", "2e21"];
 
 /// Timestamps that are not valid RFC 3339.
 const BAD_TIMESTAMPS: &[&str] = &[
@@ -427,9 +418,7 @@ impl Feed {
             }
             WHY_GARBAGE => {
                 payload.clear();
-                payload.extend_from_slice(
-                    GARBAGE[(variant % GARBAGE.len() as u64) as usize].as_bytes(),
-                );
+                payload.extend_from_slice(GARBAGE[(variant % GARBAGE.len() as u64) as usize].as_bytes());
                 let extra = self.rng.below(24);
                 for _ in 0..extra {
                     payload.push(b' ' + self.rng.below(95) as u8);
@@ -461,12 +450,7 @@ impl Feed {
             let event_us = now_us.saturating_sub(lag).max(0);
             let trade = self.trade(symbol, event_us);
             let s = &self.symbols[symbol];
-            message_ids.push(format!(
-                "{}:{}:{}",
-                self.exchange.name(),
-                s.native,
-                trade.trade_id
-            ));
+            message_ids.push(format!("{}:{}:{}", self.exchange.name(), s.native, trade.trade_id));
             trades.push(trade);
         }
 
@@ -487,9 +471,7 @@ impl Feed {
         let price = reference * (1.0 + (self.rng.unit() - 0.5) * 3e-4);
         let price_units = ((price * 10f64.powi(s.price_dp as i32)).round() as u64).max(1);
         // Trade notional in quote units is log-normal: median 300, long tail.
-        let notional = (300f64.ln() + 1.3 * self.rng.normal())
-            .exp()
-            .clamp(1.0, 5e6);
+        let notional = (300f64.ln() + 1.3 * self.rng.normal()).exp().clamp(1.0, 5e6);
         let qty_units = ((notional / price * 10f64.powi(s.qty_dp as i32)).round() as u64).max(1);
         GenTrade {
             trade_id,
@@ -514,11 +496,7 @@ impl Feed {
         let mut w = ObjectWriter::new(buf);
         if missing != Some(0) {
             w.key(b"e");
-            w.raw(if wrong == Some(0) {
-                b"null"
-            } else {
-                b"\"trade\""
-            });
+            w.raw(if wrong == Some(0) { b"null" } else { b"\"trade\"" });
         }
         w.key(b"E");
         w.int(event_ms);
@@ -592,13 +570,7 @@ impl Feed {
         w.end();
     }
 
-    fn write_kraken(
-        &mut self,
-        buf: &mut Vec<u8>,
-        symbol: usize,
-        trades: &[GenTrade],
-        damage: Damage,
-    ) {
+    fn write_kraken(&mut self, buf: &mut Vec<u8>, symbol: usize, trades: &[GenTrade], damage: Damage) {
         let s = &self.symbols[symbol];
         let kind: &[u8] = if self.rng.below(20) == 0 {
             b"snapshot"
@@ -676,8 +648,7 @@ impl Feed {
                         }
                     }
                     Damage::BadDecimal(v) if (v >> 32) % 2 == index - 2 => {
-                        let bad =
-                            BAD_DECIMAL_NUMBERS[(v % BAD_DECIMAL_NUMBERS.len() as u64) as usize];
+                        let bad = BAD_DECIMAL_NUMBERS[(v % BAD_DECIMAL_NUMBERS.len() as u64) as usize];
                         tw.raw(bad.as_bytes());
                     }
                     // Tiny values sometimes in exponent notation, as JSON
@@ -1046,9 +1017,7 @@ mod tests {
     fn cfg(seed: u64) -> FeedConfig {
         FeedConfig {
             seed,
-            symbols: ["BTC", "ETH", "SOL", "PEPE", "DOGE", "ABC"]
-                .map(String::from)
-                .to_vec(),
+            symbols: ["BTC", "ETH", "SOL", "PEPE", "DOGE", "ABC"].map(String::from).to_vec(),
             duplicate_fraction: 0.1,
             malformed_fraction: 0.1,
             max_out_of_order_ms: 2_000,
@@ -1167,11 +1136,9 @@ mod tests {
                     let msg = feed.next_message(now);
                     let decoded = decode_all(exchange, &msg.payload);
                     match &msg.kind {
-                        MessageKind::Valid { message_ids }
-                        | MessageKind::Duplicate { message_ids } => {
-                            let trades = decoded.unwrap_or_else(|e| {
-                                panic!("{} {e}", String::from_utf8_lossy(&msg.payload))
-                            });
+                        MessageKind::Valid { message_ids } | MessageKind::Duplicate { message_ids } => {
+                            let trades =
+                                decoded.unwrap_or_else(|e| panic!("{} {e}", String::from_utf8_lossy(&msg.payload)));
                             let ids: Vec<_> = trades.iter().map(|t| &t.message_id).collect();
                             assert_eq!(ids, message_ids.iter().collect::<Vec<_>>());
                             for t in &trades {
@@ -1270,11 +1237,7 @@ mod tests {
                     max_lag = max_lag.max(lag);
                 }
             }
-            let slack = if exchange == Exchange::Binance {
-                999
-            } else {
-                0
-            };
+            let slack = if exchange == Exchange::Binance { 999 } else { 0 };
             assert!(min_lag >= 0, "{exchange} {min_lag}");
             assert!(max_lag <= 250_000 + slack, "{exchange} {max_lag}");
             assert!(max_lag > 200_000, "{exchange} jitter too small: {max_lag}");
@@ -1299,10 +1262,7 @@ mod tests {
                 let t = T0 + i * 1_000_000;
                 let b = exchange_price(key, level, Exchange::Binance, t);
                 let k = exchange_price(key, level, Exchange::Kraken, t);
-                assert!(
-                    (lo..hi).contains(&b) && (lo..hi).contains(&k),
-                    "{base} {b} {k}"
-                );
+                assert!((lo..hi).contains(&b) && (lo..hi).contains(&k), "{base} {b} {k}");
                 let bps = ((b - k) / k).abs() * 1e4;
                 assert!(bps < 51.0);
                 if bps < 1e-6 {
@@ -1337,10 +1297,7 @@ mod tests {
         let mut pepe_decimals = 0;
         for i in 0..20_000 {
             let now = T0 + i * 100_000;
-            for (exchange, feed) in [
-                (Exchange::Binance, &mut binance),
-                (Exchange::Kraken, &mut kraken),
-            ] {
+            for (exchange, feed) in [(Exchange::Binance, &mut binance), (Exchange::Kraken, &mut kraken)] {
                 let msg = feed.next_message(now);
                 for t in decode_all(exchange, &msg.payload).unwrap() {
                     if t.symbol == "PEPE/USDT" && exchange == Exchange::Kraken {

@@ -134,19 +134,29 @@ impl JobContext {
     pub fn table_writer<R: TableRow>(&self, name: &str) -> TableWriter<R> {
         TableWriter {
             name: name.to_string(),
-            table: self.tables.get(name).unwrap_or_else(|| panic!("table `{name}` is not declared by the dataflow")).clone(),
+            table: self
+                .tables
+                .get(name)
+                .unwrap_or_else(|| panic!("table `{name}` is not declared by the dataflow"))
+                .clone(),
             job: self.config.job.name.clone(),
             run_id: self.run_id.clone(),
             target_file_size: self.config.iceberg.target_file_size_bytes as usize,
             groups: self.groups(),
-            ctx: RowContext { topics: self.topic_names() },
+            ctx: RowContext {
+                topics: self.topic_names(),
+            },
             runtime: self.runtime.clone(),
             rows: PhantomData,
         }
     }
 
     /// Commits the staged files of all tables together with source progress.
-    pub fn commit<'scope>(&self, staged: Stream<'scope, Time, Vec<StagedFiles>>, progress: Stream<'scope, Time, Vec<OffsetReport>>) {
+    pub fn commit<'scope>(
+        &self,
+        staged: Stream<'scope, Time, Vec<StagedFiles>>,
+        progress: Stream<'scope, Time, Vec<OffsetReport>>,
+    ) {
         let stop = self.stop.clone();
         let spec = CommitSpec {
             job: self.config.job.name.clone(),
@@ -212,14 +222,17 @@ pub struct RunReport {
     pub last_epoch: Option<u64>,
 }
 
+/// Next offset per `(topic index, partition)`.
+pub type Offsets = BTreeMap<(u16, i32), i64>;
+
 /// Finds the newest cut this job committed: `(epoch, offsets)`.
 async fn resume_point(
     catalog: &JobCatalog,
     job: &str,
     tables: &[String],
     topics: &[String],
-) -> Result<Option<(u64, BTreeMap<(u16, i32), i64>)>> {
-    let mut best: Option<(u64, BTreeMap<(u16, i32), i64>)> = None;
+) -> Result<Option<(u64, Offsets)>> {
+    let mut best: Option<(u64, Offsets)> = None;
     for name in tables {
         let table = catalog.load(name).await?;
         for snapshot in table.metadata().snapshots() {
@@ -227,7 +240,9 @@ async fn resume_point(
             if props.get("k2.job").map(String::as_str) != Some(job) {
                 continue;
             }
-            let Some(epoch) = props.get("k2.epoch").and_then(|e| e.parse::<u64>().ok()) else { continue };
+            let Some(epoch) = props.get("k2.epoch").and_then(|e| e.parse::<u64>().ok()) else {
+                continue;
+            };
             if best.as_ref().is_some_and(|(e, _)| *e >= epoch) {
                 continue;
             }
@@ -236,9 +251,13 @@ async fn resume_point(
                 .map_err(|e| Error::Checkpoint(format!("table {name}: unreadable k2.offsets `{raw}`: {e}")))?;
             let mut offsets = BTreeMap::new();
             for (topic, parts) in parsed {
-                let Some(index) = topics.iter().position(|t| *t == topic) else { continue };
+                let Some(index) = topics.iter().position(|t| *t == topic) else {
+                    continue;
+                };
                 for (p, o) in parts {
-                    let p: i32 = p.parse().map_err(|_| Error::Checkpoint(format!("bad partition `{p}` in k2.offsets")))?;
+                    let p: i32 = p
+                        .parse()
+                        .map_err(|_| Error::Checkpoint(format!("bad partition `{p}` in k2.offsets")))?;
                     offsets.insert((index as u16, p), o);
                 }
             }
@@ -289,7 +308,11 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         &resume_offsets,
         config.job.mode == RunMode::Bounded,
     )?;
-    tracing::info!(partitions = plan.partitions.len(), workers = timely.total_workers(), "source planned");
+    tracing::info!(
+        partitions = plan.partitions.len(),
+        workers = timely.total_workers(),
+        "source planned"
+    );
     if let Some(ready) = &options.ready {
         ready.store(true, Ordering::SeqCst);
     }
@@ -343,7 +366,11 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         return Err(Error::Other(e.clone()));
     }
     let latency = (!stats.latency_ms.is_empty()).then(|| {
-        (stats.latency_ms.value_at_quantile(0.5), stats.latency_ms.value_at_quantile(0.99), stats.latency_ms.max())
+        (
+            stats.latency_ms.value_at_quantile(0.5),
+            stats.latency_ms.value_at_quantile(0.99),
+            stats.latency_ms.max(),
+        )
     });
     Ok(RunReport {
         elapsed: started.elapsed(),

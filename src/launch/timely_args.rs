@@ -48,7 +48,10 @@ impl TimelyArgs {
             return Err(Error::config("-w", "needs at least one worker"));
         }
         if self.processes == 0 || self.process >= self.processes {
-            return Err(Error::config("-p", format!("process {} is not in 0..{}", self.process, self.processes)));
+            return Err(Error::config(
+                "-p",
+                format!("process {} is not in 0..{}", self.process, self.processes),
+            ));
         }
         let communication = if self.processes == 1 {
             CommunicationConfig::Process(self.workers)
@@ -56,9 +59,22 @@ impl TimelyArgs {
             let addresses = match &self.hostfile {
                 Some(path) => {
                     let text = std::fs::read_to_string(path).map_err(|e| Error::io("read hostfile", path, e))?;
-                    let hosts: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+                    let hosts: Vec<String> = text
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(String::from)
+                        .collect();
                     if hosts.len() != self.processes {
-                        return Err(Error::config("-h", format!("{} lists {} hosts for {} processes", path.display(), hosts.len(), self.processes)));
+                        return Err(Error::config(
+                            "-h",
+                            format!(
+                                "{} lists {} hosts for {} processes",
+                                path.display(),
+                                hosts.len(),
+                                self.processes
+                            ),
+                        ));
                     }
                     hosts
                 }

@@ -163,7 +163,14 @@ mod tests {
         (0..n as u64)
             .map(|seq| {
                 let t = Time::new(seq / 7, seq);
-                (t, Rec { key: format!("k{}", rng.random_range(0..keys)), event: seq, seq })
+                (
+                    t,
+                    Rec {
+                        key: format!("k{}", rng.random_range(0..keys)),
+                        event: seq,
+                        seq,
+                    },
+                )
             })
             .collect()
     }
@@ -171,7 +178,11 @@ mod tests {
     /// The sequential model: the first record of each key, in input order.
     fn oracle(input: &[(Time, Rec)]) -> Vec<Rec> {
         let mut seen = HashSet::new();
-        let mut out: Vec<Rec> = input.iter().filter(|(_, r)| seen.insert(r.key.clone())).map(|(_, r)| r.clone()).collect();
+        let mut out: Vec<Rec> = input
+            .iter()
+            .filter(|(_, r)| seen.insert(r.key.clone()))
+            .map(|(_, r)| r.clone())
+            .collect();
         out.sort();
         out
     }
@@ -185,7 +196,11 @@ mod tests {
         let data = Arc::new(data);
         timely::execute(timely::Config::process(workers), move |worker| {
             let (index, peers) = (worker.index(), worker.peers());
-            let mine: Vec<(Time, Rec)> = data.iter().filter(|(_, r)| (hash_key(&r.key) as usize / 3) % peers == index).cloned().collect();
+            let mine: Vec<(Time, Rec)> = data
+                .iter()
+                .filter(|(_, r)| (hash_key(&r.key) as usize / 3) % peers == index)
+                .cloned()
+                .collect();
             let out = out2.clone();
             worker.dataflow::<Time, _, _>(|scope| {
                 let activator_scope = scope;
@@ -233,7 +248,11 @@ mod tests {
             let data = input(seed, 300);
             let expected = oracle(&data);
             for workers in [1, 2, 4] {
-                assert_eq!(run(workers, data.clone(), u64::MAX / 2), expected, "seed {seed}, {workers} workers");
+                assert_eq!(
+                    run(workers, data.clone(), u64::MAX / 2),
+                    expected,
+                    "seed {seed}, {workers} workers"
+                );
             }
         }
     }
@@ -244,7 +263,11 @@ mod tests {
         // "a" at event 0 with a TTL of 10 is forgotten once the frontier's
         // event time reaches 10, so "a" at event 50 passes again; "b" repeats
         // within its TTL and is dropped.
-        let rec = |key: &str, event| Rec { key: key.into(), event, seq: event };
+        let rec = |key: &str, event| Rec {
+            key: key.into(),
+            event,
+            seq: event,
+        };
         let data = vec![
             (Time::new(0, 0), rec("a", 0)),
             (Time::new(0, 0), rec("b", 0)),

@@ -45,6 +45,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--table", action="append", required=True, help="namespace.table (repeatable)")
     p.add_argument("--columns", help="comma separated column names (default: all)")
     p.add_argument("--summary-only", action="store_true", help="skip rows; row_count still given")
+    p.add_argument(
+        "--per-snapshot",
+        action="store_true",
+        help="also give each snapshot's own rows (time travel), for consistent-cut checks",
+    )
     return p.parse_args(argv)
 
 
@@ -111,7 +116,9 @@ def describe_snapshots(table) -> list[dict[str, Any]]:
     ]
 
 
-def read_table(catalog, ident: str, columns: list[str] | None, summary_only: bool) -> dict[str, Any]:
+def read_table(
+    catalog, ident: str, columns: list[str] | None, summary_only: bool, per_snapshot: bool = False
+) -> dict[str, Any]:
     from pyiceberg.exceptions import NoSuchTableError
     from sqlalchemy.exc import OperationalError
 
@@ -139,6 +146,11 @@ def read_table(catalog, ident: str, columns: list[str] | None, summary_only: boo
         rows = [jsonable(r) for r in scan.to_arrow().to_pylist()]
         out["row_count"] = len(rows)
         out["rows"] = rows
+    if per_snapshot:
+        fields = tuple(columns) if columns else ("*",)
+        for snap in out["snapshots"]:
+            at = table.scan(selected_fields=fields, snapshot_id=snap["snapshot_id"])
+            snap["rows"] = [jsonable(r) for r in at.to_arrow().to_pylist()]
     return out
 
 
@@ -148,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         catalog = open_catalog(args.catalog_uri, args.warehouse, args.catalog_name)
         for ident in args.table:
-            print(json.dumps(read_table(catalog, ident, columns, args.summary_only)), flush=True)
+            print(json.dumps(read_table(catalog, ident, columns, args.summary_only, args.per_snapshot)), flush=True)
     except Exception as e:  # noqa: BLE001 - a CLI: report any failure on stderr
         print(f"read_iceberg: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

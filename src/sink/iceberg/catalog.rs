@@ -74,7 +74,12 @@ impl JobCatalog {
     pub async fn ensure_table<R: TableRow>(&self, name: &str) -> Result<Table> {
         let ident = self.ident(name);
         let q = self.qualified(name);
-        if self.catalog.table_exists(&ident).await.map_err(|e| Error::iceberg(&q, "check table", e))? {
+        if self
+            .catalog
+            .table_exists(&ident)
+            .await
+            .map_err(|e| Error::iceberg(&q, "check table", e))?
+        {
             return self.load(name).await;
         }
         let schema = R::schema();

@@ -139,70 +139,75 @@ pub fn commit<'scope>(
     spec: CommitSpec,
 ) {
     let index = staged.scope().index();
-    let _unused: Stream<'scope, Time, Vec<()>> = staged.binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
-        offsets,
-        Exchange::new(|_: &StagedFiles| 0),
-        Exchange::new(|_: &OffsetReport| 0),
-        "Committer",
-        move |_cap, _info| {
-            let mut sender = (index == 0).then(|| start_commit_thread(spec.clone()));
-            let mut files: BTreeMap<u64, Vec<StagedFiles>> = BTreeMap::new();
-            let mut reports: BTreeMap<u64, Vec<OffsetReport>> = BTreeMap::new();
-            let mut current: BTreeMap<(u16, i32), i64> = BTreeMap::new();
-            move |(in1, f1), (in2, f2), _output| {
-                in1.for_each_stamp(|_cap, data| {
-                    for batch in data {
-                        for s in batch.drain(..) {
-                            files.entry(s.group).or_default().push(s);
+    let _unused: Stream<'scope, Time, Vec<()>> = staged
+        .binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
+            offsets,
+            Exchange::new(|_: &StagedFiles| 0),
+            Exchange::new(|_: &OffsetReport| 0),
+            "Committer",
+            move |_cap, _info| {
+                let mut sender = (index == 0).then(|| start_commit_thread(spec.clone()));
+                let mut files: BTreeMap<u64, Vec<StagedFiles>> = BTreeMap::new();
+                let mut reports: BTreeMap<u64, Vec<OffsetReport>> = BTreeMap::new();
+                let mut current: BTreeMap<(u16, i32), i64> = BTreeMap::new();
+                move |(in1, f1), (in2, f2), _output| {
+                    in1.for_each_stamp(|_cap, data| {
+                        for batch in data {
+                            for s in batch.drain(..) {
+                                files.entry(s.group).or_default().push(s);
+                            }
                         }
-                    }
-                });
-                in2.for_each_stamp(|_cap, data| {
-                    for batch in data {
-                        for r in batch.drain(..) {
-                            reports.entry(r.epoch).or_default().push(r);
+                    });
+                    in2.for_each_stamp(|_cap, data| {
+                        for batch in data {
+                            for r in batch.drain(..) {
+                                reports.entry(r.epoch).or_default().push(r);
+                            }
                         }
-                    }
-                });
-                let Some(tx) = sender.as_ref() else { return };
-                let min_epoch = f1.frontier().iter().chain(f2.frontier().iter()).map(|t| t.epoch).min();
-                let finished = min_epoch.is_none();
-                let label = match min_epoch {
-                    // Everything is in: commit the rest under the last group.
-                    None => {
-                        let last = files.keys().next_back().copied().max(reports.keys().next_back().copied());
-                        last.map(|e| spec.groups.group_of(e))
-                    }
-                    Some(0) => None,
-                    // The newest group with files that the frontier has passed.
-                    Some(e) => files.range(..e).next_back().map(|(g, _)| *g),
-                };
-                if let Some(label) = label {
-                    let later_files = files.split_off(&(label + 1));
-                    let later_reports = reports.split_off(&(label + 1));
-                    for r in std::mem::replace(&mut reports, later_reports).into_values().flatten() {
-                        current.insert((r.topic, r.partition), r.next_offset);
-                    }
-                    let mut by_table: BTreeMap<String, Vec<StagedFiles>> = BTreeMap::new();
-                    for s in std::mem::replace(&mut files, later_files).into_values().flatten() {
-                        by_table.entry(s.table.clone()).or_default().push(s);
-                    }
-                    let cut = Cut {
-                        epoch: label,
-                        files: by_table,
-                        offsets: current.clone(),
+                    });
+                    let Some(tx) = sender.as_ref() else { return };
+                    let min_epoch = f1.frontier().iter().chain(f2.frontier().iter()).map(|t| t.epoch).min();
+                    let finished = min_epoch.is_none();
+                    let label = match min_epoch {
+                        // Everything is in: commit the rest under the last group.
+                        None => {
+                            let last = files
+                                .keys()
+                                .next_back()
+                                .copied()
+                                .max(reports.keys().next_back().copied());
+                            last.map(|e| spec.groups.group_of(e))
+                        }
+                        Some(0) => None,
+                        // The newest group with files that the frontier has passed.
+                        Some(e) => files.range(..e).next_back().map(|(g, _)| *g),
                     };
-                    if tx.send(cut).is_err() {
-                        tracing::error!("commit thread is gone; the job is stopping");
+                    if let Some(label) = label {
+                        let later_files = files.split_off(&(label + 1));
+                        let later_reports = reports.split_off(&(label + 1));
+                        for r in std::mem::replace(&mut reports, later_reports).into_values().flatten() {
+                            current.insert((r.topic, r.partition), r.next_offset);
+                        }
+                        let mut by_table: BTreeMap<String, Vec<StagedFiles>> = BTreeMap::new();
+                        for s in std::mem::replace(&mut files, later_files).into_values().flatten() {
+                            by_table.entry(s.table.clone()).or_default().push(s);
+                        }
+                        let cut = Cut {
+                            epoch: label,
+                            files: by_table,
+                            offsets: current.clone(),
+                        };
+                        if tx.send(cut).is_err() {
+                            tracing::error!("commit thread is gone; the job is stopping");
+                        }
+                    }
+                    if finished {
+                        // Dropping the sender lets the commit thread finish.
+                        sender = None;
                     }
                 }
-                if finished {
-                    // Dropping the sender lets the commit thread finish.
-                    sender = None;
-                }
-            }
-        },
-    );
+            },
+        );
 }
 
 fn start_commit_thread(spec: CommitSpec) -> mpsc::Sender<Cut> {
@@ -292,9 +297,13 @@ async fn commit_table(
 ) -> Result<Option<i64>, String> {
     let t = spec.catalog.load(table).await.map_err(|e| e.to_string())?;
     let metadata = t.metadata();
-    let already = metadata
-        .snapshots()
-        .any(|s| s.summary().additional_properties.get("k2.commit-id").map(String::as_str) == Some(id));
+    let already = metadata.snapshots().any(|s| {
+        s.summary()
+            .additional_properties
+            .get("k2.commit-id")
+            .map(String::as_str)
+            == Some(id)
+    });
     if already {
         return Ok(None);
     }
@@ -305,7 +314,8 @@ async fn commit_table(
     for s in staged {
         for json in &s.data_files {
             data_files.push(
-                deserialize_data_file_from_json(json, spec_ref.spec_id(), &partition_type, schema).map_err(|e| e.to_string())?,
+                deserialize_data_file_from_json(json, spec_ref.spec_id(), &partition_type, schema)
+                    .map_err(|e| e.to_string())?,
             );
         }
     }
@@ -317,7 +327,10 @@ async fn commit_table(
         .add_data_files(data_files)
         .apply(tx)
         .map_err(|e| e.to_string())?;
-    let committed = tx.commit(spec.catalog.catalog.as_ref()).await.map_err(|e| e.to_string())?;
+    let committed = tx
+        .commit(spec.catalog.catalog.as_ref())
+        .await
+        .map_err(|e| e.to_string())?;
     let ms = committed
         .metadata()
         .current_snapshot()

@@ -6,7 +6,9 @@
 //! Iceberg one, so Parquet field ids always match the table.
 
 use crate::record::{DeadLetter, Trade};
-use arrow_array::builder::{LargeBinaryBuilder, Decimal128Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::builder::{
+    Decimal128Builder, Int32Builder, Int64Builder, LargeBinaryBuilder, StringBuilder, TimestampMicrosecondBuilder,
+};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, SchemaRef};
 use iceberg::spec::{NestedField, PrimitiveType, Schema, Type};
@@ -73,7 +75,12 @@ fn finish(schema: &SchemaRef, columns: Vec<ArrayRef>) -> RecordBatch {
 /// Re-labels an array whose physical layout already matches `to` (timestamp
 /// time zone, decimal precision/scale).
 fn arrow_cast_same_layout(col: ArrayRef, to: &DataType) -> ArrayRef {
-    let data = col.to_data().into_builder().data_type(to.clone()).build().expect("same physical layout");
+    let data = col
+        .to_data()
+        .into_builder()
+        .data_type(to.clone())
+        .build()
+        .expect("same physical layout");
     arrow_array::make_array(data)
 }
 
@@ -136,7 +143,12 @@ impl TableRow for Trade {
             event.append_value(r.event_us);
             ingest.append_value(r.source.ingest_us);
             kafka_ts.append_value(r.source.kafka_ts_ms * 1000);
-            topic.append_value(ctx.topics.get(r.source.topic as usize).map(String::as_str).unwrap_or("?"));
+            topic.append_value(
+                ctx.topics
+                    .get(r.source.topic as usize)
+                    .map(String::as_str)
+                    .unwrap_or("?"),
+            );
             partition.append_value(r.source.partition);
             offset.append_value(r.source.offset);
         }
@@ -196,7 +208,12 @@ impl TableRow for DeadLetter {
         let mut kafka_ts = TimestampMicrosecondBuilder::with_capacity(n);
         let mut ingest = TimestampMicrosecondBuilder::with_capacity(n);
         for r in rows {
-            topic.append_value(ctx.topics.get(r.source.topic as usize).map(String::as_str).unwrap_or("?"));
+            topic.append_value(
+                ctx.topics
+                    .get(r.source.topic as usize)
+                    .map(String::as_str)
+                    .unwrap_or("?"),
+            );
             partition.append_value(r.source.partition);
             offset.append_value(r.source.offset);
             reason.append_value(&r.reason);
@@ -218,4 +235,3 @@ impl TableRow for DeadLetter {
         finish(schema, columns)
     }
 }
-

@@ -122,7 +122,11 @@ impl<R: TableRow> TableWriter<R> {
             while start < rows.len() {
                 let day = rows[start].partition_day();
                 let end = start + rows[start..].iter().take_while(|r| r.partition_day() == day).count();
-                let key = PartitionKey::new(spec.clone(), schema.clone(), Struct::from_iter([Some(Literal::date(day))]));
+                let key = PartitionKey::new(
+                    spec.clone(),
+                    schema.clone(),
+                    Struct::from_iter([Some(Literal::date(day))]),
+                );
                 let names = DefaultFileNameGenerator::new(
                     format!("{}-{}-w{worker}-g{group}-d{day}", self.job, self.run_id),
                     None,
@@ -216,15 +220,27 @@ mod tests {
 
     #[test]
     fn groups_end_on_commit_interval_boundaries() {
-        let g = CommitGroups { epoch_ms: 200, commit_interval_ms: 1000 };
-        assert_eq!((0..10).map(|e| g.group_of(e)).collect::<Vec<_>>(), vec![4, 4, 4, 4, 4, 9, 9, 9, 9, 9]);
-        let g = CommitGroups { epoch_ms: 300, commit_interval_ms: 1000 };
+        let g = CommitGroups {
+            epoch_ms: 200,
+            commit_interval_ms: 1000,
+        };
+        assert_eq!(
+            (0..10).map(|e| g.group_of(e)).collect::<Vec<_>>(),
+            vec![4, 4, 4, 4, 4, 9, 9, 9, 9, 9]
+        );
+        let g = CommitGroups {
+            epoch_ms: 300,
+            commit_interval_ms: 1000,
+        };
         for e in 0..1000 {
             let label = g.group_of(e);
             assert!(label >= e);
             assert_eq!(g.group_of(label), label, "a label is its own group's end");
         }
-        let g = CommitGroups { epoch_ms: 100, commit_interval_ms: 100 };
+        let g = CommitGroups {
+            epoch_ms: 100,
+            commit_interval_ms: 100,
+        };
         assert_eq!(g.group_of(8_800_000_000), 8_800_000_000);
     }
 }

@@ -145,9 +145,9 @@ pub fn decode(
 /// fixed on purpose: splitting must not depend on exchange metadata fetched at
 /// run time, or the same message could normalize differently on replay.
 pub const BINANCE_QUOTE_ASSETS: &[&str] = &[
-    "FDUSD", "USDT", "USDC", "TUSD", "BUSD", "USDP", "AEUR", "EURI", "BIDR", "IDRT", "DOGE", "USD",
-    "EUR", "GBP", "TRY", "BRL", "JPY", "AUD", "RUB", "UAH", "ZAR", "NGN", "PLN", "RON", "ARS",
-    "MXN", "COP", "CZK", "DAI", "BTC", "ETH", "BNB", "XRP", "TRX", "SOL",
+    "FDUSD", "USDT", "USDC", "TUSD", "BUSD", "USDP", "AEUR", "EURI", "BIDR", "IDRT", "DOGE", "USD", "EUR", "GBP",
+    "TRY", "BRL", "JPY", "AUD", "RUB", "UAH", "ZAR", "NGN", "PLN", "RON", "ARS", "MXN", "COP", "CZK", "DAI", "BTC",
+    "ETH", "BNB", "XRP", "TRX", "SOL",
 ];
 
 /// Normalizes a Binance symbol such as `BTCUSDT` to `BTC/USDT`.
@@ -159,7 +159,12 @@ pub fn normalize_binance_symbol(s: &str) -> Option<String> {
     if !is_binance_symbol(s) {
         return None;
     }
+    let last = s.as_bytes().last();
     BINANCE_QUOTE_ASSETS.iter().find_map(|quote| {
+        // Comparing the last byte first skips most candidates cheaply.
+        if quote.as_bytes().last() != last {
+            return None;
+        }
         let base = s.strip_suffix(quote)?;
         if base.is_empty() {
             return None;
@@ -173,9 +178,7 @@ pub fn normalize_binance_symbol(s: &str) -> Option<String> {
 }
 
 fn is_binance_symbol(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
 }
 
 /// Normalizes a Kraken v2 symbol such as `xbt/usd` to `BTC/USD`.
@@ -186,9 +189,7 @@ fn is_binance_symbol(s: &str) -> bool {
 /// otherwise.
 pub fn normalize_kraken_symbol(s: &str) -> Option<String> {
     let (base, quote) = s.split_once('/')?;
-    let valid = |part: &str| {
-        !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.')
-    };
+    let valid = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.');
     if !valid(base) || !valid(quote) {
         return None;
     }
@@ -254,7 +255,91 @@ pub fn parse_decimal(text: &str) -> Option<Decimal> {
 }
 
 fn parse_decimal_detailed(text: &str) -> Result<i128, DecimalError> {
-    let b = text.as_bytes();
+    match parse_decimal_fast(text.as_bytes()) {
+        Some(v) => Ok(v),
+        None => parse_decimal_general(text.as_bytes()),
+    }
+}
+
+/// The common case in one pass: `-?int(.frac)?` with at most 19 characters
+/// after the sign (so at most 19 digits, which fit a `u64`, and at most 17
+/// fractional digits), no exponent. `None` means "use the general parser",
+/// which also classifies errors.
+#[inline]
+fn parse_decimal_fast(b: &[u8]) -> Option<i128> {
+    let (neg, b) = match b {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, b),
+    };
+    if b.is_empty() || b.len() > 19 {
+        return None;
+    }
+    let mut acc: u64 = 0;
+    let mut i = 0;
+    while let Some(v) = eight_digits(&b[i..]) {
+        acc = acc * 100_000_000 + v;
+        i += 8;
+    }
+    while i < b.len() {
+        let d = b[i].wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        acc = acc * 10 + u64::from(d);
+        i += 1;
+    }
+    if i == 0 || (i > 1 && b[0] == b'0') {
+        return None;
+    }
+    let mut frac_len = 0;
+    if i < b.len() {
+        if b[i] != b'.' {
+            return None;
+        }
+        i += 1;
+        let start = i;
+        while let Some(v) = eight_digits(&b[i..]) {
+            acc = acc * 100_000_000 + v;
+            i += 8;
+        }
+        while i < b.len() {
+            let d = b[i].wrapping_sub(b'0');
+            if d > 9 {
+                return None;
+            }
+            acc = acc * 10 + u64::from(d);
+            i += 1;
+        }
+        frac_len = i - start;
+        if frac_len == 0 {
+            return None;
+        }
+    }
+    // acc < 10^19 and frac_len <= 17, so this cannot overflow an i128.
+    let v = i128::from(acc) * POW10[DECIMAL_SCALE as usize - frac_len] as i128;
+    Some(if neg { -v } else { v })
+}
+
+/// The value of the first 8 bytes of `b` if they are all ASCII digits
+/// (SWAR: all eight digits are checked and combined in a few instructions).
+#[inline]
+fn eight_digits(b: &[u8]) -> Option<u64> {
+    const HIGH_NIBBLES: u64 = 0xf0f0_f0f0_f0f0_f0f0;
+    let chunk = u64::from_le_bytes(*b.first_chunk::<8>()?);
+    let high = chunk & HIGH_NIBBLES;
+    let carried = (chunk.wrapping_add(0x0606_0606_0606_0606) & HIGH_NIBBLES) >> 4;
+    if high | carried != 0x3333_3333_3333_3333 {
+        return None;
+    }
+    // Combine pairs, then quads, then the two halves (little-endian: the
+    // first digit is the lowest byte).
+    let v = chunk - 0x3030_3030_3030_3030;
+    let v = (v * 10 + (v >> 8)) & 0x00ff_00ff_00ff_00ff;
+    let v = (v * 100 + (v >> 16)) & 0x0000_ffff_0000_ffff;
+    Some((v * 10_000 + (v >> 32)) & 0xffff_ffff)
+}
+
+fn parse_decimal_general(b: &[u8]) -> Result<i128, DecimalError> {
     let len = b.len();
     let mut i = 0;
     let neg = b.first() == Some(&b'-');
@@ -353,13 +438,9 @@ fn parse_decimal_detailed(text: &str) -> Result<i128, DecimalError> {
             .and_then(|m| m.checked_add(u128::from(d - b'0')))
             .ok_or(DecimalError::Overflow)?;
     }
-    let mag = mag
-        .checked_mul(POW10[shift as usize])
-        .ok_or(DecimalError::Overflow)?;
+    let mag = mag.checked_mul(POW10[shift as usize]).ok_or(DecimalError::Overflow)?;
     if neg {
-        0i128
-            .checked_sub_unsigned(mag)
-            .ok_or(DecimalError::Overflow)
+        0i128.checked_sub_unsigned(mag).ok_or(DecimalError::Overflow)
     } else {
         i128::try_from(mag).map_err(|_| DecimalError::Overflow)
     }
@@ -389,12 +470,7 @@ pub fn parse_rfc3339_micros(text: &str) -> Option<i64> {
     let hour = digits2(b, 11)?;
     let minute = digits2(b, 14)?;
     let second = digits2(b, 17)?;
-    if b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
+    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
         return None;
     }
     if !(1..=12).contains(&month)
@@ -452,8 +528,7 @@ pub fn parse_rfc3339_micros(text: &str) -> Option<i64> {
     }
 
     let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second)
-        - offset_s;
+    let secs = days * 86_400 + i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second) - offset_s;
     Some(secs * 1_000_000 + micros)
 }
 
@@ -461,9 +536,7 @@ pub fn parse_rfc3339_micros(text: &str) -> Option<i64> {
 #[inline]
 fn digits2(b: &[u8], at: usize) -> Option<u32> {
     match (b.get(at), b.get(at + 1)) {
-        (Some(&h @ b'0'..=b'9'), Some(&l @ b'0'..=b'9')) => {
-            Some(u32::from(h - b'0') * 10 + u32::from(l - b'0'))
-        }
+        (Some(&h @ b'0'..=b'9'), Some(&l @ b'0'..=b'9')) => Some(u32::from(h - b'0') * 10 + u32::from(l - b'0')),
         _ => None,
     }
 }
@@ -587,16 +660,10 @@ fn decode_binance(text: &str, source: &SourcePosition) -> Result<Trade, DecodeEr
     let trade_id = u64_field(f, required(f, ev.trade_id)?)?;
 
     let f = Field::top("p");
-    let price = positive_decimal(
-        f,
-        &string_field(f, required(f, ev.price)?, "a decimal string")?,
-    )?;
+    let price = positive_decimal(f, &string_field(f, required(f, ev.price)?, "a decimal string")?)?;
 
     let f = Field::top("q");
-    let quantity = positive_decimal(
-        f,
-        &string_field(f, required(f, ev.quantity)?, "a decimal string")?,
-    )?;
+    let quantity = positive_decimal(f, &string_field(f, required(f, ev.quantity)?, "a decimal string")?)?;
 
     let f = Field::top("T");
     let trade_ms = u64_field(f, required(f, ev.trade_time)?)?;
@@ -626,11 +693,7 @@ fn decode_binance(text: &str, source: &SourcePosition) -> Result<Trade, DecodeEr
     })
 }
 
-fn decode_kraken(
-    text: &str,
-    source: &SourcePosition,
-    out: &mut Vec<Trade>,
-) -> Result<(), DecodeError> {
+fn decode_kraken(text: &str, source: &SourcePosition, out: &mut Vec<Trade>) -> Result<(), DecodeError> {
     reject_array(text)?;
     let msg: KrakenMessage<'_> = serde_json::from_str(text).map_err(|e| json_error(&e, ""))?;
 
@@ -645,10 +708,7 @@ fn decode_kraken(
     if kind != "snapshot" && kind != "update" {
         return Err(invalid(
             f,
-            format!(
-                "expected \"snapshot\" or \"update\", found {:?}",
-                snippet(&kind)
-            ),
+            format!("expected \"snapshot\" or \"update\", found {:?}", snippet(&kind)),
         ));
     }
 
@@ -657,8 +717,7 @@ fn decode_kraken(
     if !data.starts_with('[') {
         return Err(wrong_type(f, "an array", data));
     }
-    let elements: Vec<&RawValue> =
-        serde_json::from_str(data).map_err(|e| json_error(&e, "field `data`: "))?;
+    let elements: Vec<&RawValue> = serde_json::from_str(data).map_err(|e| json_error(&e, "field `data`: "))?;
     if elements.is_empty() {
         return Err(DecodeError::EmptyData);
     }
@@ -673,17 +732,13 @@ fn kraken_trade(index: usize, raw: &str, source: &SourcePosition) -> Result<Trad
     if !raw.starts_with('{') {
         return Err(wrong_type(Field::data(index, ""), "an object", raw));
     }
-    let t: KrakenTrade<'_> = serde_json::from_str(raw)
-        .map_err(|e| json_error(&e, &format!("field `data[{index}]`: ")))?;
+    let t: KrakenTrade<'_> =
+        serde_json::from_str(raw).map_err(|e| json_error(&e, &format!("field `data[{index}]`: ")))?;
 
     let f = Field::data(index, "symbol");
     let native = string_field(f, required(f, t.symbol)?, "a string")?;
-    let symbol = normalize_kraken_symbol(&native).ok_or_else(|| {
-        invalid(
-            f,
-            format!("expected BASE/QUOTE, found {:?}", snippet(&native)),
-        )
-    })?;
+    let symbol = normalize_kraken_symbol(&native)
+        .ok_or_else(|| invalid(f, format!("expected BASE/QUOTE, found {:?}", snippet(&native))))?;
 
     let f = Field::data(index, "side");
     let side = match &*string_field(f, required(f, t.side)?, "a string")? {
@@ -794,18 +849,11 @@ fn describe(raw: &str) -> String {
 }
 
 fn wrong_type(field: Field, expected: &str, raw: &str) -> DecodeError {
-    invalid(
-        field,
-        format!("expected {expected}, found {}", describe(raw)),
-    )
+    invalid(field, format!("expected {expected}, found {}", describe(raw)))
 }
 
 /// The content of a JSON string, borrowed unless it contains escapes.
-fn string_field<'a>(
-    field: Field,
-    raw: &'a str,
-    expected: &str,
-) -> Result<Cow<'a, str>, DecodeError> {
+fn string_field<'a>(field: Field, raw: &'a str, expected: &str) -> Result<Cow<'a, str>, DecodeError> {
     if !raw.starts_with('"') {
         return Err(wrong_type(field, expected, raw));
     }
@@ -825,17 +873,22 @@ fn u64_field(field: Field, raw: &str) -> Result<u64, DecodeError> {
     if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
         return Err(wrong_type(field, "an unsigned integer", raw));
     }
+    if b.len() <= 19 {
+        // At most 19 digits: cannot overflow.
+        let mut v: u64 = 0;
+        let mut rest = b;
+        while let Some(chunk) = eight_digits(rest) {
+            v = v * 100_000_000 + chunk;
+            rest = &rest[8..];
+        }
+        return Ok(rest.iter().fold(v, |v, &d| v * 10 + u64::from(d - b'0')));
+    }
     let mut v: u64 = 0;
     for &d in b {
         v = v
             .checked_mul(10)
             .and_then(|v| v.checked_add(u64::from(d - b'0')))
-            .ok_or_else(|| {
-                invalid(
-                    field,
-                    format!("unsigned integer out of range: {}", snippet(raw)),
-                )
-            })?;
+            .ok_or_else(|| invalid(field, format!("unsigned integer out of range: {}", snippet(raw))))?;
     }
     Ok(v)
 }
@@ -859,20 +912,14 @@ fn number_field(field: Field, raw: &str) -> Result<Decimal, DecodeError> {
 fn positive_decimal(field: Field, text: &str) -> Result<Decimal, DecodeError> {
     match parse_decimal_detailed(text) {
         Ok(v) if v > 0 => Ok(Decimal(v)),
-        Ok(_) => Err(invalid(
-            field,
-            format!("must be positive, found {:?}", snippet(text)),
-        )),
+        Ok(_) => Err(invalid(field, format!("must be positive, found {:?}", snippet(text)))),
         Err(e) => {
             let why = match e {
                 DecimalError::Syntax => "",
                 DecimalError::TooPrecise => " (more than 18 fractional digits)",
                 DecimalError::Overflow => " (out of range)",
             };
-            Err(invalid(
-                field,
-                format!("invalid decimal {:?}{why}", snippet(text)),
-            ))
+            Err(invalid(field, format!("invalid decimal {:?}{why}", snippet(text))))
         }
     }
 }
@@ -880,13 +927,8 @@ fn positive_decimal(field: Field, text: &str) -> Result<Decimal, DecodeError> {
 /// Rejects a top-level array up front: serde's derived structs would
 /// otherwise accept `[...]` as a positional struct.
 fn reject_array(text: &str) -> Result<(), DecodeError> {
-    if text
-        .trim_start_matches([' ', '\t', '\n', '\r'])
-        .starts_with('[')
-    {
-        return Err(DecodeError::Shape(
-            "expected a JSON object, found an array".to_owned(),
-        ));
+    if text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('[') {
+        return Err(DecodeError::Shape("expected a JSON object, found an array".to_owned()));
     }
     Ok(())
 }
@@ -956,15 +998,13 @@ mod tests {
 
     fn ok(exchange: Exchange, payload: &str) -> Vec<Trade> {
         let mut out = Vec::new();
-        decode(exchange, payload.as_bytes(), &pos(), &mut out)
-            .unwrap_or_else(|e| panic!("{payload} failed: {e}"));
+        decode(exchange, payload.as_bytes(), &pos(), &mut out).unwrap_or_else(|e| panic!("{payload} failed: {e}"));
         out
     }
 
     fn err(exchange: Exchange, payload: &[u8]) -> String {
         let mut out = vec![];
-        let e =
-            decode(exchange, payload, &pos(), &mut out).expect_err("decode unexpectedly succeeded");
+        let e = decode(exchange, payload, &pos(), &mut out).expect_err("decode unexpectedly succeeded");
         assert!(out.is_empty(), "appended trades on error");
         e.to_string()
     }
@@ -1066,6 +1106,32 @@ mod tests {
         }
     }
 
+    #[test]
+    fn decimal_fast_path_agrees_with_general() {
+        assert_eq!(eight_digits(b"12345678"), Some(12_345_678));
+        assert_eq!(eight_digits(b"00000000x"), Some(0));
+        assert_eq!(eight_digits(b"99999999"), Some(99_999_999));
+        assert_eq!(eight_digits(b"1234567"), None);
+        for bad in [b"1234567:", b"/1234567", b"1234\xff567", b"12 45678"] {
+            assert_eq!(eight_digits(bad), None);
+        }
+        let mut rng = TestRng(3);
+        let alphabet = b"0123456789000.-e";
+        let mut fast_hits = 0;
+        for _ in 0..200_000 {
+            let len = 1 + (rng.next() % 22) as usize;
+            let text: Vec<u8> = (0..len)
+                .map(|_| alphabet[(rng.next() % alphabet.len() as u64) as usize])
+                .collect();
+            let general = parse_decimal_general(&text);
+            if let Some(v) = parse_decimal_fast(&text) {
+                fast_hits += 1;
+                assert_eq!(Ok(v), general, "{}", String::from_utf8_lossy(&text));
+            }
+        }
+        assert!(fast_hits > 1000, "{fast_hits}");
+    }
+
     // -- timestamps --------------------------------------------------------
 
     #[test]
@@ -1136,11 +1202,7 @@ mod tests {
             let frac: String = (0..frac_digits)
                 .map(|_| char::from(b'0' + (rng.next() % 10) as u8))
                 .collect();
-            let frac = if frac.is_empty() {
-                frac
-            } else {
-                format!(".{frac}")
-            };
+            let frac = if frac.is_empty() { frac } else { format!(".{frac}") };
             let zone = match rng.next() % 3 {
                 0 => "Z".to_owned(),
                 1 => format!("+{:02}:{:02}", rng.next() % 24, rng.next() % 60),
@@ -1176,11 +1238,7 @@ mod tests {
             ("", None),
         ];
         for (native, want) in cases {
-            assert_eq!(
-                normalize_binance_symbol(native).as_deref(),
-                want,
-                "{native}"
-            );
+            assert_eq!(normalize_binance_symbol(native).as_deref(), want, "{native}");
         }
         // Longest first, so no entry is a suffix of a later one.
         for (i, a) in BINANCE_QUOTE_ASSETS.iter().enumerate() {
@@ -1283,10 +1341,7 @@ mod tests {
     fn kraken_multi_snapshot() {
         let trades = ok(Exchange::Kraken, KRAKEN_MULTI);
         let ids: Vec<_> = trades.iter().map(|t| t.message_id.as_str()).collect();
-        assert_eq!(
-            ids,
-            ["kraken:XBT/USD:1", "kraken:XBT/USD:2", "kraken:XBT/USD:3"]
-        );
+        assert_eq!(ids, ["kraken:XBT/USD:1", "kraken:XBT/USD:2", "kraken:XBT/USD:3"]);
         assert!(trades.iter().all(|t| t.symbol == "BTC/USD"));
         assert_eq!(trades[0].side, Side::Sell);
         assert_eq!(trades[1].side, Side::Buy);
@@ -1308,19 +1363,13 @@ mod tests {
             ("1.2345678E-5", 12_345_678_000_000),
             ("0.1", Decimal::ONE / 10),
             ("0.3", 3 * Decimal::ONE / 10),
-            (
-                "123456789.123456789123456789",
-                123_456_789_123_456_789_123_456_789,
-            ),
+            ("123456789.123456789123456789", 123_456_789_123_456_789_123_456_789),
         ] {
             let msg = KRAKEN.replace("0.5147", text);
             assert_eq!(ok(Exchange::Kraken, &msg)[0].price, Decimal(want), "{text}");
         }
         let escaped = KRAKEN.replace("MATIC/USD", r"MATIC\/USD");
-        assert_eq!(
-            ok(Exchange::Kraken, &escaped)[0].message_id,
-            "kraken:MATIC/USD:4665846"
-        );
+        assert_eq!(ok(Exchange::Kraken, &escaped)[0].message_id, "kraken:MATIC/USD:4665846");
     }
 
     // -- errors ------------------------------------------------------------
@@ -1335,10 +1384,7 @@ mod tests {
             berr(&BINANCE.replace("12345", r#""12345""#)),
             r#"field `t`: expected an unsigned integer, found string "12345""#
         );
-        assert_eq!(
-            berr(&BINANCE.replace(r#""q":"100","#, "")),
-            "missing field `q`"
-        );
+        assert_eq!(berr(&BINANCE.replace(r#""q":"100","#, "")), "missing field `q`");
         assert_eq!(
             berr(&BINANCE.replace("BNBBTC", "FOOBAR")),
             "unknown quote asset in symbol `FOOBAR`"
@@ -1427,11 +1473,7 @@ mod tests {
                 r#""p":"0""#,
                 "field `p`: must be positive, found \"0\"",
             ),
-            (
-                r#""p":"0.001""#,
-                r#""p":"""#,
-                "field `p`: invalid decimal \"\"",
-            ),
+            (r#""p":"0.001""#, r#""p":"""#, "field `p`: invalid decimal \"\""),
             (
                 r#""q":"100""#,
                 r#""q":{}"#,
@@ -1483,8 +1525,7 @@ mod tests {
     #[test]
     fn binance_missing_fields() {
         for field in ["e", "s", "t", "p", "q", "T", "m"] {
-            let mut v: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(BINANCE).unwrap();
+            let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(BINANCE).unwrap();
             v.remove(field);
             let msg = serde_json::to_string(&v).unwrap();
             assert_eq!(berr(&msg), format!("missing field `{field}`"));
@@ -1492,9 +1533,7 @@ mod tests {
         // E and M are not needed.
         ok(
             Exchange::Binance,
-            &BINANCE
-                .replace(r#","M":true"#, "")
-                .replace(r#""E":1672515782136,"#, ""),
+            &BINANCE.replace(r#","M":true"#, "").replace(r#""E":1672515782136,"#, ""),
         );
     }
 
@@ -1588,10 +1627,7 @@ mod tests {
             assert_eq!(kerr(&msg), want, "{msg}");
         }
         assert_eq!(
-            kerr(&KRAKEN.replace(
-                r#""channel":"trade""#,
-                r#""channel":"trade","channel":"trade""#
-            )),
+            kerr(&KRAKEN.replace(r#""channel":"trade""#, r#""channel":"trade","channel":"trade""#)),
             "duplicate field `channel`"
         );
         assert_eq!(
@@ -1645,10 +1681,7 @@ mod tests {
             ("{'e':'trade'}", Exchange::Binance),
             ("null", Exchange::Kraken),
             ("\"trade\"", Exchange::Binance),
-            (
-                "[\"trade\",\"BNBBTC\",1,\"1\",\"1\",1,true]",
-                Exchange::Binance,
-            ),
+            ("[\"trade\",\"BNBBTC\",1,\"1\",\"1\",1,true]", Exchange::Binance),
         ] {
             let e = err(exchange, payload.as_bytes());
             assert!(!e.is_empty());
@@ -1683,10 +1716,7 @@ mod tests {
         ] {
             let mut bytes = msg.as_bytes().to_vec();
             bytes[i] = 0xc3; // lead byte followed by ASCII
-            assert_eq!(
-                err(exchange, &bytes),
-                format!("not valid UTF-8 at byte {i}")
-            );
+            assert_eq!(err(exchange, &bytes), format!("not valid UTF-8 at byte {i}"));
         }
     }
 

@@ -64,8 +64,7 @@ impl SourcePlan {
             };
             if let Some(err) = t.error() {
                 return Err(Error::Other(format!(
-                    "topic `{topic}`: {:?} (create it first, e.g. with `k2 produce`)",
-                    rdkafka::types::RDKafkaRespErr::from(err)
+                    "topic `{topic}`: {err:?} (create it first, e.g. with `k2 produce`)"
                 )));
             }
             if t.partitions().is_empty() {
@@ -116,7 +115,10 @@ impl SourcePlan {
 
     /// End offsets of a bounded run, `(topic index, partition) -> end`.
     pub fn end_offsets(&self) -> BTreeMap<(u16, i32), i64> {
-        self.partitions.iter().filter_map(|p| p.end.map(|e| ((p.topic, p.partition), e))).collect()
+        self.partitions
+            .iter()
+            .filter_map(|p| p.end.map(|e| ((p.topic, p.partition), e)))
+            .collect()
     }
 }
 

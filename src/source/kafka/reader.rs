@@ -39,8 +39,8 @@ use crate::record::{DeadLetter, SourcePosition, Trade};
 use crate::sink::iceberg::OffsetReport;
 use crate::time::Time;
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -51,8 +51,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::Capability;
-use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{Scope, Stream};
 
 /// Asks running sources to stop: now, or once they reach given offsets.
@@ -146,7 +146,10 @@ impl ClientContext for SourceContext {
     fn error(&self, error: KafkaError, reason: &str) {
         // End of partition is normal progress (the idleness policy uses it),
         // not an error; librdkafka also reports it here.
-        let eof = matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF));
+        let eof = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
         if !eof {
             tracing::warn!(%error, reason, "kafka client error");
         }
@@ -166,23 +169,34 @@ struct PartState {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Builds the source for this worker; see the module docs.
-pub fn kafka_source<'scope>(scope: Scope<'scope, Time>, spec: SourceSpec) -> crate::error::Result<SourceStreams<'scope>> {
+pub fn kafka_source<'scope>(
+    scope: Scope<'scope, Time>,
+    spec: SourceSpec,
+) -> crate::error::Result<SourceStreams<'scope>> {
     // One consumer per topic this worker reads.
     let mut topics: Vec<String> = spec.partitions.iter().map(|p| p.topic_name.clone()).collect();
     topics.dedup();
     let mut consumers: Vec<BaseConsumer<SourceContext>> = Vec::new();
     for topic in &topics {
-        let consumer: BaseConsumer<SourceContext> = spec.client.create_with_context(SourceContext).map_err(|e| crate::error::Error::kafka("create consumer", e))?;
+        let consumer: BaseConsumer<SourceContext> = spec
+            .client
+            .create_with_context(SourceContext)
+            .map_err(|e| crate::error::Error::kafka("create consumer", e))?;
         let mut tpl = TopicPartitionList::new();
         for p in spec.partitions.iter().filter(|p| &p.topic_name == topic) {
             tpl.add_partition_offset(topic, p.partition, Offset::Offset(p.start))
                 .map_err(|e| crate::error::Error::kafka("build assignment", e))?;
         }
-        consumer.assign(&tpl).map_err(|e| crate::error::Error::kafka(format!("assign partitions of `{topic}`"), e))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| crate::error::Error::kafka(format!("assign partitions of `{topic}`"), e))?;
         consumers.push(consumer);
     }
     let started = Instant::now();
@@ -207,7 +221,8 @@ pub fn kafka_source<'scope>(scope: Scope<'scope, Time>, spec: SourceSpec) -> cra
     let (progress_out, progress) = builder.new_output::<Vec<OffsetReport>>();
     let mut trades_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<Trade>>> = OutputBuilder::from(trades_out);
     let mut dead_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<DeadLetter>>> = OutputBuilder::from(dead_out);
-    let mut progress_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<OffsetReport>>> = OutputBuilder::from(progress_out);
+    let mut progress_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<OffsetReport>>> =
+        OutputBuilder::from(progress_out);
 
     let activator = scope.activator_for(Rc::clone(&info.address));
     for consumer in consumers.iter_mut() {
@@ -237,7 +252,10 @@ pub fn kafka_source<'scope>(scope: Scope<'scope, Time>, spec: SourceSpec) -> cra
             let ingest_us = (now * 1000) as i64;
             if !drain_applied && let Some(targets) = spec.stop.drain_targets() {
                 for p in parts.iter_mut() {
-                    let end = targets.get(&(p.plan.topic, p.plan.partition)).copied().unwrap_or(p.next);
+                    let end = targets
+                        .get(&(p.plan.topic, p.plan.partition))
+                        .copied()
+                        .unwrap_or(p.next);
                     p.plan.end = Some(p.plan.end.map_or(end, |e| e.min(end)));
                     p.done = p.next >= p.plan.end.unwrap_or(i64::MAX);
                 }
@@ -252,7 +270,10 @@ pub fn kafka_source<'scope>(scope: Scope<'scope, Time>, spec: SourceSpec) -> cra
                     match consumer.poll(Duration::ZERO) {
                         None => break,
                         Some(Err(KafkaError::PartitionEOF(partition))) => {
-                            if let Some(p) = parts.iter_mut().find(|p| p.consumer == ci && p.plan.partition == partition) {
+                            if let Some(p) = parts
+                                .iter_mut()
+                                .find(|p| p.consumer == ci && p.plan.partition == partition)
+                            {
                                 p.caught_up = true;
                             }
                         }
@@ -267,7 +288,10 @@ pub fn kafka_source<'scope>(scope: Scope<'scope, Time>, spec: SourceSpec) -> cra
                         Some(Ok(m)) => {
                             polled += 1;
                             let partition = m.partition();
-                            let Some(p) = parts.iter_mut().find(|p| p.consumer == ci && p.plan.partition == partition) else {
+                            let Some(p) = parts
+                                .iter_mut()
+                                .find(|p| p.consumer == ci && p.plan.partition == partition)
+                            else {
                                 continue;
                             };
                             if p.done || p.plan.end.is_some_and(|end| m.offset() >= end) {
@@ -317,10 +341,15 @@ pub fn kafka_source<'scope>(scope: Scope<'scope, Time>, spec: SourceSpec) -> cra
             }
             if !trade_buf.is_empty() {
                 spec.stats.trades.fetch_add(trade_buf.len() as u64, Ordering::Relaxed);
-                trades_out.activate().session(&caps[0]).give_iterator(trade_buf.drain(..));
+                trades_out
+                    .activate()
+                    .session(&caps[0])
+                    .give_iterator(trade_buf.drain(..));
             }
             if !dead_buf.is_empty() {
-                spec.stats.dead_letters.fetch_add(dead_buf.len() as u64, Ordering::Relaxed);
+                spec.stats
+                    .dead_letters
+                    .fetch_add(dead_buf.len() as u64, Ordering::Relaxed);
                 dead_out.activate().session(&caps[1]).give_iterator(dead_buf.drain(..));
             }
 
@@ -372,7 +401,10 @@ fn watermark(parts: &[PartState], now: u64, now_instant: Instant, spec: &SourceS
     let idle = Duration::from_millis(spec.idle_timeout_ms);
     let active = parts
         .iter()
-        .filter(|p| !p.done && !(p.caught_up && now_instant.duration_since(p.last_message) >= idle))
+        .filter(|p| {
+            let idle = p.caught_up && now_instant.duration_since(p.last_message) >= idle;
+            !p.done && !idle
+        })
         .map(|p| p.max_event_ms.unwrap_or(0).saturating_sub(spec.max_out_of_orderness_ms))
         .min();
     match active {
@@ -380,4 +412,3 @@ fn watermark(parts: &[PartState], now: u64, now_instant: Instant, spec: &SourceS
         None => now.saturating_sub(spec.max_out_of_orderness_ms + spec.idle_timeout_ms),
     }
 }
-
