@@ -3,17 +3,17 @@
 //! Kafka (Binance and Kraken topics) → decode → dedup by message id →
 //! `bronze_binance_trades` / `bronze_kraken_trades`; undecodable messages →
 //! `dead_letters`. All three tables are committed together, one cut per commit
-//! group, with the source offsets of the cut.
+//! group, with the source offsets and the dedup state of the cut.
 
 use k2::error::Result;
 use k2::launch::{Dataflow, JobContext, TableKind};
-use k2::operators::Dedup;
+use k2::operators::DedupCheckpointed;
 use k2::record::{DeadLetter, Exchange, Trade};
-use k2::sink::iceberg::WriteIceberg;
+use k2::sink::iceberg::{CommitItem, WriteIceberg};
 use k2::time::Time;
 use timely::dataflow::Scope;
 use timely::dataflow::operators::Concat;
-use timely::dataflow::operators::vec::Partition;
+use timely::dataflow::operators::vec::{Map, Partition};
 
 /// The bronze dataflow.
 pub const BRONZE: Dataflow = Dataflow {
@@ -29,7 +29,11 @@ pub const BRONZE: Dataflow = Dataflow {
 
 fn build<'scope>(ctx: &JobContext, scope: Scope<'scope, Time>) -> Result<()> {
     let source = ctx.kafka_source(scope)?;
-    let trades = source.trades.dedup(ctx.config.dedup.ttl_ms, ctx.dedup_stats.clone());
+    let (trades, dedup_state) = source.trades.dedup_checkpointed(
+        ctx.config.dedup.ttl_ms,
+        ctx.dedup_stats.clone(),
+        ctx.state_checkpoint("dedup"),
+    );
     let mut by_exchange = trades.partition(2, |t: Trade| (if t.exchange == Exchange::Binance { 0 } else { 1 }, t));
     let kraken = by_exchange.pop().expect("two outputs");
     let binance = by_exchange.pop().expect("two outputs");
@@ -41,6 +45,11 @@ fn build<'scope>(ctx: &JobContext, scope: Scope<'scope, Time>) -> Result<()> {
                 .dead_letters
                 .write_iceberg(ctx.table_writer::<DeadLetter>("dead_letters")),
         );
-    ctx.commit(staged, source.progress);
+    ctx.commit(
+        staged
+            .map(CommitItem::from)
+            .concat(source.progress.map(CommitItem::from))
+            .concat(dedup_state.map(CommitItem::from)),
+    );
     Ok(())
 }

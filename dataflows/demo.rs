@@ -99,6 +99,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     let options = RunOptions {
         stop: stop.clone(),
         ready: Some(ready.clone()),
+        reset: None,
     };
     let timely = TimelyArgs {
         workers: args.workers,

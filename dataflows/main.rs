@@ -8,7 +8,7 @@ mod registry;
 
 use anyhow::{Context, Result, anyhow};
 use clap::{Parser, Subcommand};
-use k2::config::{Config, RunMode};
+use k2::config::{Config, RunMode, StartPosition};
 use k2::launch::{RunOptions, TimelyArgs};
 use std::path::PathBuf;
 
@@ -34,6 +34,12 @@ enum Command {
     Dataflows,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ResetPosition {
+    Earliest,
+    Latest,
+}
+
 #[derive(clap::Args)]
 struct RunArgs {
     /// The dataflow to run.
@@ -44,6 +50,10 @@ struct RunArgs {
     /// Stop at the end offsets seen at start (overrides `job.mode`).
     #[arg(long)]
     bounded: bool,
+    /// Discard the job's checkpoints and start afresh from `earliest` or
+    /// `latest`. Without it, a job always resumes from its last checkpoint.
+    #[arg(long, value_name = "POSITION")]
+    reset: Option<ResetPosition>,
     #[command(flatten)]
     timely: TimelyArgs,
     /// Print help.
@@ -75,7 +85,14 @@ fn real_main() -> Result<()> {
             if args.bounded {
                 config.job.mode = RunMode::Bounded;
             }
-            let report = k2::launch::run(dataflow, config, &args.timely, RunOptions::default())?;
+            let options = RunOptions {
+                reset: args.reset.map(|r| match r {
+                    ResetPosition::Earliest => StartPosition::Earliest,
+                    ResetPosition::Latest => StartPosition::Latest,
+                }),
+                ..RunOptions::default()
+            };
+            let report = k2::launch::run(dataflow, config, &args.timely, options)?;
             println!(
                 "{}",
                 serde_json::to_string(&demo::report_json(&report)).context("report")?

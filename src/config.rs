@@ -193,6 +193,11 @@ pub struct IcebergConfig {
     pub namespace: String,
     /// Data files are rolled at this size, as well as at every commit.
     pub target_file_size_bytes: u64,
+    /// Snapshots older than this are expired at start (metadata only: the
+    /// data files of an append-only table stay).
+    pub max_snapshot_age_ms: u64,
+    /// ... but at least this many snapshots are kept.
+    pub min_snapshots_to_keep: usize,
 }
 
 impl Default for IcebergConfig {
@@ -203,6 +208,8 @@ impl Default for IcebergConfig {
             catalog_uri: None,
             namespace: "market_data".into(),
             target_file_size_bytes: 128 * 1024 * 1024,
+            max_snapshot_age_ms: 24 * 3600 * 1000,
+            min_snapshots_to_keep: 100,
         }
     }
 }

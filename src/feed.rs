@@ -145,7 +145,9 @@ pub enum MessageKind {
         /// The `message_id` of each trade in the message (already sent).
         message_ids: Vec<String>,
     },
-    /// A message that the decoder must reject.
+    /// A message that the decoder must reject. Its trades' ids are consumed
+    /// (as if the message had been corrupted in transit), so per-symbol trade
+    /// ids of valid messages can have gaps.
     Malformed {
         /// The kind of damage, e.g. `"truncated JSON"`.
         why: &'static str,
@@ -357,14 +359,17 @@ impl Feed {
             };
         }
         let (symbol, payload, message_ids) = self.build(now_us, Damage::None);
-        if self.recent.len() == DUPLICATE_WINDOW {
-            self.recent.pop_front();
+        // Without duplicates, skip copying into the history.
+        if self.duplicate_fraction > 0.0 {
+            if self.recent.len() == DUPLICATE_WINDOW {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(Recent {
+                symbol,
+                payload: payload.clone(),
+                message_ids: message_ids.clone(),
+            });
         }
-        self.recent.push_back(Recent {
-            symbol,
-            payload: payload.clone(),
-            message_ids: message_ids.clone(),
-        });
         FeedMessage {
             key: self.symbols[symbol].native.as_bytes().to_vec(),
             payload,
@@ -450,7 +455,7 @@ impl Feed {
             let event_us = now_us.saturating_sub(lag).max(0);
             let trade = self.trade(symbol, event_us);
             let s = &self.symbols[symbol];
-            message_ids.push(format!("{}:{}:{}", self.exchange.name(), s.native, trade.trade_id));
+            message_ids.push(message_id(self.exchange, &s.native, trade.trade_id));
             trades.push(trade);
         }
 
@@ -901,18 +906,26 @@ fn push_fixed(buf: &mut Vec<u8>, units: u64, dp: u32, out_dp: u32) {
         return;
     }
     buf.push(b'.');
-    let frac = units % scale;
+    // The fraction's dp digits, most significant first, then zero padding.
+    let mut frac = units % scale;
     let start = buf.len();
-    push_u64(buf, frac);
-    let written = (buf.len() - start) as u32;
-    if dp > written {
-        // Left-pad the fraction with zeros.
-        let pad = (dp - written) as usize;
-        buf.splice(start..start, std::iter::repeat_n(b'0', pad));
-    } else if dp == 0 {
-        buf.truncate(start);
+    buf.resize(start + dp as usize, b'0');
+    for digit in buf[start..].iter_mut().rev() {
+        *digit = b'0' + (frac % 10) as u8;
+        frac /= 10;
     }
-    buf.extend(std::iter::repeat_n(b'0', (out_dp - dp) as usize));
+    buf.resize(buf.len() + (out_dp - dp) as usize, b'0');
+}
+
+/// `{exchange}:{native}:{trade_id}`, as the decoder builds it.
+fn message_id(exchange: Exchange, native: &str, trade_id: u64) -> String {
+    let mut id = Vec::with_capacity(exchange.name().len() + native.len() + 22);
+    id.extend_from_slice(exchange.name().as_bytes());
+    id.push(b':');
+    id.extend_from_slice(native.as_bytes());
+    id.push(b':');
+    push_u64(&mut id, trade_id);
+    String::from_utf8(id).unwrap_or_default()
 }
 
 /// `units / 10^dp` as the shortest plain JSON number, e.g. `0.5147` or `6423`.

@@ -15,13 +15,17 @@
 
 pub mod timely_args;
 
-use crate::config::{Config, RunMode};
+use crate::checkpoint::manifest::{Manifest, ManifestStore};
+use crate::checkpoint::state::{StateCheckpoint, StateFile, StateStore};
+use crate::checkpoint::{Fence, JobLock};
+use crate::config::{Config, RunMode, StartPosition};
 use crate::error::{Error, Result};
 use crate::operators::dedup::DedupStats;
 use crate::record::{DeadLetter, Trade};
 use crate::sink::iceberg::committer::{CommitSpec, CommitStats};
+use crate::sink::iceberg::committer::{commit_manifest, newest_epoch, prune_checkpoints};
 use crate::sink::iceberg::writer::TableWriter;
-use crate::sink::iceberg::{CommitGroups, JobCatalog, OffsetReport, RowContext, StagedFiles, TableRow};
+use crate::sink::iceberg::{CommitGroups, CommitItem, JobCatalog, RowContext, TableRow};
 use crate::source::kafka::{SourcePlan, SourceSpec, SourceStats, SourceStreams, StopSignal, kafka_source};
 use crate::time::Time;
 use iceberg::table::Table;
@@ -62,6 +66,9 @@ pub struct RunOptions {
     pub stop: StopSignal,
     /// Set once the sources have their partitions and offsets.
     pub ready: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Start afresh from this position, discarding the job's checkpoints.
+    /// Only ever on explicit request (`k2 run --reset`).
+    pub reset: Option<StartPosition>,
 }
 
 /// Shared by every worker of a process: configuration, plan, tables, stats.
@@ -92,6 +99,16 @@ pub struct JobContext {
     pub commit_thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     /// The dataflow's table names, in commit order.
     pub table_order: Vec<String>,
+    /// The job's checkpoint folder.
+    pub job_dir: std::path::PathBuf,
+    /// This instance's generation.
+    pub fence: Fence,
+    /// The checkpoint this run resumed from, if any.
+    pub restored: Option<Manifest>,
+    /// Offsets of the restored checkpoint by topic index.
+    pub restored_offsets: Offsets,
+    /// Workers over the whole cluster.
+    pub workers: usize,
 }
 
 impl JobContext {
@@ -151,12 +168,20 @@ impl JobContext {
         }
     }
 
-    /// Commits the staged files of all tables together with source progress.
-    pub fn commit<'scope>(
-        &self,
-        staged: Stream<'scope, Time, Vec<StagedFiles>>,
-        progress: Stream<'scope, Time, Vec<OffsetReport>>,
-    ) {
+    /// What a stateful operator named `operator` needs to checkpoint itself.
+    pub fn state_checkpoint(&self, operator: &str) -> StateCheckpoint {
+        StateCheckpoint {
+            operator: operator.to_string(),
+            store: StateStore::new(&self.job_dir),
+            groups: self.groups(),
+            run_id: self.run_id.clone(),
+            restore: self.restored.as_ref().map(|m| m.state.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// Commits everything of the job together, one cut per commit group:
+    /// staged files of all tables, source offsets and operator state.
+    pub fn commit<'scope>(&self, items: Stream<'scope, Time, Vec<CommitItem>>) {
         let stop = self.stop.clone();
         let spec = CommitSpec {
             job: self.config.job.name.clone(),
@@ -168,8 +193,15 @@ impl JobContext {
             stats: self.commit_stats.clone(),
             on_fatal: Arc::new(move |_| stop.stop_now()),
             thread: self.commit_thread.clone(),
+            manifests: ManifestStore::open(&self.job_dir).expect("checkpoint folder opened at start"),
+            state_store: StateStore::new(&self.job_dir),
+            fence: self.fence.clone(),
+            keep_manifests: self.config.checkpoint.keep,
+            restored_state: self.restored.as_ref().map(|m| m.state.clone()).unwrap_or_default(),
+            restored_offsets: self.restored_offsets.clone(),
+            workers: self.workers,
         };
-        crate::sink::iceberg::commit(staged, progress, spec);
+        crate::sink::iceberg::commit(items, spec);
     }
 }
 
@@ -225,46 +257,185 @@ pub struct RunReport {
 /// Next offset per `(topic index, partition)`.
 pub type Offsets = BTreeMap<(u16, i32), i64>;
 
-/// Finds the newest cut this job committed: `(epoch, offsets)`.
-async fn resume_point(
+/// Where a run starts: the checkpoint it resumes from, or nothing.
+struct Recovery {
+    manifest: Option<Manifest>,
+    offsets: Offsets,
+}
+
+/// Recovery, before any worker starts: roll the newest cut forward into every
+/// table that lacks it, check its state files, remove orphans, expire
+/// snapshots. See `src/sink/iceberg/DESIGN.md`.
+async fn recover(
+    config: &Config,
     catalog: &JobCatalog,
-    job: &str,
     tables: &[String],
-    topics: &[String],
-) -> Result<Option<(u64, Offsets)>> {
-    let mut best: Option<(u64, Offsets)> = None;
-    for name in tables {
-        let table = catalog.load(name).await?;
-        for snapshot in table.metadata().snapshots() {
-            let props = &snapshot.summary().additional_properties;
-            if props.get("k2.job").map(String::as_str) != Some(job) {
-                continue;
+    job_dir: &std::path::Path,
+    fence: &Fence,
+    reset: Option<StartPosition>,
+) -> Result<Recovery> {
+    let job = &config.job.name;
+    let manifests = ManifestStore::open(job_dir)?;
+    let state = StateStore::new(job_dir);
+    if let Some(position) = reset {
+        tracing::warn!(job = %job, ?position, "--reset: discarding the job's checkpoints and starting afresh");
+        manifests.clear()?;
+        state.prune(&Default::default(), None)?;
+        return Ok(Recovery {
+            manifest: None,
+            offsets: Offsets::new(),
+        });
+    }
+    let Some(manifest) = manifests.latest()? else {
+        for name in tables {
+            let table = catalog.load(name).await?;
+            if let Some(epoch) = newest_epoch(&table, job) {
+                return Err(Error::Checkpoint(format!(
+                    "table `{name}` holds data of job `{job}` up to epoch {epoch}, but {} has no checkpoint; \
+                     to start afresh anyway (re-reading may duplicate rows) use --reset earliest|latest",
+                    job_dir.display()
+                )));
             }
-            let Some(epoch) = props.get("k2.epoch").and_then(|e| e.parse::<u64>().ok()) else {
-                continue;
-            };
-            if best.as_ref().is_some_and(|(e, _)| *e >= epoch) {
-                continue;
-            }
-            let raw = props.get("k2.offsets").cloned().unwrap_or_default();
-            let parsed: BTreeMap<String, BTreeMap<String, i64>> = serde_json::from_str(&raw)
-                .map_err(|e| Error::Checkpoint(format!("table {name}: unreadable k2.offsets `{raw}`: {e}")))?;
-            let mut offsets = BTreeMap::new();
-            for (topic, parts) in parsed {
-                let Some(index) = topics.iter().position(|t| *t == topic) else {
-                    continue;
-                };
-                for (p, o) in parts {
-                    let p: i32 = p
-                        .parse()
-                        .map_err(|_| Error::Checkpoint(format!("bad partition `{p}` in k2.offsets")))?;
-                    offsets.insert((index as u16, p), o);
-                }
-            }
-            best = Some((epoch, offsets));
+        }
+        return Ok(Recovery {
+            manifest: None,
+            offsets: Offsets::new(),
+        });
+    };
+    if manifest.job != *job {
+        return Err(Error::Checkpoint(format!(
+            "{} holds job `{}`, not `{job}`",
+            job_dir.display(),
+            manifest.job
+        )));
+    }
+    // Roll forward: a crash between the manifest and the Iceberg commits.
+    let rolled = commit_manifest(catalog, tables, &manifest, Some(fence))
+        .await
+        .map_err(Error::Checkpoint)?;
+    for table in rolled.keys() {
+        tracing::info!(
+            table,
+            epoch = manifest.epoch,
+            "recovery: committed the checkpointed cut (roll forward)"
+        );
+    }
+    for f in &manifest.state {
+        let path = job_dir.join(&f.path);
+        if !path.exists() {
+            return Err(Error::Checkpoint(format!(
+                "state file {} of epoch {} is missing",
+                path.display(),
+                manifest.epoch
+            )));
         }
     }
-    Ok(best)
+    // Hygiene: files of crashed runs that no checkpoint references.
+    let live: std::collections::HashSet<String> = manifests
+        .epochs()?
+        .into_iter()
+        .filter_map(|e| manifests.read(e).ok())
+        .flat_map(|m| m.state.into_iter().map(|s: StateFile| s.path))
+        .collect();
+    let removed = state.prune(&live, None)?;
+    let mut orphans = 0;
+    for name in tables {
+        orphans += remove_orphan_files(catalog, name, job).await?;
+    }
+    if removed + orphans > 0 {
+        tracing::info!(
+            state_files = removed,
+            data_files = orphans,
+            "recovery: removed files no checkpoint references"
+        );
+    }
+    let topics: Vec<String> = config.kafka.topics.list().into_iter().map(|(_, t)| t).collect();
+    let mut offsets = Offsets::new();
+    for (topic, parts) in &manifest.offsets {
+        let Some(index) = topics.iter().position(|t| t == topic) else {
+            tracing::warn!(
+                topic,
+                "the checkpoint has offsets of a topic the config no longer reads"
+            );
+            continue;
+        };
+        for (p, o) in parts {
+            offsets.insert((index as u16, *p), *o);
+        }
+    }
+    tracing::info!(
+        epoch = manifest.epoch,
+        generation = fence.generation,
+        "resuming after the last checkpoint"
+    );
+    Ok(Recovery {
+        manifest: Some(manifest),
+        offsets,
+    })
+}
+
+/// Removes this job's data files that the table does not reference.
+async fn remove_orphan_files(catalog: &JobCatalog, name: &str, job: &str) -> Result<usize> {
+    let table = catalog.load(name).await?;
+    let ice = |e| Error::iceberg(catalog.qualified(name), "list referenced files", e);
+    let mut referenced = std::collections::HashSet::new();
+    if let Some(snapshot) = table.metadata().current_snapshot() {
+        let bytes = table
+            .file_io()
+            .new_input(snapshot.manifest_list())
+            .map_err(ice)?
+            .read()
+            .await
+            .map_err(ice)?;
+        let list =
+            iceberg::spec::ManifestList::parse_with_version(&bytes, table.metadata().format_version()).map_err(ice)?;
+        for mf in list.entries() {
+            let manifest = mf.load_manifest(table.file_io()).await.map_err(ice)?;
+            for entry in manifest.entries() {
+                referenced.insert(entry.file_path().trim_start_matches("file://").to_string());
+            }
+        }
+    }
+    let data_dir = std::path::PathBuf::from(table.metadata().location().trim_start_matches("file://")).join("data");
+    let mut removed = 0;
+    let mut stack = vec![data_dir];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let ours = entry.file_name().to_string_lossy().starts_with(&format!("{job}-"));
+            if ours && !referenced.contains(path.to_string_lossy().as_ref()) && std::fs::remove_file(&path).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Expires old snapshots of `name` by the configured policy.
+async fn expire_snapshots(catalog: &JobCatalog, name: &str, config: &Config) -> Result<()> {
+    use iceberg::transaction::{ApplyTransactionAction, Transaction};
+    let table = catalog.load(name).await?;
+    let keep = config.iceberg.min_snapshots_to_keep.max(1);
+    if table.metadata().snapshots().len() <= keep {
+        return Ok(());
+    }
+    let cutoff = chrono::Utc::now().timestamp_millis() - config.iceberg.max_snapshot_age_ms as i64;
+    let tx = Transaction::new(&table);
+    let tx = tx
+        .expire_snapshots()
+        .expire_older_than_ms(cutoff)
+        .retain_last(keep)
+        .apply(tx)
+        .map_err(|e| Error::iceberg(catalog.qualified(name), "expire snapshots", e))?;
+    tx.commit(catalog.catalog.as_ref())
+        .await
+        .map_err(|e| Error::iceberg(catalog.qualified(name), "expire snapshots", e))?;
+    Ok(())
 }
 
 /// Runs `dataflow` with `config` on the workers described by `timely`.
@@ -280,8 +451,10 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
     install_signal_handlers(&handle, stop.clone());
 
     let table_order: Vec<String> = dataflow.tables.iter().map(|(n, _)| n.to_string()).collect();
-    let topics: Vec<String> = config.kafka.topics.list().into_iter().map(|(_, t)| t).collect();
-    let (catalog, tables, resume) = handle.block_on(async {
+    let job_dir = config.checkpoint.job_dir(&config.job.name);
+    let _lock = JobLock::acquire(&job_dir, &config.job.name)?;
+    let fence = Fence::take(&job_dir, &config.job.name)?;
+    let (catalog, tables, recovery) = handle.block_on(async {
         let catalog = JobCatalog::open(&config.iceberg).await?;
         let mut tables = BTreeMap::new();
         for (name, kind) in dataflow.tables {
@@ -291,16 +464,20 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
             };
             tables.insert(name.to_string(), table);
         }
-        let resume = resume_point(&catalog, &config.job.name, &table_order, &topics).await?;
-        Result::Ok((catalog, tables, resume))
-    })?;
-    let (first_epoch, resume_offsets) = match resume {
-        Some((epoch, offsets)) => {
-            tracing::info!(epoch, "resuming after the last committed cut");
-            (epoch + 1, offsets)
+        let recovery = recover(&config, &catalog, &table_order, &job_dir, &fence, options.reset).await?;
+        for name in &table_order {
+            if let Err(e) = expire_snapshots(&catalog, name, &config).await {
+                tracing::warn!(error = %e, "snapshot expiry failed; will retry at the next start");
+            }
         }
-        None => (0, BTreeMap::new()),
-    };
+        Result::Ok((catalog, tables, recovery))
+    })?;
+    let first_epoch = recovery.manifest.as_ref().map_or(0, |m| m.epoch + 1);
+    let resume_offsets = recovery.offsets.clone();
+    let mut config = config;
+    if let Some(position) = options.reset {
+        config.source.start = position;
+    }
     let plan = SourcePlan::discover(
         &consumer_config(&config),
         &config.kafka.topics.list(),
@@ -331,6 +508,11 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         commit_stats: Default::default(),
         commit_thread: Default::default(),
         table_order,
+        job_dir: job_dir.clone(),
+        fence,
+        restored: recovery.manifest,
+        restored_offsets: recovery.offsets,
+        workers: timely.total_workers(),
     });
     let started = Instant::now();
     let build = dataflow.build;
@@ -358,6 +540,12 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
     if let Some(thread) = ctx.commit_thread.lock().expect("thread slot").take() {
         let _ = thread.join();
     }
+    prune_checkpoints(
+        &ManifestStore::open(&job_dir)?,
+        &StateStore::new(&job_dir),
+        ctx.config.checkpoint.keep,
+        u64::MAX,
+    );
     if let Some(e) = worker_error {
         return Err(Error::Other(e));
     }

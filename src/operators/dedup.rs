@@ -8,16 +8,25 @@
 //!
 //! Records are routed to workers by a hash of the key, so all occurrences of a
 //! key meet at one worker whatever the number of workers.
+//!
+//! With [`DedupCheckpointed::dedup_checkpointed`] the state is part of the
+//! job's checkpoints as deltas (see [`crate::checkpoint::state`]): the keys
+//! first seen in a commit group are written when the frontier passes the
+//! group, and the cut cannot commit before they are.
 
-use crate::time::{Time, event_frontier};
+use crate::checkpoint::state::{StateCheckpoint, StateFile, route};
+use crate::time::{Time, epoch_complete, event_frontier};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::CapabilitySet;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 /// What dedup needs to know about a record.
 pub trait DedupKey {
@@ -76,10 +85,25 @@ pub trait Dedup<'scope, D> {
     fn dedup(self, ttl_ms: u64, stats: Arc<DedupStats>) -> Stream<'scope, Time, Vec<D>>;
 }
 
-fn hash_key(key: &str) -> u64 {
+/// The stable hash that routes a key to its worker.
+pub fn hash_key(key: &str) -> u64 {
     let mut h = DefaultHasher::new();
     key.hash(&mut h);
     h.finish()
+}
+
+/// Dedup with its state in the job's checkpoints.
+pub trait DedupCheckpointed<'scope, D> {
+    /// Like [`Dedup::dedup`], and also writes, at the end of each commit group,
+    /// the keys added in it as a state delta; the second stream reports the
+    /// deltas to the committer. Keys of `ckpt.restore` whose hash routes to
+    /// this worker are loaded first.
+    fn dedup_checkpointed(
+        self,
+        ttl_ms: u64,
+        stats: Arc<DedupStats>,
+        ckpt: StateCheckpoint,
+    ) -> (Stream<'scope, Time, Vec<D>>, Stream<'scope, Time, Vec<StateFile>>);
 }
 
 impl<'scope, D> Dedup<'scope, D> for Stream<'scope, Time, Vec<D>>
@@ -87,47 +111,142 @@ where
     D: DedupKey + timely::ExchangeData,
 {
     fn dedup(self, ttl_ms: u64, stats: Arc<DedupStats>) -> Stream<'scope, Time, Vec<D>> {
-        let pact = Exchange::new(|d: &D| hash_key(d.dedup_key()));
-        self.unary_frontier(pact, "Dedup", move |_cap, _info| {
-            // key -> expiry (event ms); expiry -> keys, for eviction in order.
-            let mut seen: HashMap<String, u64> = HashMap::new();
-            let mut expiries: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-            move |(input, frontier), output| {
-                input.for_each_stamp(|cap, data| {
-                    let mut session = output.session(&cap);
-                    let (mut passed, mut dropped) = (0, 0);
-                    for batch in data {
-                        for record in batch.drain(..) {
-                            let key = record.dedup_key();
-                            if seen.contains_key(key) {
-                                dropped += 1;
-                                continue;
-                            }
-                            let expiry = record.event_ms().saturating_add(ttl_ms);
-                            seen.insert(key.to_owned(), expiry);
-                            expiries.entry(expiry).or_default().push(key.to_owned());
-                            passed += 1;
-                            session.give(record);
+        build(self, ttl_ms, stats, None).0
+    }
+}
+
+impl<'scope, D> DedupCheckpointed<'scope, D> for Stream<'scope, Time, Vec<D>>
+where
+    D: DedupKey + timely::ExchangeData,
+{
+    fn dedup_checkpointed(
+        self,
+        ttl_ms: u64,
+        stats: Arc<DedupStats>,
+        ckpt: StateCheckpoint,
+    ) -> (Stream<'scope, Time, Vec<D>>, Stream<'scope, Time, Vec<StateFile>>) {
+        build(self, ttl_ms, stats, Some(ckpt))
+    }
+}
+
+/// One checkpointed entry: a key and the event time at which it expires.
+type Entry = (String, u64);
+
+fn build<'scope, D>(
+    stream: Stream<'scope, Time, Vec<D>>,
+    ttl_ms: u64,
+    stats: Arc<DedupStats>,
+    ckpt: Option<StateCheckpoint>,
+) -> (Stream<'scope, Time, Vec<D>>, Stream<'scope, Time, Vec<StateFile>>)
+where
+    D: DedupKey + timely::ExchangeData,
+{
+    let scope = stream.scope();
+    let (index, peers) = (scope.index(), scope.peers());
+    let mut builder = OperatorBuilder::new("Dedup".to_string(), scope);
+    let mut input = builder.new_input(stream, Exchange::new(|d: &D| hash_key(d.dedup_key())));
+    let (data_out, data) = builder.new_output::<Vec<D>>();
+    let (state_out, state) = builder.new_output::<Vec<StateFile>>();
+    let mut data_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<D>>> = OutputBuilder::from(data_out);
+    let mut state_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<StateFile>>> = OutputBuilder::from(state_out);
+
+    // key -> expiry (event ms); expiry -> keys, for eviction in order.
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut expiries: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    if let Some(ckpt) = &ckpt {
+        for file in ckpt.restore.iter().filter(|f| f.operator == ckpt.operator) {
+            let entries: Vec<Entry> = match ckpt.store.read(file) {
+                Ok(e) => e,
+                Err(e) => panic!("cannot restore dedup state: {e}"),
+            };
+            for (key, expiry) in entries {
+                if route(hash_key(&key), peers) == index && !seen.contains_key(&key) {
+                    expiries.entry(expiry).or_default().push(key.clone());
+                    seen.insert(key, expiry);
+                }
+            }
+        }
+    }
+    // Keys added per commit group, with capabilities to report their delta.
+    let mut deltas: BTreeMap<u64, (CapabilitySet<Time>, Vec<Entry>)> = BTreeMap::new();
+
+    builder.build(move |_caps| {
+        move |frontiers| {
+            let frontier = frontiers[0].frontier();
+            input.for_each_stamp(|cap, data| {
+                let time = cap
+                    .stamp()
+                    .elements()
+                    .iter()
+                    .min_by_key(|t| (t.epoch, t.event))
+                    .copied();
+                let mut data_out = data_out.activate();
+                let mut session = data_out.session(&cap);
+                let (mut passed, mut dropped) = (0, 0);
+                for batch in data {
+                    for record in batch.drain(..) {
+                        let key = record.dedup_key();
+                        if seen.contains_key(key) {
+                            dropped += 1;
+                            continue;
                         }
+                        let expiry = record.event_ms().saturating_add(ttl_ms);
+                        seen.insert(key.to_owned(), expiry);
+                        expiries.entry(expiry).or_default().push(key.to_owned());
+                        if let (Some(ckpt), Some(time)) = (&ckpt, time) {
+                            let group = ckpt.groups.group_of(time.epoch);
+                            let delta = deltas
+                                .entry(group)
+                                .or_insert_with(|| (CapabilitySet::new(), Vec::new()));
+                            if delta.1.is_empty() {
+                                delta.0.insert(cap.delayed(&time, 1));
+                            }
+                            delta.1.push((key.to_owned(), expiry));
+                        }
+                        passed += 1;
+                        session.give(record);
                     }
-                    stats.passed.fetch_add(passed, Ordering::Relaxed);
-                    stats.dropped.fetch_add(dropped, Ordering::Relaxed);
-                });
-                // Forget keys whose expiry the event-time frontier has reached.
-                let horizon = event_frontier(frontier.frontier().iter());
-                while let Some(entry) = expiries.first_entry() {
-                    if *entry.key() > horizon {
+                }
+                stats.passed.fetch_add(passed, Ordering::Relaxed);
+                stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+            });
+            // Write the deltas of groups the frontier has passed.
+            if let Some(ckpt) = &ckpt {
+                while let Some(entry) = deltas.first_entry() {
+                    if !epoch_complete(frontier.iter(), *entry.key()) {
                         break;
                     }
-                    let keys = entry.remove();
-                    stats.evicted.fetch_add(keys.len() as u64, Ordering::Relaxed);
-                    for k in keys {
-                        seen.remove(&k);
+                    let (group, (caps, entries)) = entry.remove_entry();
+                    let max_expiry = entries.iter().map(|(_, x)| *x).max().unwrap_or(0);
+                    match ckpt
+                        .store
+                        .write(&ckpt.operator, index, group, &ckpt.run_id, &entries, max_expiry)
+                    {
+                        Ok(file) => state_out.activate().session(&caps).give(file),
+                        Err(e) => {
+                            // Keep the capability: the cut cannot commit without this delta.
+                            tracing::error!(error = %e, group, "writing dedup state failed; retrying");
+                            deltas.insert(group, (caps, entries));
+                            break;
+                        }
                     }
                 }
             }
-        })
-    }
+            // Forget keys whose expiry the event-time frontier has reached.
+            let horizon = event_frontier(frontier.iter());
+            while let Some(entry) = expiries.first_entry() {
+                if *entry.key() > horizon {
+                    break;
+                }
+                let keys = entry.remove();
+                stats.evicted.fetch_add(keys.len() as u64, Ordering::Relaxed);
+                for k in keys {
+                    seen.remove(&k);
+                }
+            }
+        }
+    });
+    (data, state)
 }
 
 #[cfg(test)]

@@ -7,4 +7,4 @@
 
 pub mod dedup;
 
-pub use dedup::{Dedup, DedupKey};
+pub use dedup::{Dedup, DedupCheckpointed, DedupKey};

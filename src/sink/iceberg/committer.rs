@@ -1,29 +1,36 @@
 //! The committer: the second half of the commit protocol, on worker 0.
 //!
-//! It collects every worker's [`StagedFiles`] and every source worker's
-//! [`OffsetReport`]s. Once its input frontier has passed the end of a commit
-//! group, no worker can still send files or offsets for that group, so the cut
-//! is complete: it commits each table of the job with one fast append whose
-//! snapshot summary carries
+//! It collects every worker's [`StagedFiles`], every source worker's
+//! [`OffsetReport`]s and every stateful operator's [`StateFile`]s. Once its
+//! input frontier has passed the end of a commit group, no worker can still
+//! send anything for that group, so the cut is complete. A dedicated thread
+//! then, in order:
 //!
-//! * `k2.job`: the job name;
-//! * `k2.epoch`: the commit group's last epoch, the same for every table of
-//!   the cut, so readers can line tables up;
-//! * `k2.offsets`: `{topic: {partition: next offset}}` at the end of the cut;
-//! * `k2.commit-id`: a hash of job, table and epoch. A commit whose id is
-//!   already in the table is skipped, so a retried commit never appends twice.
+//! 1. checks the fence (a newer instance of the job stops this one);
+//! 2. writes the cut's [`Manifest`]: offsets, live state files, and each
+//!    table's new data files. **This is the commit point**;
+//! 3. appends each table that has files in the cut, with the snapshot summary
+//!    `k2.job`, `k2.epoch` (equal across tables), `k2.offsets`,
+//!    `k2.generation` and `k2.commit-id`, skipping a table that already has
+//!    the cut (so a retry, or recovery rolling the cut forward, never
+//!    appends twice);
+//! 4. now and then prunes old manifests and dead state files.
 //!
-//! Commits run on a dedicated thread, in order, so a slow catalog never blocks
-//! a timely worker. Tables that received no rows get no snapshot.
+//! Commits run off the timely workers, so a slow catalog never blocks one.
+//! Tables that received no rows get no snapshot; the manifest still records
+//! the cut.
 
 use super::catalog::JobCatalog;
 use super::writer::{CommitGroups, StagedFiles};
-use crate::time::Time;
+use crate::checkpoint::manifest::{Manifest, ManifestStore, TableCommit};
+use crate::checkpoint::state::{StateFile, StateStore};
+use crate::checkpoint::{Fence, fault};
+use crate::time::{Time, event_frontier};
 use hdrhistogram::Histogram;
 use iceberg::spec::deserialize_data_file_from_json;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,12 +52,39 @@ pub struct OffsetReport {
     pub next_offset: i64,
 }
 
+/// Everything the committer consumes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum CommitItem {
+    /// Data files staged by a sink.
+    Files(StagedFiles),
+    /// Source offsets at an epoch's close.
+    Offsets(OffsetReport),
+    /// An operator-state delta.
+    State(StateFile),
+}
+
+impl From<StagedFiles> for CommitItem {
+    fn from(s: StagedFiles) -> Self {
+        CommitItem::Files(s)
+    }
+}
+impl From<OffsetReport> for CommitItem {
+    fn from(r: OffsetReport) -> Self {
+        CommitItem::Offsets(r)
+    }
+}
+impl From<StateFile> for CommitItem {
+    fn from(s: StateFile) -> Self {
+        CommitItem::State(s)
+    }
+}
+
 /// What the committer has done, for the CLI, the demo and the tests.
 #[derive(Debug)]
 pub struct CommitStats {
     /// Iceberg snapshots committed.
     pub snapshots: u64,
-    /// Cuts committed (each makes one snapshot per table that had rows).
+    /// Cuts committed (one manifest each).
     pub cuts: u64,
     /// Rows committed, per table.
     pub rows: BTreeMap<String, u64>,
@@ -60,8 +94,8 @@ pub struct CommitStats {
     pub commit_us: Histogram<u64>,
     /// The last committed cut's epoch.
     pub last_epoch: Option<u64>,
-    /// The last committed cut's offsets, `(topic index, partition) -> next`.
-    pub offsets: BTreeMap<(u16, i32), i64>,
+    /// When the first cut of this run was committed.
+    pub first_commit_at: Option<std::time::Instant>,
     /// A commit that failed for good; the job stops with it.
     pub error: Option<String>,
 }
@@ -75,7 +109,7 @@ impl Default for CommitStats {
             latency_ms: Histogram::new(3).expect("histogram"),
             commit_us: Histogram::new(3).expect("histogram"),
             last_epoch: None,
-            offsets: BTreeMap::new(),
+            first_commit_at: None,
             error: None,
         }
     }
@@ -102,6 +136,20 @@ pub struct CommitSpec {
     pub on_fatal: Arc<dyn Fn(String) + Send + Sync>,
     /// The commit thread, for the launcher to join after the dataflow ends.
     pub thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// The job's manifests.
+    pub manifests: ManifestStore,
+    /// The job's state files.
+    pub state_store: StateStore,
+    /// This instance's generation.
+    pub fence: Fence,
+    /// Manifests to keep.
+    pub keep_manifests: usize,
+    /// Live state files of the restored checkpoint.
+    pub restored_state: Vec<StateFile>,
+    /// Offsets of the restored checkpoint.
+    pub restored_offsets: BTreeMap<(u16, i32), i64>,
+    /// Workers of this instance, recorded in manifests.
+    pub workers: usize,
 }
 
 /// One cut to commit.
@@ -109,6 +157,7 @@ struct Cut {
     epoch: u64,
     files: BTreeMap<String, Vec<StagedFiles>>,
     offsets: BTreeMap<(u16, i32), i64>,
+    state: Vec<StateFile>,
 }
 
 /// A deterministic id for one table's commit of one cut.
@@ -122,92 +171,99 @@ pub fn commit_id(job: &str, table: &str, epoch: u64) -> String {
     format!("{h:016x}")
 }
 
-/// `k2.offsets` as JSON: `{topic: {partition: next offset}}`.
-pub fn offsets_json(topics: &[String], offsets: &BTreeMap<(u16, i32), i64>) -> String {
-    let mut by_topic: BTreeMap<&str, BTreeMap<String, i64>> = BTreeMap::new();
+/// Offsets by topic name, as in manifests and `k2.offsets`.
+pub fn named_offsets(topics: &[String], offsets: &BTreeMap<(u16, i32), i64>) -> BTreeMap<String, BTreeMap<i32, i64>> {
+    let mut by_topic: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
     for ((t, p), o) in offsets {
-        let name = topics.get(*t as usize).map(String::as_str).unwrap_or("?");
-        by_topic.entry(name).or_default().insert(p.to_string(), *o);
+        let name = topics.get(*t as usize).cloned().unwrap_or_else(|| format!("#{t}"));
+        by_topic.entry(name).or_default().insert(*p, *o);
     }
-    serde_json::to_string(&by_topic).expect("offsets serialize")
+    by_topic
 }
 
-/// Commits staged files and source offsets, one cut per commit group.
-pub fn commit<'scope>(
-    staged: Stream<'scope, Time, Vec<StagedFiles>>,
-    offsets: Stream<'scope, Time, Vec<OffsetReport>>,
-    spec: CommitSpec,
-) {
-    let index = staged.scope().index();
-    let _unused: Stream<'scope, Time, Vec<()>> = staged
-        .binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
-            offsets,
-            Exchange::new(|_: &StagedFiles| 0),
-            Exchange::new(|_: &OffsetReport| 0),
-            "Committer",
-            move |_cap, _info| {
-                let mut sender = (index == 0).then(|| start_commit_thread(spec.clone()));
-                let mut files: BTreeMap<u64, Vec<StagedFiles>> = BTreeMap::new();
-                let mut reports: BTreeMap<u64, Vec<OffsetReport>> = BTreeMap::new();
-                let mut current: BTreeMap<(u16, i32), i64> = BTreeMap::new();
-                move |(in1, f1), (in2, f2), _output| {
-                    in1.for_each_stamp(|_cap, data| {
-                        for batch in data {
-                            for s in batch.drain(..) {
-                                files.entry(s.group).or_default().push(s);
+/// Commits staged files, state and source offsets, one cut per commit group.
+pub fn commit<'scope>(items: Stream<'scope, Time, Vec<CommitItem>>, spec: CommitSpec) {
+    let index = items.scope().index();
+    let _unused: Stream<'scope, Time, Vec<()>> = items.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        Exchange::new(|_: &CommitItem| 0),
+        "Committer",
+        move |_cap, _info| {
+            let mut sender = (index == 0).then(|| start_commit_thread(spec.clone()));
+            let mut files: BTreeMap<u64, Vec<StagedFiles>> = BTreeMap::new();
+            let mut reports: BTreeMap<u64, Vec<OffsetReport>> = BTreeMap::new();
+            let mut states: BTreeMap<u64, Vec<StateFile>> = BTreeMap::new();
+            let mut live_state: Vec<StateFile> = spec.restored_state.clone();
+            let mut current = spec.restored_offsets.clone();
+            move |(input, frontier), _output| {
+                input.for_each_stamp(|_cap, data| {
+                    for batch in data {
+                        for item in batch.drain(..) {
+                            match item {
+                                CommitItem::Files(s) => files.entry(s.group).or_default().push(s),
+                                CommitItem::Offsets(r) => reports.entry(r.epoch).or_default().push(r),
+                                CommitItem::State(s) => states.entry(s.group).or_default().push(s),
                             }
-                        }
-                    });
-                    in2.for_each_stamp(|_cap, data| {
-                        for batch in data {
-                            for r in batch.drain(..) {
-                                reports.entry(r.epoch).or_default().push(r);
-                            }
-                        }
-                    });
-                    let Some(tx) = sender.as_ref() else { return };
-                    let min_epoch = f1.frontier().iter().chain(f2.frontier().iter()).map(|t| t.epoch).min();
-                    let finished = min_epoch.is_none();
-                    let label = match min_epoch {
-                        // Everything is in: commit the rest under the last group.
-                        None => {
-                            let last = files
-                                .keys()
-                                .next_back()
-                                .copied()
-                                .max(reports.keys().next_back().copied());
-                            last.map(|e| spec.groups.group_of(e))
-                        }
-                        Some(0) => None,
-                        // The newest group with files that the frontier has passed.
-                        Some(e) => files.range(..e).next_back().map(|(g, _)| *g),
-                    };
-                    if let Some(label) = label {
-                        let later_files = files.split_off(&(label + 1));
-                        let later_reports = reports.split_off(&(label + 1));
-                        for r in std::mem::replace(&mut reports, later_reports).into_values().flatten() {
-                            current.insert((r.topic, r.partition), r.next_offset);
-                        }
-                        let mut by_table: BTreeMap<String, Vec<StagedFiles>> = BTreeMap::new();
-                        for s in std::mem::replace(&mut files, later_files).into_values().flatten() {
-                            by_table.entry(s.table.clone()).or_default().push(s);
-                        }
-                        let cut = Cut {
-                            epoch: label,
-                            files: by_table,
-                            offsets: current.clone(),
-                        };
-                        if tx.send(cut).is_err() {
-                            tracing::error!("commit thread is gone; the job is stopping");
                         }
                     }
-                    if finished {
-                        // Dropping the sender lets the commit thread finish.
-                        sender = None;
+                });
+                let Some(tx) = sender.as_ref() else { return };
+                let frontier = frontier.frontier();
+                let min_epoch = frontier.iter().map(|t| t.epoch).min();
+                let label = match min_epoch {
+                    // Everything is in: commit the rest under the last group.
+                    None => {
+                        let last = [
+                            files.keys().next_back(),
+                            reports.keys().next_back(),
+                            states.keys().next_back(),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .max()
+                        .copied();
+                        last.map(|e| spec.groups.group_of(e))
+                    }
+                    Some(0) => None,
+                    // The newest group with files or state that the frontier has passed.
+                    Some(e) => {
+                        let f = files.range(..e).next_back().map(|(g, _)| *g);
+                        let s = states.range(..e).next_back().map(|(g, _)| *g);
+                        f.max(s)
+                    }
+                };
+                if let Some(label) = label {
+                    let later_files = files.split_off(&(label + 1));
+                    let later_reports = reports.split_off(&(label + 1));
+                    let later_states = states.split_off(&(label + 1));
+                    for r in std::mem::replace(&mut reports, later_reports).into_values().flatten() {
+                        current.insert((r.topic, r.partition), r.next_offset);
+                    }
+                    live_state.extend(std::mem::replace(&mut states, later_states).into_values().flatten());
+                    // Deltas whose every entry has expired are dead: the
+                    // operators have evicted them, and so would a restore.
+                    let horizon = event_frontier(frontier.iter());
+                    live_state.retain(|s| s.max_expiry > horizon || horizon == u64::MAX);
+                    let mut by_table: BTreeMap<String, Vec<StagedFiles>> = BTreeMap::new();
+                    for s in std::mem::replace(&mut files, later_files).into_values().flatten() {
+                        by_table.entry(s.table.clone()).or_default().push(s);
+                    }
+                    let cut = Cut {
+                        epoch: label,
+                        files: by_table,
+                        offsets: current.clone(),
+                        state: live_state.clone(),
+                    };
+                    if tx.send(cut).is_err() {
+                        tracing::error!("commit thread is gone; the job is stopping");
                     }
                 }
-            },
-        );
+                if min_epoch.is_none() {
+                    // Dropping the sender lets the commit thread finish.
+                    sender = None;
+                }
+            }
+        },
+    );
 }
 
 fn start_commit_thread(spec: CommitSpec) -> mpsc::Sender<Cut> {
@@ -221,8 +277,8 @@ fn start_commit_thread(spec: CommitSpec) -> mpsc::Sender<Cut> {
                 if spec.stats.lock().expect("stats").error.is_some() {
                     continue;
                 }
-                if let Err(e) = spec.runtime.block_on(commit_cut(&spec, &cut)) {
-                    tracing::error!(error = %e, epoch = cut.epoch, "commit failed for good");
+                if let Err(e) = commit_cut(&spec, &cut) {
+                    tracing::error!(error = %e, epoch = cut.epoch, "commit failed for good; stopping");
                     spec.stats.lock().expect("stats").error = Some(e.clone());
                     (spec.on_fatal)(e);
                 }
@@ -233,91 +289,173 @@ fn start_commit_thread(spec: CommitSpec) -> mpsc::Sender<Cut> {
     tx
 }
 
-async fn commit_cut(spec: &CommitSpec, cut: &Cut) -> Result<(), String> {
-    let offsets = offsets_json(&spec.topics, &cut.offsets);
-    let mut snapshots = 0;
+fn commit_cut(spec: &CommitSpec, cut: &Cut) -> Result<(), String> {
+    fault::point("before-manifest");
+    spec.fence.check().map_err(|e| e.to_string())?;
+    let mut tables = BTreeMap::new();
     for table in &spec.tables {
         let Some(staged) = cut.files.get(table) else { continue };
-        if staged.iter().all(|s| s.data_files.is_empty()) {
+        let data_files: Vec<String> = staged.iter().flat_map(|s| s.data_files.iter().cloned()).collect();
+        if data_files.is_empty() {
             continue;
         }
-        let id = commit_id(&spec.job, table, cut.epoch);
+        tables.insert(
+            table.clone(),
+            TableCommit {
+                commit_id: commit_id(&spec.job, table, cut.epoch),
+                data_files,
+                rows: staged.iter().map(|s| s.rows).sum(),
+                bytes: staged.iter().map(|s| s.bytes).sum(),
+            },
+        );
+    }
+    let manifest = Manifest {
+        job: spec.job.clone(),
+        generation: spec.fence.generation,
+        epoch: cut.epoch,
+        created_ms: chrono::Utc::now().timestamp_millis(),
+        offsets: named_offsets(&spec.topics, &cut.offsets),
+        state: cut.state.clone(),
+        tables,
+        workers: spec.workers,
+    };
+    spec.manifests.write(&manifest).map_err(|e| e.to_string())?;
+    fault::point("after-manifest");
+
+    let committed = spec.runtime.block_on(commit_manifest(
+        &spec.catalog,
+        &spec.tables,
+        &manifest,
+        Some(&spec.fence),
+    ))?;
+    let mut stats = spec.stats.lock().expect("stats");
+    for (table, (commit_ms, took)) in &committed {
+        let _ = stats.commit_us.record(took.as_micros() as u64);
+        let staged = &cut.files[table];
+        *stats.rows.entry(table.clone()).or_default() += staged.iter().map(|s| s.rows).sum::<u64>();
+        for s in staged {
+            for (ms, n) in &s.produce_ms {
+                let _ = stats.latency_ms.record_n((commit_ms - ms).max(0) as u64, *n as u64);
+            }
+        }
+    }
+    stats.snapshots += committed.len() as u64;
+    stats.cuts += 1;
+    stats.last_epoch = Some(cut.epoch);
+    stats.first_commit_at.get_or_insert_with(std::time::Instant::now);
+    let prune = stats.cuts % 10 == 1;
+    drop(stats);
+    if prune {
+        prune_checkpoints(&spec.manifests, &spec.state_store, spec.keep_manifests, cut.epoch);
+    }
+    Ok(())
+}
+
+/// Keeps the newest `keep` manifests and the state files they reference.
+pub fn prune_checkpoints(manifests: &ManifestStore, state: &StateStore, keep: usize, epoch: u64) {
+    let result = (|| -> crate::error::Result<()> {
+        manifests.prune(keep)?;
+        let mut live = HashSet::new();
+        for e in manifests.epochs()? {
+            live.extend(manifests.read(e)?.state.into_iter().map(|s| s.path));
+        }
+        state.prune(&live, Some(epoch))?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "pruning old checkpoints failed; will retry later");
+    }
+}
+
+/// Appends every table of `manifest` that does not have its cut yet, in
+/// `order`. Used by the committer and by recovery (roll forward). Returns,
+/// per table committed now, the commit time (ms) and its duration.
+pub async fn commit_manifest(
+    catalog: &JobCatalog,
+    order: &[String],
+    manifest: &Manifest,
+    fence: Option<&Fence>,
+) -> Result<BTreeMap<String, (i64, Duration)>, String> {
+    let mut done = BTreeMap::new();
+    let mut first = true;
+    for table in order {
+        let Some(tc) = manifest.tables.get(table) else { continue };
+        if !first {
+            fault::point("between-tables");
+        }
+        first = false;
         let props = HashMap::from([
-            ("k2.job".to_string(), spec.job.clone()),
-            ("k2.epoch".to_string(), cut.epoch.to_string()),
-            ("k2.offsets".to_string(), offsets.clone()),
-            ("k2.commit-id".to_string(), id.clone()),
+            ("k2.job".to_string(), manifest.job.clone()),
+            ("k2.epoch".to_string(), manifest.epoch.to_string()),
+            ("k2.offsets".to_string(), manifest.offsets_json()),
+            ("k2.generation".to_string(), manifest.generation.to_string()),
+            ("k2.commit-id".to_string(), tc.commit_id.clone()),
         ]);
         let mut attempt = 0u32;
         loop {
+            if let Some(f) = fence {
+                f.check().map_err(|e| e.to_string())?;
+            }
             let started = std::time::Instant::now();
-            match commit_table(spec, table, &id, staged, props.clone()).await {
-                Ok(Some(commit_ms)) => {
-                    let mut stats = spec.stats.lock().expect("stats");
-                    let _ = stats.commit_us.record(started.elapsed().as_micros() as u64);
-                    *stats.rows.entry(table.clone()).or_default() += staged.iter().map(|s| s.rows).sum::<u64>();
-                    for s in staged {
-                        for (ms, n) in &s.produce_ms {
-                            let _ = stats.latency_ms.record_n((commit_ms - ms).max(0) as u64, *n as u64);
-                        }
-                    }
-                    snapshots += 1;
+            match commit_table(catalog, table, &manifest.job, manifest.epoch, tc, props.clone()).await {
+                Ok(Some(ms)) => {
+                    done.insert(table.clone(), (ms, started.elapsed()));
                     break;
                 }
                 Ok(None) => {
-                    tracing::info!(table, epoch = cut.epoch, "commit already in the table; skipped");
+                    tracing::debug!(table, epoch = manifest.epoch, "cut already in the table; skipped");
                     break;
                 }
                 Err(e) if attempt < 8 => {
                     attempt += 1;
                     let wait = Duration::from_millis(100 << attempt.min(6));
-                    tracing::warn!(table, epoch = cut.epoch, error = %e, "commit failed; retrying in {wait:?}");
+                    tracing::warn!(table, epoch = manifest.epoch, error = %e, "commit failed; retrying in {wait:?}");
                     tokio::time::sleep(wait).await;
                 }
-                Err(e) => return Err(format!("commit of epoch {} to {table} failed: {e}", cut.epoch)),
+                Err(e) => return Err(format!("commit of epoch {} to {table} failed: {e}", manifest.epoch)),
             }
         }
     }
-    let mut stats = spec.stats.lock().expect("stats");
-    stats.snapshots += snapshots;
-    stats.cuts += 1;
-    stats.last_epoch = Some(cut.epoch);
-    stats.offsets = cut.offsets.clone();
-    tracing::debug!(epoch = cut.epoch, snapshots, "cut committed");
-    Ok(())
+    Ok(done)
 }
 
-/// Commits one table; `Ok(None)` when the commit id is already there.
+/// The newest `k2.epoch` this job committed to `table`, among retained snapshots.
+pub fn newest_epoch(table: &iceberg::table::Table, job: &str) -> Option<u64> {
+    table
+        .metadata()
+        .snapshots()
+        .filter(|s| s.summary().additional_properties.get("k2.job").map(String::as_str) == Some(job))
+        .filter_map(|s| s.summary().additional_properties.get("k2.epoch")?.parse().ok())
+        .max()
+}
+
+/// Commits one table; `Ok(None)` when the table already has this cut.
 async fn commit_table(
-    spec: &CommitSpec,
+    catalog: &JobCatalog,
     table: &str,
-    id: &str,
-    staged: &[StagedFiles],
+    job: &str,
+    epoch: u64,
+    tc: &TableCommit,
     props: HashMap<String, String>,
 ) -> Result<Option<i64>, String> {
-    let t = spec.catalog.load(table).await.map_err(|e| e.to_string())?;
+    let t = catalog.load(table).await.map_err(|e| e.to_string())?;
     let metadata = t.metadata();
-    let already = metadata.snapshots().any(|s| {
-        s.summary()
-            .additional_properties
-            .get("k2.commit-id")
-            .map(String::as_str)
-            == Some(id)
-    });
-    if already {
+    let has_id = metadata
+        .snapshots()
+        .any(|s| s.summary().additional_properties.get("k2.commit-id") == Some(&tc.commit_id));
+    // Cuts are committed in order, so a table at this epoch or later has it.
+    if has_id || newest_epoch(&t, job).is_some_and(|e| e >= epoch) {
         return Ok(None);
     }
     let schema = metadata.current_schema();
     let spec_ref = metadata.default_partition_spec();
     let partition_type = spec_ref.partition_type(schema).map_err(|e| e.to_string())?;
-    let mut data_files = Vec::new();
-    for s in staged {
-        for json in &s.data_files {
-            data_files.push(
-                deserialize_data_file_from_json(json, spec_ref.spec_id(), &partition_type, schema)
-                    .map_err(|e| e.to_string())?,
-            );
-        }
+    let mut data_files = Vec::with_capacity(tc.data_files.len());
+    for json in &tc.data_files {
+        data_files.push(
+            deserialize_data_file_from_json(json, spec_ref.spec_id(), &partition_type, schema)
+                .map_err(|e| e.to_string())?,
+        );
     }
     let tx = Transaction::new(&t);
     let tx = tx
@@ -327,10 +465,7 @@ async fn commit_table(
         .add_data_files(data_files)
         .apply(tx)
         .map_err(|e| e.to_string())?;
-    let committed = tx
-        .commit(spec.catalog.catalog.as_ref())
-        .await
-        .map_err(|e| e.to_string())?;
+    let committed = tx.commit(catalog.catalog.as_ref()).await.map_err(|e| e.to_string())?;
     let ms = committed
         .metadata()
         .current_snapshot()

@@ -12,6 +12,6 @@ pub mod schema;
 pub mod writer;
 
 pub use catalog::JobCatalog;
-pub use committer::{CommitStats, OffsetReport, commit};
+pub use committer::{CommitItem, CommitStats, OffsetReport, commit};
 pub use schema::{RowContext, TableRow};
 pub use writer::{CommitGroups, StagedFiles, WriteIceberg};

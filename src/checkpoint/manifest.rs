@@ -1,0 +1,195 @@
+//! Checkpoint manifests: one atomic JSON file per committed cut.
+
+use super::state::StateFile;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// One table's part of a cut: the files to append and the commit's id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableCommit {
+    /// `k2.commit-id` of this append.
+    pub commit_id: String,
+    /// Iceberg `DataFile`s, as Iceberg's own JSON.
+    pub data_files: Vec<String>,
+    /// Rows in those files.
+    pub rows: u64,
+    /// Bytes in those files.
+    pub bytes: u64,
+}
+
+/// Everything needed to finish or resume from one cut.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Job name.
+    pub job: String,
+    /// Generation of the instance that wrote it.
+    pub generation: u64,
+    /// The cut's epoch (its commit group's label).
+    pub epoch: u64,
+    /// When it was written, ms since the Unix epoch.
+    pub created_ms: i64,
+    /// Next offset per topic and partition at the end of the cut.
+    pub offsets: BTreeMap<String, BTreeMap<i32, i64>>,
+    /// Operator state needed to resume: every live snapshot file.
+    pub state: Vec<StateFile>,
+    /// The cut's new files per table (tables without rows in it are absent).
+    pub tables: BTreeMap<String, TableCommit>,
+    /// Workers of the instance that wrote it (state is re-partitioned on restore).
+    pub workers: usize,
+}
+
+impl Manifest {
+    /// Total bytes of operator state.
+    pub fn state_bytes(&self) -> u64 {
+        self.state.iter().map(|s| s.bytes).sum()
+    }
+
+    /// `k2.offsets` JSON, as in snapshot summaries.
+    pub fn offsets_json(&self) -> String {
+        serde_json::to_string(&self.offsets).expect("offsets serialize")
+    }
+}
+
+/// The manifests of one job.
+#[derive(Clone, Debug)]
+pub struct ManifestStore {
+    dir: PathBuf,
+}
+
+fn manifest_name(epoch: u64) -> String {
+    format!("m-{epoch:020}.json")
+}
+
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync folder.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().expect("a file in a folder");
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+    f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
+    f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("rename into", path, e))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+impl ManifestStore {
+    /// The store in the job folder `job_dir`, created if needed.
+    pub fn open(job_dir: &Path) -> Result<ManifestStore> {
+        let dir = job_dir.join("manifests");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+        Ok(ManifestStore { dir })
+    }
+
+    /// Writes `m` atomically. This is the commit point of its cut.
+    pub fn write(&self, m: &Manifest) -> Result<PathBuf> {
+        let path = self.dir.join(manifest_name(m.epoch));
+        let bytes = serde_json::to_vec_pretty(m).expect("manifest serializes");
+        write_atomic(&path, &bytes)?;
+        Ok(path)
+    }
+
+    /// Epochs of all manifests, oldest first.
+    pub fn epochs(&self) -> Result<Vec<u64>> {
+        let mut epochs = Vec::new();
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| Error::io("list", &self.dir, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(Ok(e)) = name
+                .strip_prefix("m-")
+                .and_then(|n| n.strip_suffix(".json"))
+                .map(str::parse)
+            {
+                epochs.push(e);
+            }
+        }
+        epochs.sort_unstable();
+        Ok(epochs)
+    }
+
+    /// Reads the manifest of `epoch`.
+    pub fn read(&self, epoch: u64) -> Result<Manifest> {
+        let path = self.dir.join(manifest_name(epoch));
+        let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Checkpoint(format!("{} is corrupt: {e}", path.display())))
+    }
+
+    /// The newest manifest, if any.
+    pub fn latest(&self) -> Result<Option<Manifest>> {
+        match self.epochs()?.last() {
+            Some(&e) => self.read(e).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Keeps the newest `keep` manifests; returns the removed epochs.
+    pub fn prune(&self, keep: usize) -> Result<Vec<u64>> {
+        let epochs = self.epochs()?;
+        let n = epochs.len().saturating_sub(keep);
+        for e in &epochs[..n] {
+            let path = self.dir.join(manifest_name(*e));
+            std::fs::remove_file(&path).map_err(|err| Error::io("remove", &path, err))?;
+        }
+        Ok(epochs[..n].to_vec())
+    }
+
+    /// Removes every manifest (for `--reset`).
+    pub fn clear(&self) -> Result<()> {
+        for e in self.epochs()? {
+            let path = self.dir.join(manifest_name(e));
+            std::fs::remove_file(&path).map_err(|err| Error::io("remove", &path, err))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(epoch: u64) -> Manifest {
+        Manifest {
+            job: "j".into(),
+            generation: 1,
+            epoch,
+            created_ms: 0,
+            offsets: BTreeMap::from([("t".to_string(), BTreeMap::from([(0, 5), (3, 7)]))]),
+            state: vec![],
+            tables: BTreeMap::new(),
+            workers: 2,
+        }
+    }
+
+    #[test]
+    fn write_read_latest_prune() {
+        let dir = std::env::temp_dir().join(format!("k2-manifest-{}", uuid::Uuid::new_v4().simple()));
+        let store = ManifestStore::open(&dir).unwrap();
+        assert_eq!(store.latest().unwrap(), None);
+        for e in [5, 12, 9, 100] {
+            store.write(&manifest(e)).unwrap();
+        }
+        assert_eq!(store.epochs().unwrap(), vec![5, 9, 12, 100]);
+        assert_eq!(store.latest().unwrap().unwrap(), manifest(100));
+        assert_eq!(store.prune(2).unwrap(), vec![5, 9]);
+        assert_eq!(store.epochs().unwrap(), vec![12, 100]);
+        assert_eq!(manifest(1).offsets_json(), r#"{"t":{"0":5,"3":7}}"#);
+        // No temporary files are left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(dir.join("manifests"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
