@@ -32,6 +32,20 @@ enum Command {
     Demo(demo::DemoArgs),
     /// List the dataflows.
     Dataflows,
+    /// List a job's checkpoints: epoch, time, offsets, state size, tables.
+    Checkpoints(CheckpointsArgs),
+}
+
+#[derive(clap::Args)]
+struct CheckpointsArgs {
+    /// The job's name.
+    job: String,
+    /// Read the checkpoint folder from this config (default: .k2/checkpoints).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Print JSON, one manifest per line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -104,9 +118,62 @@ fn real_main() -> Result<()> {
             Ok(())
         }
         Command::Demo(args) => demo::demo(&args),
+        Command::Checkpoints(args) => checkpoints(&args),
         Command::Dataflows => {
             println!("{}", registry::listing());
             Ok(())
         }
     }
+}
+
+fn checkpoints(args: &CheckpointsArgs) -> Result<()> {
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let dir = config.checkpoint.job_dir(&args.job);
+    if !dir.exists() {
+        anyhow::bail!("no checkpoints of job `{}` in {}", args.job, dir.display());
+    }
+    let store = k2::checkpoint::ManifestStore::open(&dir)?;
+    let epochs = store.epochs()?;
+    if !args.json {
+        println!(
+            "job `{}`: {} checkpoints in {} (newest last)",
+            args.job,
+            epochs.len(),
+            dir.display()
+        );
+        println!(
+            "{:>12}  {:<23}  {:>4}  {:>10}  {:>12}  tables committed (rows)",
+            "epoch", "time (UTC)", "gen", "offsets", "state"
+        );
+    }
+    for e in epochs {
+        let m = store.read(e)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&m)?);
+            continue;
+        }
+        let time = chrono::DateTime::from_timestamp_millis(m.created_ms)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+            .unwrap_or_default();
+        let next: i64 = m.offsets.values().flat_map(|p| p.values()).sum();
+        let tables: Vec<String> = m.tables.iter().map(|(t, c)| format!("{t} ({})", c.rows)).collect();
+        println!(
+            "{:>12}  {:<23}  {:>4}  {:>10}  {:>5} files {:>5} KiB  {}",
+            m.epoch,
+            time,
+            m.generation,
+            next,
+            m.state.len(),
+            m.state_bytes() / 1024,
+            if tables.is_empty() {
+                "-".to_string()
+            } else {
+                tables.join(", ")
+            }
+        );
+    }
+    Ok(())
 }

@@ -224,7 +224,14 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
         // silent jump that would lose messages.
         .set("auto.offset.reset", "error")
         // Topics are created by the producer or an operator, never by a reader.
-        .set("allow.auto.create.topics", "false");
+        .set("allow.auto.create.topics", "false")
+        // After a broker restart a topic can look missing for a moment, and
+        // librdkafka then stops fetching it until the next metadata refresh
+        // (5 min by default): refresh often enough to resume within seconds.
+        .set("topic.metadata.refresh.interval.ms", "2000")
+        // Reconnect within a second of a broker coming back, not after the
+        // default backoff of up to 10 s.
+        .set("reconnect.backoff.max.ms", "1000");
     for (k, v) in &config.kafka.consumer {
         c.set(k, v);
     }

@@ -6,5 +6,7 @@
 //! (event at a time); frontiers only decide when state may be forgotten.
 
 pub mod dedup;
+pub mod interval_join;
 
 pub use dedup::{Dedup, DedupCheckpointed, DedupKey};
+pub use interval_join::{IntervalJoin, JoinSide, JoinState, JoinStats, key_hash, key_worker};

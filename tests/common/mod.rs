@@ -141,6 +141,8 @@ pub struct Expected {
     pub malformed: BTreeSet<(String, i32, i64)>,
     /// Next offset per `(topic, partition)`.
     pub ends: BTreeMap<(String, i32), i64>,
+    /// Offset of the last message that added new ids, per `(topic, partition)`.
+    pub last_row: BTreeMap<(String, i32), i64>,
     /// Per partition: `(offset, message ids)` of valid and duplicate messages.
     pub by_partition: BTreeMap<(String, i32), Vec<OffsetIds>>,
 }
@@ -155,6 +157,11 @@ pub fn expected(truth: &[Truth]) -> Expected {
                 e.malformed.insert((t.topic.clone(), t.partition, t.offset));
             }
             _ => {
+                let ids = e.ids.entry(t.topic.clone()).or_default();
+                if t.message_ids.iter().any(|id| !ids.contains(id)) {
+                    let last = e.last_row.entry((t.topic.clone(), t.partition)).or_insert(t.offset);
+                    *last = (*last).max(t.offset);
+                }
                 e.ids
                     .entry(t.topic.clone())
                     .or_default()
@@ -216,4 +223,200 @@ pub fn ids(rows: &Value) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// The bronze tables.
+pub const TABLES: [&str; 3] = ["bronze_binance_trades", "bronze_kraken_trades", "dead_letters"];
+
+/// Produces a known feed (2 topics x 4 partitions, duplicates and malformed
+/// messages) and returns its truth file.
+pub fn produce(dir: &Path, brokers: &str, topics: &(String, String), count: u64, seed: u64) -> PathBuf {
+    let truth = dir.join("truth.jsonl");
+    ok(k2()
+        .args([
+            "produce",
+            "--brokers",
+            brokers,
+            "--binance-topic",
+            &topics.0,
+            "--kraken-topic",
+            &topics.1,
+        ])
+        .args([
+            "--partitions",
+            "4",
+            "--count",
+            &count.to_string(),
+            "--rate",
+            "0",
+            "--duplicates",
+            "0.05",
+            "--malformed",
+            "0.02",
+            "--seed",
+            &seed.to_string(),
+            "--event-start-ms",
+            "1767225600000",
+            "--symbols",
+            "BTC,ETH,SOL,DOGE,PEPE,XRP,ADA,AVAX",
+            "--quiet",
+            "--truth",
+            truth.to_str().unwrap(),
+        ]));
+    truth
+}
+
+/// The tables hold every distinct valid message exactly once, the dead
+/// letters exactly the malformed messages, and the newest snapshots carry the
+/// end offsets of the feed.
+pub fn check_exactly_once(dir: &Path, topics: &(String, String), exp: &Expected, job: &str) {
+    let tables = read_tables(
+        dir,
+        &TABLES[..2],
+        "message_id,source_topic,source_partition,source_offset",
+        false,
+    );
+    let binance = &tables[0];
+    let kraken = &tables[1];
+    for (table, topic) in [(binance, &topics.0), (kraken, &topics.1)] {
+        let got = ids(&table["rows"]);
+        let distinct: BTreeSet<String> = got.iter().cloned().collect();
+        assert_eq!(
+            got.len(),
+            distinct.len(),
+            "{}: duplicate message ids in the table",
+            table["table"]
+        );
+        assert_eq!(
+            &distinct,
+            exp.ids.get(topic).unwrap(),
+            "{}: rows differ from the distinct valid messages",
+            table["table"]
+        );
+    }
+    // Dead letters: exactly the malformed messages, each with a reason.
+    let dead = read_tables(
+        dir,
+        &["dead_letters"],
+        "source_topic,source_partition,source_offset,reason",
+        false,
+    );
+    let rows = dead[0]["rows"].as_array().unwrap();
+    let got: BTreeSet<(String, i32, i64)> = rows
+        .iter()
+        .map(|r| {
+            assert!(
+                !r["reason"].as_str().unwrap().is_empty(),
+                "a dead letter without a reason: {r}"
+            );
+            (
+                r["source_topic"].as_str().unwrap().to_string(),
+                r["source_partition"].as_i64().unwrap() as i32,
+                r["source_offset"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(rows.len(), got.len(), "a malformed message was written twice");
+    assert_eq!(got, exp.malformed, "dead letters differ from the malformed messages");
+    // The newest snapshot of each trade table covers the last message that
+    // added a row in each of its topic's partitions (later messages may be
+    // duplicates or malformed, committed in cuts without rows for it).
+    for (t, topic) in tables.iter().zip([&topics.0, &topics.1]) {
+        let snapshots = t["snapshots"].as_array().unwrap();
+        let newest = snapshots
+            .last()
+            .unwrap_or_else(|| panic!("{} has no snapshot", t["table"]));
+        assert_eq!(newest["summary"]["k2.job"], job);
+        let offsets = summary_offsets(newest);
+        assert_eq!(offsets.len(), 8, "offsets of 2 topics x 4 partitions");
+        for ((tp, p), next) in offsets.iter().filter(|((tp, _), _)| tp == topic) {
+            let end = exp.ends.get(&(tp.clone(), *p)).copied().unwrap_or(0);
+            let last_row = exp.last_row.get(&(tp.clone(), *p)).map_or(0, |o| o + 1);
+            assert!(
+                last_row <= *next && *next <= end,
+                "{}: k2.offsets of {tp}/{p} = {next}, want {last_row}..={end}",
+                t["table"]
+            );
+        }
+    }
+    // The job's newest checkpoint is at the end of the feed.
+    let out = ok(k2()
+        .args(["checkpoints", job, "--json", "--config"])
+        .arg(dir.join(format!("{job}.toml"))));
+    let last = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .expect("a checkpoint")
+        .to_string();
+    let manifest: Value = serde_json::from_str(&last).unwrap();
+    for (topic, parts) in manifest["offsets"].as_object().unwrap() {
+        for (p, next) in parts.as_object().unwrap() {
+            let end = exp.ends.get(&(topic.clone(), p.parse().unwrap())).copied().unwrap_or(0);
+            assert_eq!(next.as_i64().unwrap(), end, "newest checkpoint offset of {topic}/{p}");
+        }
+    }
+}
+
+/// Every snapshot's `k2.offsets` matches exactly the rows the table holds at
+/// that snapshot: per partition, the distinct ids first seen below the offset.
+pub fn check_cuts(dir: &Path, topics: &(String, String), exp: &Expected) {
+    let tables = read_tables(
+        dir,
+        &TABLES[..2],
+        "message_id,source_topic,source_partition,source_offset",
+        true,
+    );
+    for t in &tables {
+        let snapshots = t["snapshots"].as_array().unwrap();
+        assert!(
+            snapshots.len() >= 2,
+            "{}: expected several commits, got {}",
+            t["table"],
+            snapshots.len()
+        );
+        for s in snapshots {
+            let offsets = summary_offsets(s);
+            let rows = s["rows"].as_array().unwrap();
+            let mut got: BTreeMap<(String, i32), BTreeSet<String>> = BTreeMap::new();
+            for r in rows {
+                got.entry((
+                    r["source_topic"].as_str().unwrap().into(),
+                    r["source_partition"].as_i64().unwrap() as i32,
+                ))
+                .or_default()
+                .insert(r["message_id"].as_str().unwrap().into());
+            }
+            let topic = if t["table"].as_str().unwrap().contains("binance") {
+                &topics.0
+            } else {
+                &topics.1
+            };
+            for ((tp, p), next) in offsets.iter().filter(|((tp, _), _)| tp == topic) {
+                // The distinct ids first seen below `next` in this partition.
+                let mut want = BTreeSet::new();
+                let mut seen = BTreeSet::new();
+                for (offset, ids) in exp.by_partition.get(&(tp.clone(), *p)).cloned().unwrap_or_default() {
+                    if offset < *next {
+                        for id in ids {
+                            if seen.insert(id.clone()) {
+                                want.insert(id);
+                            }
+                        }
+                    }
+                }
+                let have = got.remove(&(tp.clone(), *p)).unwrap_or_default();
+                assert_eq!(
+                    have, want,
+                    "{} snapshot {}: rows of {tp}/{p} vs k2.offsets {next}",
+                    t["table"], s["snapshot_id"]
+                );
+            }
+            assert!(
+                got.is_empty(),
+                "rows from partitions missing in k2.offsets: {:?}",
+                got.keys()
+            );
+        }
+    }
 }

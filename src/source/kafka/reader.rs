@@ -151,7 +151,7 @@ impl ClientContext for SourceContext {
             KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
         );
         if !eof {
-            tracing::warn!(%error, reason, "kafka client error");
+            tracing::warn!(%error, reason, "waiting for Kafka: client error; librdkafka reconnects and retries");
         }
     }
 }
@@ -280,7 +280,7 @@ pub fn kafka_source<'scope>(
                         Some(Err(e)) => {
                             spec.stats.errors.fetch_add(1, Ordering::Relaxed);
                             if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                                tracing::warn!(error = %e, "kafka consumer error; librdkafka retries");
+                                tracing::warn!(error = %e, "waiting for Kafka: consumer error; librdkafka reconnects and retries");
                                 last_error_log = Some(now_instant);
                             }
                             break;

@@ -1,0 +1,283 @@
+//! Exactly once, proven by crashing: SIGKILL at random moments and at every
+//! gap of the commit protocol, fencing, clean stops, and a broker restart.
+
+mod common;
+
+use common::*;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Starts `k2 run bronze` (continuous) with its stderr in `log`.
+fn start_job(config: &Path, workers: usize, log: &Path, fault: Option<&str>) -> Child {
+    let mut cmd = k2();
+    cmd.args(["run", "bronze", "-w", &workers.to_string(), "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    if let Some(f) = fault {
+        cmd.env("K2_FAULT", f);
+    }
+    cmd.spawn().expect("spawn k2 run")
+}
+
+/// Starts a background producer at `rate` msg/s for `secs` seconds.
+fn start_producer(brokers: &str, topics: &(String, String), dir: &Path, rate: u64, secs: u64, seed: u64) -> Child {
+    k2().args([
+        "produce",
+        "--brokers",
+        brokers,
+        "--binance-topic",
+        &topics.0,
+        "--kraken-topic",
+        &topics.1,
+    ])
+    .args([
+        "--partitions",
+        "4",
+        "--rate",
+        &rate.to_string(),
+        "--duration",
+        &format!("{secs}s"),
+    ])
+    .args([
+        "--duplicates",
+        "0.05",
+        "--malformed",
+        "0.02",
+        "--seed",
+        &seed.to_string(),
+        "--quiet",
+    ])
+    .arg("--truth")
+    .arg(dir.join("truth.jsonl"))
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(dir.join("producer.log")).unwrap())
+    .spawn()
+    .expect("spawn producer")
+}
+
+/// Creates the topics before any job starts (a job refuses missing topics).
+fn create_topics(brokers: &str, topics: &(String, String)) {
+    ok(k2()
+        .args([
+            "produce",
+            "--brokers",
+            brokers,
+            "--binance-topic",
+            &topics.0,
+            "--kraken-topic",
+            &topics.1,
+        ])
+        .args(["--partitions", "4", "--count", "0", "--quiet"]));
+}
+
+fn kill9(child: &mut Child) {
+    let _ = child.kill(); // SIGKILL
+    let _ = child.wait();
+}
+
+/// Runs the job bounded until it has caught up with everything produced.
+fn catch_up(config: &Path) {
+    ok(k2()
+        .args(["run", "bronze", "--bounded", "-w", "2", "--config"])
+        .arg(config));
+}
+
+#[test]
+fn sigkill_at_random_moments_and_protocol_gaps_loses_and_duplicates_nothing() {
+    let brokers = broker();
+    let topics = topics("crash");
+    let dir = temp_dir("crash");
+    create_topics(&brokers, &topics);
+    let config = bronze_config(&dir, "crash", &brokers, &topics, "");
+    let mut producer = start_producer(&brokers, &topics, &dir, 2500, 30, 5);
+
+    // At least 20 kills: random moments, plus each protocol gap twice.
+    let faults = ["before-manifest:2", "after-manifest:2", "between-tables:1"];
+    let mut rng = SmallRng::seed_from_u64(0x6b32);
+    let mut injected = [0; 3];
+    for round in 0..24 {
+        let fault = (round % 4 == 3).then(|| faults[(round / 4) % 3]);
+        let log = dir.join(format!("run-{round}.log"));
+        let workers = 1 + round % 2;
+        let mut child = start_job(&config, workers, &log, fault);
+        let deadline = Instant::now() + Duration::from_millis(rng.random_range(300..1800));
+        if fault.is_some() {
+            // Let the fault fire (the process aborts itself), or time out.
+            let limit = Instant::now() + Duration::from_secs(20);
+            while child.try_wait().unwrap().is_none() && Instant::now() < limit {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        } else {
+            while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let text = std::fs::read_to_string(&log).unwrap();
+            match fault {
+                Some(f) if text.contains("K2_FAULT: aborting") => {
+                    injected[faults.iter().position(|x| *x == f).unwrap()] += 1
+                }
+                _ => panic!("run {round} exited by itself ({status}):\n{text}"),
+            }
+        }
+        kill9(&mut child);
+    }
+    assert!(
+        producer.wait().unwrap().success(),
+        "producer failed: {}",
+        std::fs::read_to_string(dir.join("producer.log")).unwrap()
+    );
+    assert!(
+        injected.iter().all(|n| *n >= 1),
+        "every protocol gap was hit at least once: {injected:?}"
+    );
+
+    catch_up(&config);
+    let exp = expected(&read_truth(&dir.join("truth.jsonl")));
+    check_exactly_once(&dir, &topics, &exp, "crash");
+    check_cuts(&dir, &topics, &exp);
+
+    // Every manifest the job kept is listed by `k2 checkpoints`.
+    let out = ok(k2().args(["checkpoints", "crash", "--config"]).arg(&config));
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("epoch"), "{listing}");
+}
+
+#[test]
+fn a_second_instance_refuses_and_a_newer_generation_fences_the_old_one() {
+    let brokers = broker();
+    let topics = topics("fence");
+    let dir = temp_dir("fence");
+    create_topics(&brokers, &topics);
+    let config = bronze_config(&dir, "fence", &brokers, &topics, "");
+    let mut first = start_job(&config, 1, &dir.join("first.log"), None);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // A second instance of the same job refuses at once, with a clear error.
+    let out = k2().args(["run", "bronze", "--config"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("already running"), "{err}");
+
+    // An instance elsewhere (same checkpoint folder, another host) takes a
+    // newer generation: the old one must stop at its next commit, not commit.
+    let generations = dir.join("checkpoints/fence/generations");
+    let newest: u64 = std::fs::read_dir(&generations)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .max()
+        .unwrap();
+    std::fs::write(generations.join(format!("{:010}", newest + 1)), b"").unwrap();
+    let mut producer = start_producer(&brokers, &topics, &dir, 1000, 3, 9);
+    let limit = Instant::now() + Duration::from_secs(30);
+    while first.try_wait().unwrap().is_none() && Instant::now() < limit {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = first.try_wait().unwrap();
+    kill9(&mut first);
+    let _ = producer.wait();
+    let log = std::fs::read_to_string(dir.join("first.log")).unwrap();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the fenced instance stopped with an error:\n{log}"
+    );
+    assert!(log.contains("fenced"), "{log}");
+    // Nothing was committed by the fenced generation.
+    for t in read_tables(&dir, &TABLES[..2], "message_id", false) {
+        for s in t["snapshots"].as_array().into_iter().flatten() {
+            assert_ne!(
+                s["summary"]["k2.generation"],
+                serde_json::json!((newest).to_string()),
+                "a fenced commit landed"
+            );
+        }
+    }
+}
+
+#[test]
+fn sigterm_ends_with_a_clean_final_commit() {
+    let brokers = broker();
+    let topics = topics("term");
+    let dir = temp_dir("term");
+    let truth = produce(&dir, &brokers, &topics, 2000, 3);
+    let exp = expected(&read_truth(&truth));
+    let config = bronze_config(&dir, "term", &brokers, &topics, "");
+    let mut job = start_job(&config, 2, &dir.join("job.log"), None);
+    // Wait until it has committed everything, then ask it to stop.
+    let limit = Instant::now() + Duration::from_secs(60);
+    loop {
+        let tables = read_tables(&dir, &["dead_letters"], "source_offset", false);
+        let done = tables[0]["snapshots"]
+            .as_array()
+            .and_then(|s| s.last())
+            .is_some_and(|s| {
+                let offsets = summary_offsets(s);
+                offsets.iter().all(|(k, v)| *v == exp.ends.get(k).copied().unwrap_or(0))
+            });
+        if done || Instant::now() > limit {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let pid = job.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = job.wait().unwrap();
+    let log = std::fs::read_to_string(dir.join("job.log")).unwrap();
+    assert!(status.success(), "SIGTERM exits cleanly:\n{log}");
+    check_exactly_once(&dir, &topics, &exp, "term");
+}
+
+#[test]
+fn a_broker_restart_mid_run_loses_nothing() {
+    // A broker of its own, so that restarting it disturbs no other test.
+    let kafka_dir = root().join("target/k2-tests/kafka-restart");
+    let env = [
+        ("K2_KAFKA_PORT", "19192"),
+        ("K2_KAFKA_DIR", kafka_dir.to_str().unwrap()),
+    ];
+    let script = root().join("scripts/kafka.sh");
+    let run = |arg: &str| {
+        let out = Command::new(&script).arg(arg).envs(env).output().unwrap();
+        assert!(
+            out.status.success(),
+            "kafka.sh {arg}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run("start");
+    let brokers = "127.0.0.1:19192".to_string();
+    let topics = topics("restart");
+    let dir = temp_dir("restart");
+    create_topics(&brokers, &topics);
+    let config = bronze_config(&dir, "restart", &brokers, &topics, "");
+    let mut producer = start_producer(&brokers, &topics, &dir, 1500, 12, 21);
+    let mut job = start_job(&config, 2, &dir.join("job.log"), None);
+    std::thread::sleep(Duration::from_secs(4));
+    run("restart");
+    assert!(
+        producer.wait().unwrap().success(),
+        "{}",
+        std::fs::read_to_string(dir.join("producer.log")).unwrap()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(job.try_wait().unwrap().is_none(), "the job survived the broker restart");
+    let pid = job.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = job.wait().unwrap();
+    let log = std::fs::read_to_string(dir.join("job.log")).unwrap();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("waiting for Kafka"),
+        "the job said what it waited for:\n{log}"
+    );
+    catch_up(&config);
+    run("stop");
+    let exp = expected(&read_truth(&dir.join("truth.jsonl")));
+    check_exactly_once(&dir, &topics, &exp, "restart");
+}
