@@ -94,13 +94,15 @@ fn sigkill_at_random_moments_and_protocol_gaps_loses_and_duplicates_nothing() {
     let dir = temp_dir("crash");
     create_topics(&brokers, &topics);
     let config = bronze_config(&dir, "crash", &brokers, &topics, "");
-    let mut producer = start_producer(&brokers, &topics, &dir, 2500, 30, 5);
+    // `scripts/soak.sh` raises the number of rounds; the suite runs 24.
+    let rounds: usize = std::env::var("K2_CRASH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(24);
+    let mut producer = start_producer(&brokers, &topics, &dir, 2500, (rounds as u64 * 5 / 4).max(10), 5);
 
     // At least 20 kills: random moments, plus each protocol gap twice.
     let faults = ["before-manifest:2", "after-manifest:2", "between-tables:1"];
     let mut rng = SmallRng::seed_from_u64(0x6b32);
     let mut injected = [0; 3];
-    for round in 0..24 {
+    for round in 0..rounds {
         let fault = (round % 4 == 3).then(|| faults[(round / 4) % 3]);
         let log = dir.join(format!("run-{round}.log"));
         let workers = 1 + round % 2;
