@@ -10,10 +10,13 @@ use k2::launch::{Dataflow, JobContext, TableKind};
 use k2::operators::DedupCheckpointed;
 use k2::record::{DeadLetter, Exchange, Trade};
 use k2::sink::iceberg::{CommitItem, WriteIceberg};
+use k2::source::kafka::SourceStreams;
 use k2::time::Time;
-use timely::dataflow::Scope;
 use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::vec::{Map, Partition};
+use timely::dataflow::{Scope, Stream};
+
+const PREPARE: Option<fn(&k2::config::Config) -> Result<()>> = None;
 
 /// The bronze dataflow.
 pub const BRONZE: Dataflow = Dataflow {
@@ -25,11 +28,20 @@ pub const BRONZE: Dataflow = Dataflow {
         ("dead_letters", TableKind::DeadLetters),
     ],
     build,
+    prepare: PREPARE,
 };
 
 fn build<'scope>(ctx: &JobContext, scope: Scope<'scope, Time>) -> Result<()> {
     let source = ctx.kafka_source(scope)?;
-    let (trades, dedup_state) = source.trades.dedup_checkpointed(
+    let items = part(ctx, &source);
+    ctx.commit(items.concat(source.progress.map(CommitItem::from)));
+    Ok(())
+}
+
+/// The bronze part of a job reading `source`: what it hands the committer.
+pub fn part<'scope>(ctx: &JobContext, source: &SourceStreams<'scope>) -> Stream<'scope, Time, Vec<CommitItem>> {
+    // Bronze takes every valid trade, late or not.
+    let (trades, dedup_state) = source.trades.clone().concat(source.late.clone()).dedup_checkpointed(
         ctx.config.dedup.ttl_ms,
         ctx.dedup_stats.clone(),
         ctx.state_checkpoint("dedup"),
@@ -37,19 +49,15 @@ fn build<'scope>(ctx: &JobContext, scope: Scope<'scope, Time>) -> Result<()> {
     let mut by_exchange = trades.partition(2, |t: Trade| (if t.exchange == Exchange::Binance { 0 } else { 1 }, t));
     let kraken = by_exchange.pop().expect("two outputs");
     let binance = by_exchange.pop().expect("two outputs");
-    let staged = binance
+    binance
         .write_iceberg(ctx.table_writer::<Trade>("bronze_binance_trades"))
         .concat(kraken.write_iceberg(ctx.table_writer::<Trade>("bronze_kraken_trades")))
         .concat(
             source
                 .dead_letters
+                .clone()
                 .write_iceberg(ctx.table_writer::<DeadLetter>("dead_letters")),
-        );
-    ctx.commit(
-        staged
-            .map(CommitItem::from)
-            .concat(source.progress.map(CommitItem::from))
-            .concat(dedup_state.map(CommitItem::from)),
-    );
-    Ok(())
+        )
+        .map(CommitItem::from)
+        .concat(dedup_state.map(CommitItem::from))
 }

@@ -45,10 +45,15 @@ pub fn report_json(r: &RunReport) -> serde_json::Value {
         "trades": r.trades,
         "dead_letters": r.dead_letters,
         "duplicates_removed": r.duplicates,
+        "late": r.late,
+        "pairs": r.pairs,
+        "kafka_sent": r.kafka_sent,
         "snapshots": r.snapshots,
         "rows": r.rows,
         "latency_ms": r.latency_ms.map(|(p50, p99, max)| serde_json::json!({"p50": p50, "p99": p99, "max": max})),
         "last_epoch": r.last_epoch,
+        "cpu_s": r.cpu_s,
+        "peak_rss_mib": r.peak_rss_mib,
     })
 }
 

@@ -1,8 +1,10 @@
 //! The `k2` command: run dataflows, produce feeds, run the demo.
 #![forbid(unsafe_code)]
 
+mod arbitrage;
 mod bronze;
 mod demo;
+mod market;
 mod produce;
 mod registry;
 

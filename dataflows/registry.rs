@@ -4,7 +4,11 @@
 use k2::launch::Dataflow;
 
 /// Every dataflow `k2 run` knows, by name.
-pub const DATAFLOWS: &[&Dataflow] = &[&crate::bronze::BRONZE];
+pub const DATAFLOWS: &[&Dataflow] = &[
+    &crate::bronze::BRONZE,
+    &crate::arbitrage::ARBITRAGE,
+    &crate::market::MARKET,
+];
 
 /// The dataflow called `name`.
 pub fn lookup(name: &str) -> Option<&'static Dataflow> {

@@ -35,6 +35,80 @@ pub struct Config {
     pub iceberg: IcebergConfig,
     /// Where checkpoints live.
     pub checkpoint: CheckpointConfig,
+    /// The arbitrage dataflow's settings.
+    pub arbitrage: ArbitrageConfig,
+}
+
+/// `[arbitrage]`: the cross-exchange join and its alerts.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArbitrageConfig {
+    /// Trades of the two exchanges pair up when their event times differ by at
+    /// most this many ms.
+    pub delta_ms: u64,
+    /// Taker fee per exchange, basis points.
+    pub fees_bps: FeesConfig,
+    /// Alert when the spread net of both fees exceeds this, basis points.
+    pub threshold_bps: f64,
+    /// Kafka topic of the alerts (JSON, key = alert id).
+    pub alerts_topic: String,
+    /// `immediate` (each alert at once, at least once, idempotent by alert
+    /// id) or `transactional` (exactly once, visible per commit).
+    pub kafka_sink: KafkaSinkMode,
+    /// Late trades: `table` (kept in `late_trades`) or `drop` (counted only).
+    pub late: LatePolicy,
+}
+
+impl Default for ArbitrageConfig {
+    fn default() -> Self {
+        ArbitrageConfig {
+            delta_ms: 500,
+            fees_bps: FeesConfig::default(),
+            threshold_bps: 1.0,
+            alerts_topic: "market.crypto.arbitrage.alerts".into(),
+            kafka_sink: KafkaSinkMode::Immediate,
+            late: LatePolicy::Table,
+        }
+    }
+}
+
+/// `[arbitrage.fees_bps]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeesConfig {
+    /// Binance taker fee, bps.
+    pub binance: f64,
+    /// Kraken taker fee, bps.
+    pub kraken: f64,
+}
+
+impl Default for FeesConfig {
+    fn default() -> Self {
+        FeesConfig {
+            binance: 2.0,
+            kraken: 5.0,
+        }
+    }
+}
+
+/// How alerts reach Kafka.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaSinkMode {
+    /// At once; at least once across crashes, idempotent by alert id.
+    Immediate,
+    /// In a Kafka transaction per commit; exactly once, visible per commit.
+    Transactional,
+}
+
+/// What happens to late trades in event-time dataflows.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LatePolicy {
+    /// Written to the `late_trades` table.
+    Table,
+    /// Counted in the run report and dropped.
+    Drop,
 }
 
 /// `[job]`: identity and progress.
@@ -347,6 +421,19 @@ impl Config {
         }
         if self.iceberg.namespace.is_empty() {
             return Err(Error::config("iceberg.namespace", "must not be empty"));
+        }
+        let a = &self.arbitrage;
+        if a.delta_ms == 0 {
+            return Err(Error::config("arbitrage.delta_ms", "must be > 0"));
+        }
+        if !(a.threshold_bps.is_finite() && a.fees_bps.binance.is_finite() && a.fees_bps.kraken.is_finite()) {
+            return Err(Error::config(
+                "arbitrage.threshold_bps",
+                "fees and threshold must be finite numbers",
+            ));
+        }
+        if a.fees_bps.binance < 0.0 || a.fees_bps.kraken < 0.0 {
+            return Err(Error::config("arbitrage.fees_bps", "fees cannot be negative"));
         }
         if self.checkpoint.keep == 0 {
             return Err(Error::config("checkpoint.keep", "must be >= 1"));

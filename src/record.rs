@@ -163,3 +163,81 @@ pub struct DeadLetter {
     /// The message payload, as received.
     pub payload: Vec<u8>,
 }
+
+/// A cross-exchange arbitrage opportunity: one Binance trade and one Kraken
+/// trade of the same symbol, close in event time, whose prices differ by more
+/// than both taker fees and a threshold.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Alert {
+    /// Deterministic: FNV-1a 64 of `"<binance message id>|<kraken message id>"`.
+    pub alert_id: String,
+    /// Normalized symbol.
+    pub symbol: String,
+    /// Where to buy (the cheaper side).
+    pub buy_exchange: Exchange,
+    /// Where to sell.
+    pub sell_exchange: Exchange,
+    /// Price on the buy side.
+    pub buy_price: Decimal,
+    /// Price on the sell side.
+    pub sell_price: Decimal,
+    /// Spread net of both taker fees, in 1/1000 basis points (integral, so
+    /// alerts compare exactly; see [`Alert::spread_bps`]).
+    pub spread_millibps: i64,
+    /// The Binance trade's message id.
+    pub binance_message_id: String,
+    /// The Kraken trade's message id.
+    pub kraken_message_id: String,
+    /// Binance trade time, ms.
+    pub binance_event_ms: i64,
+    /// Kraken trade time, ms.
+    pub kraken_event_ms: i64,
+    /// Kafka produce time of the later of the two trades, ms: where the
+    /// event-to-alert latency starts.
+    pub produce_ms: i64,
+    /// When K2 detected it, µs (wall clock; not part of the result's identity
+    /// across runs).
+    pub detected_us: i64,
+}
+
+impl Alert {
+    /// The net spread in basis points.
+    pub fn spread_bps(&self) -> f64 {
+        self.spread_millibps as f64 / 1000.0
+    }
+
+    /// The alert id of a pair: FNV-1a 64 of `"<binance id>|<kraken id>"`, hex.
+    pub fn id_of(binance_message_id: &str, kraken_message_id: &str) -> String {
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in binance_message_id
+            .bytes()
+            .chain([b'|'])
+            .chain(kraken_message_id.bytes())
+        {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        format!("{h:016x}")
+    }
+
+    /// The JSON published to the alerts topic; the same fields as the peers'
+    /// benchmark jobs publish.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "alert_id": self.alert_id,
+            "symbol": self.symbol,
+            "buy_exchange": self.buy_exchange.name(),
+            "sell_exchange": self.sell_exchange.name(),
+            "buy_price": self.buy_price.to_f64(),
+            "sell_price": self.sell_price.to_f64(),
+            "spread_bps": self.spread_bps(),
+            "binance_message_id": self.binance_message_id,
+            "kraken_message_id": self.kraken_message_id,
+            "binance_event_ms": self.binance_event_ms,
+            "kraken_event_ms": self.kraken_event_ms,
+            "produce_ms": self.produce_ms,
+            "detected_ms": self.detected_us / 1000,
+        })
+        .to_string()
+    }
+}

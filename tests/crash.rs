@@ -95,7 +95,10 @@ fn sigkill_at_random_moments_and_protocol_gaps_loses_and_duplicates_nothing() {
     create_topics(&brokers, &topics);
     let config = bronze_config(&dir, "crash", &brokers, &topics, "");
     // `scripts/soak.sh` raises the number of rounds; the suite runs 24.
-    let rounds: usize = std::env::var("K2_CRASH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(24);
+    let rounds: usize = std::env::var("K2_CRASH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(24);
     let mut producer = start_producer(&brokers, &topics, &dir, 2500, (rounds as u64 * 5 / 4).max(10), 5);
 
     // At least 20 kills: random moments, plus each protocol gap twice.

@@ -33,8 +33,16 @@ pub struct Manifest {
     pub created_ms: i64,
     /// Next offset per topic and partition at the end of the cut.
     pub offsets: BTreeMap<String, BTreeMap<i32, i64>>,
+    /// Largest event time (ms) read per topic and partition before those
+    /// offsets: lateness decisions continue from it after a restart.
+    #[serde(default)]
+    pub max_event_ms: BTreeMap<String, BTreeMap<i32, i64>>,
     /// Operator state needed to resume: every live snapshot file.
     pub state: Vec<StateFile>,
+    /// Records of transactional Kafka sinks in the cut, published after the
+    /// manifest (and again by recovery if that did not happen).
+    #[serde(default)]
+    pub kafka: Vec<crate::sink::kafka::KafkaBatch>,
     /// The cut's new files per table (tables without rows in it are absent).
     pub tables: BTreeMap<String, TableCommit>,
     /// Workers of the instance that wrote it (state is re-partitioned on restore).
@@ -164,7 +172,9 @@ mod tests {
             epoch,
             created_ms: 0,
             offsets: BTreeMap::from([("t".to_string(), BTreeMap::from([(0, 5), (3, 7)]))]),
+            max_event_ms: BTreeMap::new(),
             state: vec![],
+            kafka: vec![],
             tables: BTreeMap::new(),
             workers: 2,
         }

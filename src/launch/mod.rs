@@ -45,6 +45,8 @@ pub enum TableKind {
     Trades,
     /// Dead letters.
     DeadLetters,
+    /// Arbitrage alerts.
+    Alerts,
 }
 
 /// A named dataflow: its tables and how to build it on one worker.
@@ -57,6 +59,9 @@ pub struct Dataflow {
     pub tables: &'static [(&'static str, TableKind)],
     /// Builds the dataflow in `scope`.
     pub build: for<'scope> fn(&JobContext, Scope<'scope, Time>) -> Result<()>,
+    /// Run once per process before the workers start, e.g. to create the
+    /// Kafka topics the dataflow writes.
+    pub prepare: Option<fn(&Config) -> Result<()>>,
 }
 
 /// Options of one run that are not part of the job's config.
@@ -93,6 +98,10 @@ pub struct JobContext {
     pub source_stats: Arc<SourceStats>,
     /// Dedup counters.
     pub dedup_stats: Arc<DedupStats>,
+    /// Interval-join counters.
+    pub join_stats: Arc<crate::operators::JoinStats>,
+    /// Kafka sink counters.
+    pub kafka_stats: Arc<crate::sink::kafka::KafkaSinkStats>,
     /// Commit statistics.
     pub commit_stats: Arc<Mutex<CommitStats>>,
     /// The committer thread, joined at the end.
@@ -107,6 +116,8 @@ pub struct JobContext {
     pub restored: Option<Manifest>,
     /// Offsets of the restored checkpoint by topic index.
     pub restored_offsets: Offsets,
+    /// Per-partition largest event times of the restored checkpoint.
+    pub restored_watermarks: BTreeMap<(u16, i32), u64>,
     /// Workers over the whole cluster.
     pub workers: usize,
 }
@@ -199,7 +210,9 @@ impl JobContext {
             keep_manifests: self.config.checkpoint.keep,
             restored_state: self.restored.as_ref().map(|m| m.state.clone()).unwrap_or_default(),
             restored_offsets: self.restored_offsets.clone(),
+            restored_watermarks: self.restored_watermarks.clone(),
             workers: self.workers,
+            kafka_brokers: self.config.kafka.brokers.clone(),
         };
         crate::sink::iceberg::commit(items, spec);
     }
@@ -251,6 +264,12 @@ pub struct RunReport {
     pub dead_letters: u64,
     /// Duplicates removed by dedup.
     pub duplicates: u64,
+    /// Trades that arrived late (below their partition's watermark).
+    pub late: u64,
+    /// Pairs found by the interval join.
+    pub pairs: u64,
+    /// Records sent by immediate Kafka sinks.
+    pub kafka_sent: u64,
     /// Iceberg snapshots committed.
     pub snapshots: u64,
     /// Rows committed per table.
@@ -259,6 +278,33 @@ pub struct RunReport {
     pub latency_ms: Option<(u64, u64, u64)>,
     /// Last committed epoch.
     pub last_epoch: Option<u64>,
+    /// CPU time of this process (user + system), seconds.
+    pub cpu_s: f64,
+    /// Peak resident memory of this process, MiB.
+    pub peak_rss_mib: f64,
+}
+
+/// `(cpu seconds, peak RSS MiB)` of this process, from `/proc` (Linux).
+pub fn process_usage() -> (f64, f64) {
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime are 14 and 15.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0);
+    (cpu, rss)
 }
 
 /// Next offset per `(topic index, partition)`.
@@ -268,6 +314,7 @@ pub type Offsets = BTreeMap<(u16, i32), i64>;
 struct Recovery {
     manifest: Option<Manifest>,
     offsets: Offsets,
+    watermarks: BTreeMap<(u16, i32), u64>,
 }
 
 /// Recovery, before any worker starts: roll the newest cut forward into every
@@ -291,6 +338,7 @@ async fn recover(
         return Ok(Recovery {
             manifest: None,
             offsets: Offsets::new(),
+            watermarks: BTreeMap::new(),
         });
     }
     let Some(manifest) = manifests.latest()? else {
@@ -307,6 +355,7 @@ async fn recover(
         return Ok(Recovery {
             manifest: None,
             offsets: Offsets::new(),
+            watermarks: BTreeMap::new(),
         });
     };
     if manifest.job != *job {
@@ -320,6 +369,7 @@ async fn recover(
     let rolled = commit_manifest(catalog, tables, &manifest, Some(fence))
         .await
         .map_err(Error::Checkpoint)?;
+    crate::sink::iceberg::committer::publish_kafka(&config.kafka.brokers, &manifest)?;
     for table in rolled.keys() {
         tracing::info!(
             table,
@@ -370,6 +420,14 @@ async fn recover(
             offsets.insert((index as u16, *p), *o);
         }
     }
+    let mut watermarks = BTreeMap::new();
+    for (topic, parts) in &manifest.max_event_ms {
+        if let Some(index) = topics.iter().position(|t| t == topic) {
+            for (p, ms) in parts {
+                watermarks.insert((index as u16, *p), *ms as u64);
+            }
+        }
+    }
     tracing::info!(
         epoch = manifest.epoch,
         generation = fence.generation,
@@ -378,6 +436,7 @@ async fn recover(
     Ok(Recovery {
         manifest: Some(manifest),
         offsets,
+        watermarks,
     })
 }
 
@@ -458,6 +517,9 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
     install_signal_handlers(&handle, stop.clone());
 
     let table_order: Vec<String> = dataflow.tables.iter().map(|(n, _)| n.to_string()).collect();
+    if let Some(prepare) = dataflow.prepare {
+        prepare(&config)?;
+    }
     let job_dir = config.checkpoint.job_dir(&config.job.name);
     let _lock = JobLock::acquire(&job_dir, &config.job.name)?;
     let fence = Fence::take(&job_dir, &config.job.name)?;
@@ -468,6 +530,7 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
             let table = match kind {
                 TableKind::Trades => catalog.ensure_table::<Trade>(name).await?,
                 TableKind::DeadLetters => catalog.ensure_table::<DeadLetter>(name).await?,
+                TableKind::Alerts => catalog.ensure_table::<crate::record::Alert>(name).await?,
             };
             tables.insert(name.to_string(), table);
         }
@@ -490,6 +553,7 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         &config.kafka.topics.list(),
         config.source.start,
         &resume_offsets,
+        &recovery.watermarks,
         config.job.mode == RunMode::Bounded,
     )?;
     tracing::info!(
@@ -512,6 +576,8 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         stop: stop.clone(),
         source_stats: Default::default(),
         dedup_stats: Default::default(),
+        join_stats: Default::default(),
+        kafka_stats: Default::default(),
         commit_stats: Default::default(),
         commit_thread: Default::default(),
         table_order,
@@ -519,6 +585,7 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         fence,
         restored: recovery.manifest,
         restored_offsets: recovery.offsets,
+        restored_watermarks: recovery.watermarks,
         workers: timely.total_workers(),
     });
     let started = Instant::now();
@@ -573,10 +640,15 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         trades: ctx.source_stats.trades.load(Ordering::Relaxed),
         dead_letters: ctx.source_stats.dead_letters.load(Ordering::Relaxed),
         duplicates: ctx.dedup_stats.dropped.load(Ordering::Relaxed),
+        late: ctx.source_stats.late.load(Ordering::Relaxed),
+        pairs: ctx.join_stats.pairs.load(Ordering::Relaxed),
+        kafka_sent: ctx.kafka_stats.sent.load(Ordering::Relaxed),
         snapshots: stats.snapshots,
         rows: stats.rows.clone(),
         latency_ms: latency,
         last_epoch: stats.last_epoch,
+        cpu_s: process_usage().0,
+        peak_rss_mib: process_usage().1,
     })
 }
 

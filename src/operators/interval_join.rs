@@ -994,56 +994,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore]
-    fn throughput() {
-        let n = 1_000_000u64;
-        let mk = |first: u64| -> Vec<Step> {
-            (0..n)
-                .map(|i| {
-                    let r = Rec {
-                        id: first + i,
-                        key: format!("k{}", i % 100),
-                        event: i / 10,
-                        stamp: Time::default(),
-                    };
-                    (Time::new(i / 100_000, i / 10), Some(r))
-                })
-                .collect()
-        };
-        let (l, r) = (mk(0), mk(10 * n));
-        let start = std::time::Instant::now();
-        let out: Arc<AtomicU64> = Arc::default();
-        let out2 = out.clone();
-        let stats = Arc::new(JoinStats::default());
-        let stats2 = stats.clone();
-        let peak = Arc::new(AtomicU64::new(0));
-        let peak2 = peak.clone();
-        timely::execute(timely::Config::process(1), move |worker| {
-            let (l, r, out, stats, peak) = (l.clone(), r.clone(), out2.clone(), stats2.clone(), peak2.clone());
-            worker.dataflow::<Time, _, _>(|scope| {
-                let left = feed(scope, l, 1000, || ());
-                let right = feed(scope, r, 1000, || ());
-                let s = stats.clone();
-                left.interval_join_with(right, 5, &[], stats, |l: &Rec, r: &Rec| (l.id, r.id))
-                    .inspect_core(move |e| {
-                        if let Ok((_, d)) = e {
-                            out.fetch_add(d.len() as u64, Ordering::Relaxed);
-                        }
-                        peak.fetch_max(s.live.load(Ordering::Relaxed), Ordering::Relaxed);
-                    });
-            });
-        })
-        .unwrap();
-        eprintln!(
-            "{} pairs in {:?}, peak live {}, evicted {}",
-            out.load(Ordering::Relaxed),
-            start.elapsed(),
-            peak.load(Ordering::Relaxed),
-            stats.evicted.load(Ordering::Relaxed)
-        );
-    }
-
-    #[test]
     fn key_hash_is_fixed_across_builds() {
         // Checkpointed state is re-routed by this hash: it must never change.
         assert_eq!(key_hash("BTC/USDT"), key_hash(&"BTC/USDT".to_string()));

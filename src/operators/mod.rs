@@ -5,8 +5,12 @@
 //! the whole vocabulary. Operators emit results as soon as their inputs allow
 //! (event at a time); frontiers only decide when state may be forgotten.
 
+pub mod arbitrage;
 pub mod dedup;
 pub mod interval_join;
+pub mod log_state;
 
+pub use arbitrage::{Arbitrage, ArbitrageParams};
 pub use dedup::{Dedup, DedupCheckpointed, DedupKey};
 pub use interval_join::{IntervalJoin, JoinSide, JoinState, JoinStats, key_hash, key_worker};
+pub use log_state::{LogState, read_logged};

@@ -1,3 +1,4 @@
 //! Sinks: where records leave a dataflow.
 
 pub mod iceberg;
+pub mod kafka;

@@ -25,6 +25,7 @@ use super::writer::{CommitGroups, StagedFiles};
 use crate::checkpoint::manifest::{Manifest, ManifestStore, TableCommit};
 use crate::checkpoint::state::{StateFile, StateStore};
 use crate::checkpoint::{Fence, fault};
+use crate::sink::kafka::{KafkaBatch, TxnPublisher};
 use crate::time::{Time, event_frontier};
 use hdrhistogram::Histogram;
 use iceberg::spec::deserialize_data_file_from_json;
@@ -50,6 +51,8 @@ pub struct OffsetReport {
     pub partition: i32,
     /// The next offset to read: everything before it is in epochs `<= epoch`.
     pub next_offset: i64,
+    /// The largest event time read so far from the partition, ms.
+    pub max_event_ms: Option<u64>,
 }
 
 /// Everything the committer consumes.
@@ -61,6 +64,14 @@ pub enum CommitItem {
     Offsets(OffsetReport),
     /// An operator-state delta.
     State(StateFile),
+    /// Records for a transactional Kafka sink.
+    Kafka(KafkaBatch),
+}
+
+impl From<KafkaBatch> for CommitItem {
+    fn from(b: KafkaBatch) -> Self {
+        CommitItem::Kafka(b)
+    }
 }
 
 impl From<StagedFiles> for CommitItem {
@@ -148,8 +159,12 @@ pub struct CommitSpec {
     pub restored_state: Vec<StateFile>,
     /// Offsets of the restored checkpoint.
     pub restored_offsets: BTreeMap<(u16, i32), i64>,
+    /// Per-partition largest event times of the restored checkpoint.
+    pub restored_watermarks: BTreeMap<(u16, i32), u64>,
     /// Workers of this instance, recorded in manifests.
     pub workers: usize,
+    /// Brokers of transactional Kafka sinks.
+    pub kafka_brokers: String,
 }
 
 /// One cut to commit.
@@ -157,7 +172,9 @@ struct Cut {
     epoch: u64,
     files: BTreeMap<String, Vec<StagedFiles>>,
     offsets: BTreeMap<(u16, i32), i64>,
+    watermarks: BTreeMap<(u16, i32), u64>,
     state: Vec<StateFile>,
+    kafka: Vec<KafkaBatch>,
 }
 
 /// A deterministic id for one table's commit of one cut.
@@ -192,8 +209,10 @@ pub fn commit<'scope>(items: Stream<'scope, Time, Vec<CommitItem>>, spec: Commit
             let mut files: BTreeMap<u64, Vec<StagedFiles>> = BTreeMap::new();
             let mut reports: BTreeMap<u64, Vec<OffsetReport>> = BTreeMap::new();
             let mut states: BTreeMap<u64, Vec<StateFile>> = BTreeMap::new();
+            let mut kafka: BTreeMap<u64, Vec<KafkaBatch>> = BTreeMap::new();
             let mut live_state: Vec<StateFile> = spec.restored_state.clone();
             let mut current = spec.restored_offsets.clone();
+            let mut watermarks = spec.restored_watermarks.clone();
             move |(input, frontier), _output| {
                 input.for_each_stamp(|_cap, data| {
                     for batch in data {
@@ -202,6 +221,7 @@ pub fn commit<'scope>(items: Stream<'scope, Time, Vec<CommitItem>>, spec: Commit
                                 CommitItem::Files(s) => files.entry(s.group).or_default().push(s),
                                 CommitItem::Offsets(r) => reports.entry(r.epoch).or_default().push(r),
                                 CommitItem::State(s) => states.entry(s.group).or_default().push(s),
+                                CommitItem::Kafka(b) => kafka.entry(b.group).or_default().push(b),
                             }
                         }
                     }
@@ -216,6 +236,7 @@ pub fn commit<'scope>(items: Stream<'scope, Time, Vec<CommitItem>>, spec: Commit
                             files.keys().next_back(),
                             reports.keys().next_back(),
                             states.keys().next_back(),
+                            kafka.keys().next_back(),
                         ]
                         .into_iter()
                         .flatten()
@@ -228,15 +249,24 @@ pub fn commit<'scope>(items: Stream<'scope, Time, Vec<CommitItem>>, spec: Commit
                     Some(e) => {
                         let f = files.range(..e).next_back().map(|(g, _)| *g);
                         let s = states.range(..e).next_back().map(|(g, _)| *g);
-                        f.max(s)
+                        let k = kafka.range(..e).next_back().map(|(g, _)| *g);
+                        f.max(s).max(k)
                     }
                 };
                 if let Some(label) = label {
                     let later_files = files.split_off(&(label + 1));
                     let later_reports = reports.split_off(&(label + 1));
                     let later_states = states.split_off(&(label + 1));
+                    let later_kafka = kafka.split_off(&(label + 1));
+                    let cut_kafka: Vec<KafkaBatch> = std::mem::replace(&mut kafka, later_kafka)
+                        .into_values()
+                        .flatten()
+                        .collect();
                     for r in std::mem::replace(&mut reports, later_reports).into_values().flatten() {
                         current.insert((r.topic, r.partition), r.next_offset);
+                        if let Some(ms) = r.max_event_ms {
+                            watermarks.insert((r.topic, r.partition), ms);
+                        }
                     }
                     live_state.extend(std::mem::replace(&mut states, later_states).into_values().flatten());
                     // Deltas whose every entry has expired are dead: the
@@ -251,7 +281,9 @@ pub fn commit<'scope>(items: Stream<'scope, Time, Vec<CommitItem>>, spec: Commit
                         epoch: label,
                         files: by_table,
                         offsets: current.clone(),
+                        watermarks: watermarks.clone(),
                         state: live_state.clone(),
+                        kafka: cut_kafka,
                     };
                     if tx.send(cut).is_err() {
                         tracing::error!("commit thread is gone; the job is stopping");
@@ -315,12 +347,18 @@ fn commit_cut(spec: &CommitSpec, cut: &Cut) -> Result<(), String> {
         epoch: cut.epoch,
         created_ms: chrono::Utc::now().timestamp_millis(),
         offsets: named_offsets(&spec.topics, &cut.offsets),
+        max_event_ms: named_offsets(
+            &spec.topics,
+            &cut.watermarks.iter().map(|(k, v)| (*k, *v as i64)).collect(),
+        ),
         state: cut.state.clone(),
+        kafka: cut.kafka.clone(),
         tables,
         workers: spec.workers,
     };
     spec.manifests.write(&manifest).map_err(|e| e.to_string())?;
     fault::point("after-manifest");
+    publish_kafka(&spec.kafka_brokers, &manifest).map_err(|e| e.to_string())?;
 
     let committed = spec.runtime.block_on(commit_manifest(
         &spec.catalog,
@@ -349,6 +387,28 @@ fn commit_cut(spec: &CommitSpec, cut: &Cut) -> Result<(), String> {
         prune_checkpoints(&spec.manifests, &spec.state_store, spec.keep_manifests, cut.epoch);
     }
     Ok(())
+}
+
+/// Publishes the manifest's transactional Kafka records unless already there.
+pub fn publish_kafka(brokers: &str, manifest: &Manifest) -> crate::error::Result<()> {
+    let Some(first) = manifest.kafka.first() else {
+        return Ok(());
+    };
+    thread_local! {
+        static PUBLISHER: std::cell::RefCell<Option<TxnPublisher>> = const { std::cell::RefCell::new(None) };
+    }
+    PUBLISHER.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.is_none() {
+            *p = Some(TxnPublisher::new(brokers, &manifest.job, &first.topic)?);
+        }
+        let published = p.as_ref().expect("publisher").publish(manifest.epoch, &manifest.kafka);
+        if published.is_err() {
+            // A failed transaction leaves the producer unusable: start over.
+            *p = None;
+        }
+        published.map(|_| ())
+    })
 }
 
 /// Keeps the newest `keep` manifests and the state files they reference.

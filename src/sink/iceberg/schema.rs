@@ -5,9 +5,10 @@
 //! prunable), and the columnar conversion. The Arrow schema is derived from the
 //! Iceberg one, so Parquet field ids always match the table.
 
-use crate::record::{DeadLetter, Trade};
+use crate::record::{Alert, DeadLetter, Trade};
 use arrow_array::builder::{
-    Decimal128Builder, Int32Builder, Int64Builder, LargeBinaryBuilder, StringBuilder, TimestampMicrosecondBuilder,
+    Decimal128Builder, Float64Builder, Int32Builder, Int64Builder, LargeBinaryBuilder, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, SchemaRef};
@@ -231,6 +232,85 @@ impl TableRow for DeadLetter {
             Arc::new(payload.finish()),
             Arc::new(kafka_ts.finish()),
             Arc::new(ingest.finish()),
+        ];
+        finish(schema, columns)
+    }
+}
+
+impl TableRow for Alert {
+    fn schema() -> Schema {
+        Schema::builder()
+            .with_fields(vec![
+                req(1, "alert_id", PrimitiveType::String),
+                req(2, "symbol", PrimitiveType::String),
+                req(3, "buy_exchange", PrimitiveType::String),
+                req(4, "sell_exchange", PrimitiveType::String),
+                req(5, "buy_price", decimal()),
+                req(6, "sell_price", decimal()),
+                req(7, "spread_bps", PrimitiveType::Double),
+                req(8, "binance_message_id", PrimitiveType::String),
+                req(9, "kraken_message_id", PrimitiveType::String),
+                req(10, "binance_event_time", PrimitiveType::Timestamptz),
+                req(11, "kraken_event_time", PrimitiveType::Timestamptz),
+                req(12, "produce_time", PrimitiveType::Timestamptz),
+                req(13, "detected_time", PrimitiveType::Timestamptz),
+            ])
+            .build()
+            .expect("valid alert schema")
+    }
+    fn partition_source_id() -> i32 {
+        10
+    }
+    fn partition_day(&self) -> i32 {
+        day_of_us(self.binance_event_ms * 1000)
+    }
+    fn produce_ms(&self) -> i64 {
+        self.produce_ms
+    }
+    fn to_batch(rows: &[Self], _ctx: &RowContext, schema: &SchemaRef) -> RecordBatch {
+        let n = rows.len();
+        let mut id = StringBuilder::with_capacity(n, n * 16);
+        let mut symbol = StringBuilder::with_capacity(n, n * 8);
+        let mut buy = StringBuilder::with_capacity(n, n * 7);
+        let mut sell = StringBuilder::with_capacity(n, n * 7);
+        let mut buy_price = Decimal128Builder::with_capacity(n);
+        let mut sell_price = Decimal128Builder::with_capacity(n);
+        let mut spread = Float64Builder::with_capacity(n);
+        let mut bid = StringBuilder::with_capacity(n, n * 24);
+        let mut kid = StringBuilder::with_capacity(n, n * 24);
+        let mut bt = TimestampMicrosecondBuilder::with_capacity(n);
+        let mut kt = TimestampMicrosecondBuilder::with_capacity(n);
+        let mut pt = TimestampMicrosecondBuilder::with_capacity(n);
+        let mut dt = TimestampMicrosecondBuilder::with_capacity(n);
+        for r in rows {
+            id.append_value(&r.alert_id);
+            symbol.append_value(&r.symbol);
+            buy.append_value(r.buy_exchange.name());
+            sell.append_value(r.sell_exchange.name());
+            buy_price.append_value(r.buy_price.0);
+            sell_price.append_value(r.sell_price.0);
+            spread.append_value(r.spread_bps());
+            bid.append_value(&r.binance_message_id);
+            kid.append_value(&r.kraken_message_id);
+            bt.append_value(r.binance_event_ms * 1000);
+            kt.append_value(r.kraken_event_ms * 1000);
+            pt.append_value(r.produce_ms * 1000);
+            dt.append_value(r.detected_us);
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(id.finish()),
+            Arc::new(symbol.finish()),
+            Arc::new(buy.finish()),
+            Arc::new(sell.finish()),
+            Arc::new(buy_price.finish()),
+            Arc::new(sell_price.finish()),
+            Arc::new(spread.finish()),
+            Arc::new(bid.finish()),
+            Arc::new(kid.finish()),
+            Arc::new(bt.finish()),
+            Arc::new(kt.finish()),
+            Arc::new(pt.finish()),
+            Arc::new(dt.finish()),
         ];
         finish(schema, columns)
     }

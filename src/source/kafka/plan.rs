@@ -33,6 +33,8 @@ pub struct PartitionPlan {
     pub start: i64,
     /// In a bounded run, the offset to stop before (the high watermark at start).
     pub end: Option<i64>,
+    /// The largest event time (ms) read before `start`, from the checkpoint.
+    pub max_event_ms: Option<u64>,
 }
 
 /// All partitions of the job's topics, sorted by `(topic, partition)`.
@@ -51,6 +53,7 @@ impl SourcePlan {
         topics: &[(Exchange, String)],
         start: StartPosition,
         resume: &BTreeMap<(u16, i32), i64>,
+        watermarks: &BTreeMap<(u16, i32), u64>,
         bounded: bool,
     ) -> Result<SourcePlan> {
         let consumer: BaseConsumer = client.create().map_err(|e| Error::kafka("create consumer", e))?;
@@ -97,6 +100,7 @@ impl SourcePlan {
                     partition,
                     start,
                     end: bounded.then_some(high.max(start)),
+                    max_event_ms: watermarks.get(&(index as u16, partition)).copied(),
                 });
             }
         }
@@ -137,6 +141,7 @@ mod tests {
                     partition: i % 4,
                     start: 0,
                     end: None,
+                    max_event_ms: None,
                 })
                 .collect(),
         };

@@ -7,6 +7,7 @@
 //! * trades, normalized;
 //! * dead letters: every message that could not be decoded, whole, with the
 //!   reason (nothing is dropped silently, and no input can panic a worker);
+//! * late trades: below their own partition's watermark when read (see below);
 //! * offset reports: at the close of each epoch, the next offset of every
 //!   partition the worker owns. The committer pairs them with the data files
 //!   of the same epochs, which makes each commit a consistent cut.
@@ -28,6 +29,15 @@
 //! that later arrives on such a partition may be below the watermark: it is
 //! still emitted (bronze tables take it), and event-time operators see it as
 //! late. A worker without partitions holds `(epoch, MAX)`.
+//!
+//! ## Lateness
+//! A trade is late when its event time is below its own partition's
+//! watermark at the moment it is read. Never the cross-partition watermark:
+//! that depends on how fast other partitions were read, so results would
+//! depend on scheduling. Each partition's largest event time is checkpointed
+//! with its offset, so the decision is also the same after a restart. An
+//! on-time trade is never below the operator's capability (the minimum over
+//! partitions), which is what lets event-time operators evict state safely.
 //!
 //! ## Never blocking
 //! Polls use a zero timeout. The operator is re-activated by librdkafka when a
@@ -102,6 +112,8 @@ pub struct SourceStats {
     pub dead_letters: AtomicU64,
     /// Consumer errors (transient; librdkafka retries).
     pub errors: AtomicU64,
+    /// Trades that arrived below their partition's watermark.
+    pub late: AtomicU64,
 }
 
 /// What one source needs; cloned into every worker.
@@ -137,6 +149,9 @@ pub struct SourceStreams<'scope> {
     pub dead_letters: Stream<'scope, Time, Vec<DeadLetter>>,
     /// Offsets at each epoch's close.
     pub progress: Stream<'scope, Time, Vec<OffsetReport>>,
+    /// Trades that arrived late: below their partition's watermark. Bronze
+    /// tables take them; event-time operators must not.
+    pub late: Stream<'scope, Time, Vec<Trade>>,
 }
 
 /// Client callbacks of the source's consumers.
@@ -207,7 +222,7 @@ pub fn kafka_source<'scope>(
             plan: p.clone(),
             consumer: topics.iter().position(|t| t == &p.topic_name).expect("topic listed"),
             next: p.start,
-            max_event_ms: None,
+            max_event_ms: p.max_event_ms,
             last_message: started,
             caught_up: false,
             done: p.end.is_some_and(|end| p.start >= end),
@@ -219,8 +234,10 @@ pub fn kafka_source<'scope>(
     let (trades_out, trades) = builder.new_output::<Vec<Trade>>();
     let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
     let (progress_out, progress) = builder.new_output::<Vec<OffsetReport>>();
+    let (late_out, late) = builder.new_output::<Vec<Trade>>();
     let mut trades_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<Trade>>> = OutputBuilder::from(trades_out);
     let mut dead_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<DeadLetter>>> = OutputBuilder::from(dead_out);
+    let mut late_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<Trade>>> = OutputBuilder::from(late_out);
     let mut progress_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<OffsetReport>>> =
         OutputBuilder::from(progress_out);
 
@@ -241,6 +258,7 @@ pub fn kafka_source<'scope>(
         }
         let mut trade_buf: Vec<Trade> = Vec::new();
         let mut dead_buf: Vec<DeadLetter> = Vec::new();
+        let mut late_buf: Vec<Trade> = Vec::new();
         let mut drain_applied = false;
         let mut last_error_log: Option<Instant> = None;
         move |_frontiers| {
@@ -320,9 +338,22 @@ pub fn kafka_source<'scope>(
                             };
                             match outcome {
                                 Ok(()) => {
-                                    for t in &trade_buf[before..] {
-                                        let ms = (t.event_us.max(0) / 1000) as u64;
+                                    // Lateness is decided per partition, against the
+                                    // partition's own watermark at the moment of reading:
+                                    // Kafka fixes that order, so the decision is the same
+                                    // on any number of workers and across restarts.
+                                    let mut i = before;
+                                    while i < trade_buf.len() {
+                                        let ms = (trade_buf[i].event_us.max(0) / 1000) as u64;
+                                        let late = p
+                                            .max_event_ms
+                                            .is_some_and(|m| ms.saturating_add(spec.max_out_of_orderness_ms) < m);
                                         p.max_event_ms = Some(p.max_event_ms.map_or(ms, |m| m.max(ms)));
+                                        if late {
+                                            late_buf.push(trade_buf.swap_remove(i));
+                                        } else {
+                                            i += 1;
+                                        }
                                     }
                                 }
                                 Err(reason) => dead_buf.push(DeadLetter {
@@ -346,6 +377,10 @@ pub fn kafka_source<'scope>(
                     .session(&caps[0])
                     .give_iterator(trade_buf.drain(..));
             }
+            if !late_buf.is_empty() {
+                spec.stats.late.fetch_add(late_buf.len() as u64, Ordering::Relaxed);
+                late_out.activate().session(&caps[3]).give_iterator(late_buf.drain(..));
+            }
             if !dead_buf.is_empty() {
                 spec.stats
                     .dead_letters
@@ -364,6 +399,7 @@ pub fn kafka_source<'scope>(
                     topic: p.plan.topic,
                     partition: p.plan.partition,
                     next_offset: p.next,
+                    max_event_ms: p.max_event_ms,
                 });
                 progress_out.activate().session(&caps[2]).give_iterator(reports);
             }
@@ -390,6 +426,7 @@ pub fn kafka_source<'scope>(
         trades,
         dead_letters,
         progress,
+        late,
     })
 }
 

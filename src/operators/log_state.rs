@@ -1,0 +1,85 @@
+//! Logging a stream's records as operator-state deltas, for operators whose
+//! state is "the records seen and not yet expired" (the interval join).
+//!
+//! The records of each commit group are written to a delta file when the
+//! frontier passes the group, together with their timestamps, and reported
+//! to the committer; a delta stays live until all its records have expired
+//! in event time (`event + ttl`). Restoring an operator is then re-inserting
+//! the records of the live deltas: see [`read_logged`].
+
+use crate::checkpoint::state::{StateCheckpoint, StateFile};
+use crate::time::{Time, epoch_complete};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::CapabilitySet;
+use timely::dataflow::operators::generic::Operator;
+
+/// A commit group's records: capabilities, records with times, max expiry.
+type Pending<D> = (CapabilitySet<Time>, Vec<(Time, D)>, u64);
+
+/// Writes the records of a stream as state deltas.
+pub trait LogState<'scope, D> {
+    /// Logs every record with its time under `ckpt.operator`; a record expires
+    /// at `expiry(record)` (event ms).
+    fn log_state<F>(self, ckpt: StateCheckpoint, expiry: F) -> Stream<'scope, Time, Vec<StateFile>>
+    where
+        F: Fn(&D) -> u64 + 'static;
+}
+
+impl<'scope, D> LogState<'scope, D> for Stream<'scope, Time, Vec<D>>
+where
+    D: Serialize + timely::ExchangeData,
+{
+    fn log_state<F>(self, ckpt: StateCheckpoint, expiry: F) -> Stream<'scope, Time, Vec<StateFile>>
+    where
+        F: Fn(&D) -> u64 + 'static,
+    {
+        let index = self.scope().index();
+        self.unary_frontier(Pipeline, &format!("LogState({})", ckpt.operator), move |_cap, _info| {
+            let mut pending: BTreeMap<u64, Pending<D>> = BTreeMap::new();
+            move |(input, frontier), output| {
+                input.for_each_stamp(|cap, data| {
+                    let Some(time) = cap.stamp().elements().iter().min_by_key(|t| (t.epoch, t.event)).copied() else {
+                        return;
+                    };
+                    let entry = pending
+                        .entry(ckpt.groups.group_of(time.epoch))
+                        .or_insert_with(|| (CapabilitySet::new(), Vec::new(), 0));
+                    entry.0.insert(cap.delayed(&time, 0));
+                    for batch in data {
+                        for d in batch.iter() {
+                            entry.2 = entry.2.max(expiry(d));
+                        }
+                        entry.1.extend(batch.drain(..).map(|d| (time, d)));
+                    }
+                });
+                while let Some(entry) = pending.first_entry() {
+                    if !epoch_complete(frontier.frontier().iter(), *entry.key()) {
+                        break;
+                    }
+                    let (group, (caps, records, max_expiry)) = entry.remove_entry();
+                    match ckpt.store.write(&ckpt.operator, index, group, &ckpt.run_id, &records, max_expiry) {
+                        Ok(file) => output.session(&caps).give(file),
+                        Err(e) => {
+                            tracing::error!(error = %e, group, operator = %ckpt.operator, "writing state failed; retrying");
+                            pending.insert(group, (caps, records, max_expiry));
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Reads every live record logged under `ckpt.operator` in the restored checkpoint.
+pub fn read_logged<D: DeserializeOwned>(ckpt: &StateCheckpoint) -> crate::error::Result<Vec<(Time, D)>> {
+    let mut out = Vec::new();
+    for file in ckpt.restore.iter().filter(|f| f.operator == ckpt.operator) {
+        out.extend(ckpt.store.read::<(Time, D)>(file)?);
+    }
+    Ok(out)
+}
