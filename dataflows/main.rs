@@ -4,6 +4,7 @@
 mod arbitrage;
 mod bronze;
 mod demo;
+mod divergence;
 mod market;
 mod produce;
 mod registry;

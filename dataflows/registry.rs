@@ -8,6 +8,7 @@ pub const DATAFLOWS: &[&Dataflow] = &[
     &crate::bronze::BRONZE,
     &crate::arbitrage::ARBITRAGE,
     &crate::market::MARKET,
+    &crate::divergence::DIVERGENCE,
 ];
 
 /// The dataflow called `name`.

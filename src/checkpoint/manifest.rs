@@ -43,6 +43,10 @@ pub struct Manifest {
     /// manifest (and again by recovery if that did not happen).
     #[serde(default)]
     pub kafka: Vec<crate::sink::kafka::KafkaBatch>,
+    /// The committer's event-time frontier when it took the cut, ms: how far
+    /// event time had progressed (watermarks, idleness) over the whole job.
+    #[serde(default)]
+    pub event_frontier_ms: Option<u64>,
     /// The cut's new files per table (tables without rows in it are absent).
     pub tables: BTreeMap<String, TableCommit>,
     /// Workers of the instance that wrote it (state is re-partitioned on restore).
@@ -175,6 +179,7 @@ mod tests {
             max_event_ms: BTreeMap::new(),
             state: vec![],
             kafka: vec![],
+            event_frontier_ms: None,
             tables: BTreeMap::new(),
             workers: 2,
         }

@@ -244,7 +244,10 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
         .set("topic.metadata.refresh.interval.ms", "2000")
         // Reconnect within a second of a broker coming back, not after the
         // default backoff of up to 10 s.
-        .set("reconnect.backoff.max.ms", "1000");
+        .set("reconnect.backoff.max.ms", "1000")
+        // When the local queue is full librdkafka pauses fetching for this
+        // long (1 s by default), which starves a fast reader.
+        .set("fetch.queue.backoff.ms", "10");
     for (k, v) in &config.kafka.consumer {
         c.set(k, v);
     }

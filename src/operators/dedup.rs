@@ -2,9 +2,11 @@
 //!
 //! Exchanges and collectors re-send messages (redundant collectors, producer
 //! retries). `dedup` passes the first occurrence of each key through at once
-//! and drops later ones. A key is remembered until the input frontier's event
-//! time passes the key's own event time plus the TTL: from then on no on-time
-//! record can carry it (see [`crate::time`]), so the state can go.
+//! and drops a repeat whose event time is within the TTL of the first one's.
+//! The decision depends on the records only, so every run and every number of
+//! workers decides alike. A key is forgotten once the input frontier's event
+//! time passes the first occurrence's event time plus the TTL: an on-time
+//! record from then on is no repeat within the TTL (see [`crate::time`]).
 //!
 //! Records are routed to workers by a hash of the key, so all occurrences of a
 //! key meet at one worker whatever the number of workers.
@@ -186,7 +188,10 @@ where
                 for batch in data {
                     for record in batch.drain(..) {
                         let key = record.dedup_key();
-                        if seen.contains_key(key) {
+                        // A repeat within the TTL of the first occurrence, in
+                        // event time: decided by the records alone, never by
+                        // how far the frontier happens to have moved.
+                        if seen.get(key).is_some_and(|&expiry| record.event_ms() <= expiry) {
                             dropped += 1;
                             continue;
                         }
@@ -232,16 +237,21 @@ where
                     }
                 }
             }
-            // Forget keys whose expiry the event-time frontier has reached.
+            // Forget keys whose expiry the event-time frontier has passed: an
+            // on-time record from now on has a later event time, so it would
+            // not be a repeat within the TTL anyway.
             let horizon = event_frontier(frontier.iter());
             while let Some(entry) = expiries.first_entry() {
-                if *entry.key() > horizon {
+                if *entry.key() >= horizon {
                     break;
                 }
-                let keys = entry.remove();
-                stats.evicted.fetch_add(keys.len() as u64, Ordering::Relaxed);
+                let (expiry, keys) = entry.remove_entry();
                 for k in keys {
-                    seen.remove(&k);
+                    // The key may have been seen again since, with a later expiry.
+                    if seen.get(&k) == Some(&expiry) {
+                        seen.remove(&k);
+                        stats.evicted.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }

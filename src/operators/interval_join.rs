@@ -111,9 +111,9 @@ pub struct JoinStats {
 
 /// The 64-bit hash that routes a key to a worker: FNV-1a over the bytes that
 /// `Hash` feeds, then a murmur3 finalizer so that the low bits (which pick
-/// the worker) depend on every byte. Unlike `DefaultHasher`, whose algorithm
-/// may change between Rust releases, it is fixed here (given the key's `Hash`
-/// impl), so checkpointed state can be re-routed after an upgrade.
+/// the worker) depend on every byte. Unlike `DefaultHasher`'s, its algorithm
+/// is fixed here (given the key's `Hash` impl): routing does not change with
+/// the Rust release, so processes built apart still agree on it.
 pub fn key_hash<K: Hash + ?Sized>(key: &K) -> u64 {
     let mut hasher = KeyHasher::default();
     key.hash(&mut hasher);

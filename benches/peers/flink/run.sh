@@ -12,7 +12,7 @@
 #   run.sh build     (build only)
 #
 # Flags read here, not passed on:
-#   --heap SIZE        JVM -Xmx (default 1g; env K2_FLINK_HEAP)
+#   --heap SIZE        JVM -Xmx (default 1g; env K2_FLINK_HEAP); extra JVM options: env K2_FLINK_JAVA_OPTS
 #   --log-file FILE    log4j2 file (default var/log/<job>-<time>-<pid>.log; env K2_FLINK_LOG_DIR for the dir)
 #   --alerts-partitions N, --partitions N   (arbitrage: passed to `topics` only)
 # stdout: the job's one JSON result line. stderr: short errors. Everything else: the log file.
@@ -74,6 +74,7 @@ JOB=${1:-}
 shift
 
 HEAP=${K2_FLINK_HEAP:-1g}
+read -r -a EXTRA_OPTS <<<"${K2_FLINK_JAVA_OPTS:-}"
 LOG_FILE=""
 PASS=()
 TOPIC_ARGS=()
@@ -95,9 +96,9 @@ done
 
 case $JOB in
     build) build; exit 0 ;;
-    bronze | arbitrage | topics | alerts-stats) ;;
+    bronze | arbitrage | topics | alerts-stats | oracle) ;;
     -h | --help | help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown job '$JOB' (bronze|arbitrage|topics|alerts-stats|build)" ;;
+    *) die "unknown job '$JOB' (bronze|arbitrage|topics|alerts-stats|oracle|build)" ;;
 esac
 
 build
@@ -109,29 +110,30 @@ else
     mkdir -p "$(dirname -- "$LOG_FILE")"
 fi
 
-run_java() { # job, args...
-    "$(java_bin)" -Xmx"$HEAP" -Xms"$HEAP" "${JVM_OPENS[@]}" \
+jvm() { # heap, then Main's args; runs in the foreground
+    local heap=$1
+    shift
+    "$(java_bin)" -Xmx"$heap" -Xms"$heap" "${JVM_OPENS[@]}" "${EXTRA_OPTS[@]}" \
         -Dlog4j2.configurationFile="$HERE/conf/log4j2.properties" -Dk2flink.log.file="$LOG_FILE" \
         -cp "$HERE/target/classes:$HERE/target/lib/*" "$MAIN" "$@"
 }
 
 case $JOB in
+    topics)
+        jvm 256m topics "${TOPIC_ARGS[@]}"
+        ;;
     arbitrage)
         # Input topics (if missing) and the alerts topic with LogAppendTime, before the job.
-        run_java topics "${TOPIC_ARGS[@]}" >/dev/null
+        jvm 256m topics "${TOPIC_ARGS[@]}" >/dev/null
         printf 'run.sh: log in %s\n' "$LOG_FILE" >&2
-        exec "$(java_bin)" -Xmx"$HEAP" -Xms"$HEAP" "${JVM_OPENS[@]}" \
+        # exec: a SIGTERM to run.sh reaches the JVM, which then stops the job with a savepoint.
+        exec "$(java_bin)" -Xmx"$HEAP" -Xms"$HEAP" "${JVM_OPENS[@]}" "${EXTRA_OPTS[@]}" \
             -Dlog4j2.configurationFile="$HERE/conf/log4j2.properties" -Dk2flink.log.file="$LOG_FILE" \
             -cp "$HERE/target/classes:$HERE/target/lib/*" "$MAIN" arbitrage "${PASS[@]}"
         ;;
-    topics)
-        exec "$(java_bin)" -Xmx256m "${JVM_OPENS[@]}" \
-            -Dlog4j2.configurationFile="$HERE/conf/log4j2.properties" -Dk2flink.log.file="$LOG_FILE" \
-            -cp "$HERE/target/classes:$HERE/target/lib/*" "$MAIN" topics "${TOPIC_ARGS[@]}"
-        ;;
     *)
         printf 'run.sh: log in %s\n' "$LOG_FILE" >&2
-        exec "$(java_bin)" -Xmx"$HEAP" -Xms"$HEAP" "${JVM_OPENS[@]}" \
+        exec "$(java_bin)" -Xmx"$HEAP" -Xms"$HEAP" "${JVM_OPENS[@]}" "${EXTRA_OPTS[@]}" \
             -Dlog4j2.configurationFile="$HERE/conf/log4j2.properties" -Dk2flink.log.file="$LOG_FILE" \
             -cp "$HERE/target/classes:$HERE/target/lib/*" "$MAIN" "$JOB" "${PASS[@]}"
         ;;

@@ -5,8 +5,8 @@
 #                    [--max-offsets-per-trigger N] [--starting-offsets earliest|latest]
 #                    [--dedup-watermark-ms N] [--codec snappy|zstd|...] [--clean]
 #                    [--heap 1g] [--log FILE]
-#   run.sh arbitrage [--binance-topic T] [--kraken-topic T] [--alerts-topic T] [--window-ms N]
-#                    [--watermark-ms N] [...same common flags...]
+#   run.sh arbitrage [--binance-topic T] [--kraken-topic T] [--alerts-topic T] [--delta-ms 500]
+#                    [--watermark-ms 2000] [--threshold-bps 1] [--dedup] [--join-buckets false] [...common...]
 #   run.sh build     (only build)
 # Builds when needed, runs the job on local[2] with its log in a file, and prints ONE JSON line.
 set -euo pipefail
@@ -57,6 +57,8 @@ if ((clean)); then
 fi
 mkdir -p "$warehouse" "$(dirname "$checkpoint")" "$(dirname "$log")"
 warehouse=$(cd "$warehouse" && pwd)
+checkpoint="$(cd "$(dirname "$checkpoint")" && pwd)/$(basename "$checkpoint")"
+log="$(cd "$(dirname "$log")" && pwd)/$(basename "$log")"
 result=$(mktemp)
 trap 'rm -f "$result"' EXIT
 
@@ -89,6 +91,8 @@ load_before=$(cut -d' ' -f1 /proc/loadavg)
 start_ns=$(date +%s%N)
 set +e
 # shellcheck disable=SC2086
+# Spark leaves files in its working directory (artifacts/, spark-warehouse/): run it in work/.
+cd "$work"
 "$JAVA" -Xmx"$heap" "${module_opts[@]}" ${SPARK_PEER_JAVA_OPTS:-} \
   -cp "$DIR/target/classes:$DIR/target/lib/*" \
   k2.peers.spark.Main "$job" --warehouse "$warehouse" --checkpoint-dir "$checkpoint" \

@@ -175,6 +175,7 @@ struct Cut {
     watermarks: BTreeMap<(u16, i32), u64>,
     state: Vec<StateFile>,
     kafka: Vec<KafkaBatch>,
+    event_frontier_ms: Option<u64>,
 }
 
 /// A deterministic id for one table's commit of one cut.
@@ -278,6 +279,7 @@ pub fn commit<'scope>(items: Stream<'scope, Time, Vec<CommitItem>>, spec: Commit
                         by_table.entry(s.table.clone()).or_default().push(s);
                     }
                     let cut = Cut {
+                        event_frontier_ms: (horizon != u64::MAX).then_some(horizon),
                         epoch: label,
                         files: by_table,
                         offsets: current.clone(),
@@ -353,6 +355,7 @@ fn commit_cut(spec: &CommitSpec, cut: &Cut) -> Result<(), String> {
         ),
         state: cut.state.clone(),
         kafka: cut.kafka.clone(),
+        event_frontier_ms: cut.event_frontier_ms,
         tables,
         workers: spec.workers,
     };

@@ -281,9 +281,13 @@ pub fn kafka_source<'scope>(
             }
 
             // 1. Poll without blocking, decode, emit at the current time.
+            let cap_event = caps[0].time().event;
             let mut polled = 0;
+            // Any consumer that filled its share may have more: run again at once.
+            let mut polled_full = false;
             let per_consumer = (spec.poll_batch / consumers.len().max(1)).max(1);
             for (ci, consumer) in consumers.iter().enumerate() {
+                let before_consumer = polled;
                 for _ in 0..per_consumer {
                     match consumer.poll(Duration::ZERO) {
                         None => break,
@@ -342,17 +346,21 @@ pub fn kafka_source<'scope>(
                                     // partition's own watermark at the moment of reading:
                                     // Kafka fixes that order, so the decision is the same
                                     // on any number of workers and across restarts.
-                                    let mut i = before;
-                                    while i < trade_buf.len() {
-                                        let ms = (trade_buf[i].event_us.max(0) / 1000) as u64;
+                                    // In message order: a Kraken message carries several.
+                                    let decoded: Vec<Trade> = trade_buf.drain(before..).collect();
+                                    for t in decoded {
+                                        let ms = (t.event_us.max(0) / 1000) as u64;
+                                        // Also late: below the capability, which only an
+                                        // idle partition's new record can be (see above).
                                         let late = p
                                             .max_event_ms
-                                            .is_some_and(|m| ms.saturating_add(spec.max_out_of_orderness_ms) < m);
+                                            .is_some_and(|m| ms.saturating_add(spec.max_out_of_orderness_ms) < m)
+                                            || ms < cap_event;
                                         p.max_event_ms = Some(p.max_event_ms.map_or(ms, |m| m.max(ms)));
                                         if late {
-                                            late_buf.push(trade_buf.swap_remove(i));
+                                            late_buf.push(t);
                                         } else {
-                                            i += 1;
+                                            trade_buf.push(t);
                                         }
                                     }
                                 }
@@ -368,6 +376,9 @@ pub fn kafka_source<'scope>(
                             }
                         }
                     }
+                }
+                if polled - before_consumer >= per_consumer {
+                    polled_full = true;
                 }
             }
             if !trade_buf.is_empty() {
@@ -414,7 +425,7 @@ pub fn kafka_source<'scope>(
                     c.downgrade(&next);
                 }
             }
-            if polled >= spec.poll_batch {
+            if polled_full {
                 activator.activate();
             } else {
                 let to_next_epoch = (epoch + 1) * spec.epoch_ms - now;

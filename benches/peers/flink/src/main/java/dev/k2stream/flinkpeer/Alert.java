@@ -12,7 +12,7 @@ public class Alert {
     public String symbol;
     public String buyExchange;
     public String sellExchange;
-    /** Prices as sent by the exchanges (exact decimal text). */
+    /** Prices as sent by the exchanges, as plain JSON numbers (exact; see plainNumber). */
     public String buyPrice;
     public String sellPrice;
     public double spreadBps;
@@ -56,9 +56,9 @@ public class Alert {
             g.writeStringField("buy_exchange", buyExchange);
             g.writeStringField("sell_exchange", sellExchange);
             g.writeFieldName("buy_price");
-            g.writeNumber(plainNumber(buyPrice));
+            g.writeNumber(buyPrice);
             g.writeFieldName("sell_price");
-            g.writeNumber(plainNumber(sellPrice));
+            g.writeNumber(sellPrice);
             g.writeNumberField("spread_bps", spreadBps);
             g.writeStringField("binance_message_id", binanceMessageId);
             g.writeStringField("kraken_message_id", krakenMessageId);

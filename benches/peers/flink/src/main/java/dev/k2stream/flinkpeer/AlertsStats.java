@@ -30,6 +30,7 @@ final class AlertsStats {
     private AlertsStats() {}
 
     static final Set<String> FLAGS = Set.of("brokers", "alerts-topic", "isolation");
+    static final Set<String> BOOLEANS = Set.of("timeline");
     static final String[] FIELDS = {
         "alert_id", "symbol", "buy_exchange", "sell_exchange", "buy_price", "sell_price", "spread_bps",
         "binance_message_id", "kraken_message_id", "binance_event_ms", "kraken_event_ms", "produce_ms", "detected_ms",
@@ -37,6 +38,7 @@ final class AlertsStats {
 
     static void run(Args a) throws Exception {
         String topic = a.str("alerts-topic", "flink.arbitrage.alerts");
+        boolean timeline = a.bool("timeline", false);
         Properties p = new Properties();
         p.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, a.str("brokers", "127.0.0.1:9092"));
         p.put(ConsumerConfig.ISOLATION_LEVEL_CONFIG, a.choice("isolation", "read_committed", "read_committed", "read_uncommitted"));
@@ -45,6 +47,9 @@ final class AlertsStats {
         ObjectMapper om = new ObjectMapper();
         long records = 0, bad = 0, badId = 0, logAppend = 0;
         Set<String> ids = new HashSet<>();
+        java.util.TreeMap<String, Long> bySymbol = new java.util.TreeMap<>();
+        // produce second -> arrival latencies, for --timeline
+        java.util.TreeMap<Long, List<Long>> perSecond = new java.util.TreeMap<>();
         List<Long> arrival = new ArrayList<>();
         List<Long> detect = new ArrayList<>();
         long minProduce = Long.MAX_VALUE, maxProduce = Long.MIN_VALUE;
@@ -79,10 +84,12 @@ final class AlertsStats {
                         badId++;
                     }
                     ids.add(id);
+                    bySymbol.merge(n.get("symbol").asText(), 1L, Long::sum);
                     long produce = n.get("produce_ms").asLong();
                     minProduce = Math.min(minProduce, produce);
                     maxProduce = Math.max(maxProduce, produce);
                     arrival.add(r.timestamp() - produce);
+                    perSecond.computeIfAbsent(produce / 1000, k -> new ArrayList<>()).add(r.timestamp() - produce);
                     detect.add(n.get("detected_ms").asLong() - produce);
                 }
             }
@@ -96,10 +103,27 @@ final class AlertsStats {
             g.writeNumberField("malformed", bad);
             g.writeNumberField("bad_alert_id", badId);
             g.writeNumberField("log_append_time_records", logAppend);
+            g.writeObjectFieldStart("by_symbol");
+            for (var e : bySymbol.entrySet()) g.writeNumberField(e.getKey(), e.getValue());
+            g.writeEndObject();
             if (!arrival.isEmpty()) {
                 g.writeNumberField("produce_span_s", Common.round3((maxProduce - minProduce) / 1000.0));
                 percentiles(g, "arrival_latency_ms", arrival);
                 percentiles(g, "detect_latency_ms", detect);
+                if (timeline) {
+                    long first = perSecond.firstKey();
+                    g.writeArrayFieldStart("timeline");
+                    for (var e : perSecond.entrySet()) {
+                        long[] v = e.getValue().stream().mapToLong(Long::longValue).sorted().toArray();
+                        g.writeStartObject();
+                        g.writeNumberField("s", e.getKey() - first);
+                        g.writeNumberField("alerts", v.length);
+                        g.writeNumberField("arrival_p50_ms", v[v.length / 2]);
+                        g.writeNumberField("arrival_max_ms", v[v.length - 1]);
+                        g.writeEndObject();
+                    }
+                    g.writeEndArray();
+                }
             }
             g.writeEndObject();
         }

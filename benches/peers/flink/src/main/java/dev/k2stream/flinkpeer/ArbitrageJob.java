@@ -2,13 +2,11 @@ package dev.k2stream.flinkpeer;
 
 import com.fasterxml.jackson.core.JsonGenerator;
 import java.io.ByteArrayOutputStream;
-import java.io.File;
 import java.io.StringWriter;
 import java.nio.charset.StandardCharsets;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
-import java.util.Comparator;
+import java.util.Map;
 import java.util.Set;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
@@ -17,6 +15,7 @@ import org.apache.flink.api.common.accumulators.LongCounter;
 import org.apache.flink.api.common.eventtime.WatermarkStrategy;
 import org.apache.flink.api.common.functions.OpenContext;
 import org.apache.flink.api.common.functions.RichFilterFunction;
+import org.apache.flink.api.common.state.CheckpointListener;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
 import org.apache.flink.api.common.typeinfo.Types;
 import org.apache.flink.api.java.functions.KeySelector;
@@ -46,7 +45,7 @@ final class ArbitrageJob {
 
     static final Set<String> FLAGS = Common.union(Common.ENV_FLAGS, Set.of(
             "binance-topic", "kraken-topic", "alerts-topic", "start", "seconds", "delta-ms", "threshold-bps",
-            "fee-binance-bps", "fee-kraken-bps", "out-of-orderness-ms", "idle-ms", "delivery", "group-id"));
+            "fee-binance-bps", "fee-kraken-bps", "out-of-orderness-ms", "idle-ms", "delivery", "group-id", "progress-s"));
 
     static void run(Args a) throws Exception {
         String brokers = a.str("brokers", "127.0.0.1:9092");
@@ -60,10 +59,11 @@ final class ArbitrageJob {
         double feeB = a.dbl("fee-binance-bps", 2.0);
         double feeK = a.dbl("fee-kraken-bps", 5.0);
         long oooMs = a.lng("out-of-orderness-ms", 2000, 0);
-        long idleMs = a.lng("idle-ms", 2000, 0);
+        long idleMs = a.lng("idle-ms", 0, 0);
         String delivery = a.choice("delivery", "at-least-once", "at-least-once", "exactly-once");
         String group = a.str("group-id", "k2-flink-arbitrage");
         int parallelism = a.integer("parallelism", 2, 1);
+        long progressS = a.lng("progress-s", 0, 0);
 
         StreamExecutionEnvironment env = Common.env(a);
         OffsetsInitializer startAt = start.equals("earliest") ? OffsetsInitializer.earliest() : OffsetsInitializer.latest();
@@ -104,6 +104,14 @@ final class ArbitrageJob {
 
         long t0 = System.nanoTime();
         JobClient client = env.executeAsync("k2-flink-arbitrage");
+        // Tell a harness on stderr when the job is ready: its first checkpoint has completed,
+        // so every task runs and the sources hold their partitions (the job runs in this JVM,
+        // so an operator can signal main through a static latch).
+        while (!Count.FIRST_CHECKPOINT.await(100, TimeUnit.MILLISECONDS)) {
+            if (client.getJobStatus().get().isGloballyTerminalState()) break;
+        }
+        System.err.printf("arbitrage: job RUNNING, first checkpoint done after %.1f s (JVM up %.1f s)%n",
+                (System.nanoTime() - t0) / 1e9, Common.jvmSeconds());
         CountDownLatch stop = new CountDownLatch(1);
         CountDownLatch done = new CountDownLatch(1);
         // SIGTERM/SIGINT: stop the job gracefully, then let the JVM exit.
@@ -125,12 +133,25 @@ final class ArbitrageJob {
         }, "job-watcher");
         watcher.setDaemon(true);
         watcher.start();
-        if (seconds > 0) {
-            stop.await(seconds, TimeUnit.SECONDS);
-        } else {
-            stop.await();
+        // Progress on stderr every --progress-s seconds (0: none): the job's accumulators.
+        long deadline = seconds > 0 ? t0 + TimeUnit.SECONDS.toNanos(seconds) : Long.MAX_VALUE;
+        long tick = progressS > 0 ? TimeUnit.SECONDS.toNanos(progressS) : Long.MAX_VALUE;
+        while (true) {
+            long now = System.nanoTime();
+            long wait = Math.min(deadline - now, tick);
+            if (wait <= 0 || stop.await(wait, TimeUnit.NANOSECONDS)) break;
+            if (progressS > 0) {
+                try {
+                    Map<String, Object> acc = client.getAccumulators().get(10, TimeUnit.SECONDS);
+                    System.err.printf("arbitrage: t=%.1f s binance_trades=%s kraken_trades=%s pairs=%s alerts=%s%n",
+                            (System.nanoTime() - t0) / 1e9, acc.get("binance_trades"), acc.get("kraken_trades"),
+                            acc.get("pairs"), acc.get("alerts"));
+                } catch (Exception e) {
+                    // progress is best effort
+                }
+            }
         }
-        Path savepoints = Files.createTempDirectory("k2-flink-savepoint");
+        Path savepoints = Common.checkpointDir(a).resolve("savepoint");
         boolean stoppedClean = false;
         if (!client.getJobStatus().get().isGloballyTerminalState()) {
             try {
@@ -150,7 +171,6 @@ final class ArbitrageJob {
             System.err.println("job ended abnormally: " + e);
         }
         double wall = (System.nanoTime() - t0) / 1e9;
-        deleteTree(savepoints.toFile());
 
         StringWriter sw = new StringWriter();
         try (JsonGenerator g = Decode.JSON.createGenerator(sw)) {
@@ -189,14 +209,6 @@ final class ArbitrageJob {
                 .build();
     }
 
-    private static void deleteTree(File f) {
-        try (var s = Files.walk(f.toPath())) {
-            s.sorted(Comparator.reverseOrder()).map(Path::toFile).forEach(File::delete);
-        } catch (Exception ignored) {
-            // best effort
-        }
-    }
-
     /** Decodes each Kafka record into its trades (a Kraken message may hold several). */
     static final class TradeDeserializer implements KafkaRecordDeserializationSchema<Trade> {
         private static final long serialVersionUID = 1L;
@@ -210,10 +222,22 @@ final class ArbitrageJob {
         public void deserialize(ConsumerRecord<byte[], byte[]> r, Collector<Trade> out) {
             if (binance) {
                 Trade t = Decode.binance(r.value(), r.timestamp(), r.partition(), r.offset(), false);
-                if (t != null) out.collect(t);
+                if (t != null) out.collect(lean(t));
             } else {
-                for (Trade t : Decode.kraken(r.value(), r.timestamp(), r.partition(), r.offset())) out.collect(t);
+                for (Trade t : Decode.kraken(r.value(), r.timestamp(), r.partition(), r.offset())) out.collect(lean(t));
             }
+        }
+
+        /**
+         * Only what the join and the alert need crosses the keyBy shuffle: the price text is
+         * normalized once per trade here (not once per alert), unused strings are dropped.
+         */
+        private static Trade lean(Trade t) {
+            t.priceText = Alert.plainNumber(t.priceText);
+            t.qtyText = null;
+            t.side = null;
+            t.exchange = null;
+            return t;
         }
 
         @Override
@@ -231,9 +255,11 @@ final class ArbitrageJob {
         }
     }
 
-    /** Counts records into an accumulator and passes them on. */
-    static final class Count extends RichFilterFunction<Trade> {
+    /** Counts records into an accumulator and passes them on; signals the first checkpoint. */
+    static final class Count extends RichFilterFunction<Trade> implements CheckpointListener {
         private static final long serialVersionUID = 1L;
+        /** Counted down when any Count subtask sees its first completed checkpoint. */
+        static final CountDownLatch FIRST_CHECKPOINT = new CountDownLatch(1);
         private final String name;
         private transient LongCounter counter;
 
@@ -251,6 +277,11 @@ final class ArbitrageJob {
         public boolean filter(Trade t) {
             counter.add(1L);
             return true;
+        }
+
+        @Override
+        public void notifyCheckpointComplete(long checkpointId) {
+            FIRST_CHECKPOINT.countDown();
         }
     }
 
@@ -281,14 +312,26 @@ final class ArbitrageJob {
             getRuntimeContext().addAccumulator("alerts", alerts);
         }
 
+        /** The net spread of a pair in bps, buying on the cheaper exchange. */
+        double spreadBps(Trade b, Trade k) {
+            return b.price < k.price
+                    ? ((k.price * (1 - feeK)) - (b.price * (1 + feeB))) / b.price * 1e4
+                    : ((b.price * (1 - feeB)) - (k.price * (1 + feeK))) / k.price * 1e4;
+        }
+
+        /** Whether the pair alerts; a non-finite spread (a zero price) never does. */
+        boolean alert(Trade b, Trade k) {
+            double spread = spreadBps(b, k);
+            return spread > thresholdBps && !Double.isInfinite(spread);
+        }
+
         @Override
         public void processElement(Trade b, Trade k, Context ctx, Collector<Alert> out) {
             pairs.add(1L);
             boolean buyBinance = b.price < k.price;
-            double spread = buyBinance
-                    ? ((k.price * (1 - feeK)) - (b.price * (1 + feeB))) / b.price * 1e4
-                    : ((b.price * (1 - feeB)) - (k.price * (1 + feeK))) / k.price * 1e4;
-            if (!(spread > thresholdBps)) return;
+            double spread = spreadBps(b, k);
+            // Not finite (a zero price) never alerts.
+            if (!(spread > thresholdBps) || Double.isInfinite(spread)) return;
             alerts.add(1L);
             Alert a = new Alert();
             a.alertId = Alert.alertId(b.messageId, k.messageId);

@@ -80,7 +80,7 @@ final class BronzeJob {
         String namespace = a.str("namespace", "market_data");
         String tableName = a.str("table", "flink_bronze_binance_trades");
         String codec = a.choice("codec", "snappy", "snappy", "zstd", "gzip", "uncompressed", "lz4");
-        String sinkKind = a.choice("sink", "flinksink", "flinksink", "icebergsink");
+        String sinkKind = a.choice("sink", "icebergsink", "icebergsink", "flinksink");
         long dedupTtlS = a.lng("dedup-ttl-s", 0, 0);
         int parallelism = a.integer("parallelism", 2, 1);
         long targetFileMb = a.lng("target-file-mb", 512, 1);

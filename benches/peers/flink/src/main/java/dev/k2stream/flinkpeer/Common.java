@@ -23,7 +23,7 @@ final class Common {
     static PrintStream resultOut = System.out;
 
     /** Flags every job takes. */
-    static final Set<String> ENV_FLAGS = Set.of("brokers", "checkpoint-ms", "parallelism", "buffer-timeout-ms");
+    static final Set<String> ENV_FLAGS = Set.of("brokers", "checkpoint-ms", "parallelism", "buffer-timeout-ms", "checkpoint-dir");
     static final Set<String> ENV_BOOLEANS = Set.of("object-reuse");
     /** --conf key=value, passed to Flink's Configuration as is. */
     static final Set<String> ENV_MULTI = Set.of("conf");
@@ -46,6 +46,10 @@ final class Common {
         // Flink's default; named so the README's list of knobs is the code's.
         m.put("execution.checkpointing.max-concurrent-checkpoints", "1");
         m.put("state.backend.type", "hashmap");
+        // State snapshots go to files (the JobManager's in-memory storage caps state at 5 MB,
+        // which the interval join's buffers exceed). A fresh directory per run, removed at exit.
+        m.put("execution.checkpointing.storage", "filesystem");
+        m.put("execution.checkpointing.dir", checkpointDir(a).toUri().toString());
         for (String kv : a.list("conf")) {
             int eq = kv.indexOf('=');
             if (eq <= 0) throw new IllegalArgumentException("--conf wants key=value, got " + kv);
@@ -61,6 +65,32 @@ final class Common {
             env.getConfig().disableObjectReuse();
         }
         return env;
+    }
+
+    private static java.nio.file.Path checkpointDir;
+
+    /** The run's checkpoint directory: --checkpoint-dir, else a temp dir; deleted at JVM exit. */
+    static synchronized java.nio.file.Path checkpointDir(Args a) {
+        if (checkpointDir != null) return checkpointDir;
+        try {
+            String parent = a.str("checkpoint-dir", null);
+            java.nio.file.Path p = parent == null
+                    ? java.nio.file.Files.createTempDirectory("k2-flink-ckpt")
+                    : java.nio.file.Files.createTempDirectory(java.nio.file.Files.createDirectories(java.nio.file.Path.of(parent)), "run");
+            checkpointDir = p.toAbsolutePath();
+        } catch (IOException e) {
+            throw new java.io.UncheckedIOException(e);
+        }
+        Runtime.getRuntime().addShutdownHook(new Thread(() -> deleteTree(checkpointDir.toFile()), "delete-checkpoints"));
+        return checkpointDir;
+    }
+
+    static void deleteTree(File f) {
+        try (var s = java.nio.file.Files.walk(f.toPath())) {
+            s.sorted(java.util.Comparator.reverseOrder()).map(java.nio.file.Path::toFile).forEach(File::delete);
+        } catch (Exception ignored) {
+            // best effort
+        }
     }
 
     /** Flags of the Iceberg catalog. */

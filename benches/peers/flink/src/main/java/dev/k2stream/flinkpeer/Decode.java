@@ -24,9 +24,13 @@ final class Decode {
     static final JsonFactory JSON = new JsonFactory();
     private static final BigDecimal MAX_38_18 = new BigDecimal("99999999999999999999.999999999999999999");
 
-    /** A decimal that fits decimal(38,18) exactly, else null. */
+    /**
+     * A decimal in JSON number grammar ({@code -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?},
+     * as K2 requires: no {@code .5}, {@code 1.}, {@code +1}) that fits decimal(38,18) exactly,
+     * else null.
+     */
     static BigDecimal decimal(String text) {
-        if (text == null || text.isEmpty()) return null;
+        if (text == null || !jsonNumber(text)) return null;
         BigDecimal d;
         try {
             d = new BigDecimal(text);
@@ -39,6 +43,38 @@ final class Decode {
         }
         if (d.abs().compareTo(MAX_38_18) > 0) return null;
         return d;
+    }
+
+    static boolean jsonNumber(String s) {
+        int n = s.length(), i = 0;
+        if (n == 0) return false;
+        if (s.charAt(0) == '-') i++;
+        if (i >= n) return false;
+        char c = s.charAt(i);
+        if (c == '0') {
+            i++;
+        } else if (c >= '1' && c <= '9') {
+            while (i < n && isDigit(s.charAt(i))) i++;
+        } else {
+            return false;
+        }
+        if (i < n && s.charAt(i) == '.') {
+            int start = ++i;
+            while (i < n && isDigit(s.charAt(i))) i++;
+            if (i == start) return false;
+        }
+        if (i < n && (s.charAt(i) == 'e' || s.charAt(i) == 'E')) {
+            i++;
+            if (i < n && (s.charAt(i) == '+' || s.charAt(i) == '-')) i++;
+            int start = i;
+            while (i < n && isDigit(s.charAt(i))) i++;
+            if (i == start) return false;
+        }
+        return i == n;
+    }
+
+    private static boolean isDigit(char c) {
+        return c >= '0' && c <= '9';
     }
 
     /** Binance spot trade event; null if malformed. */

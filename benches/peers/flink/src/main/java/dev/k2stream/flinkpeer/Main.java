@@ -3,7 +3,7 @@ package dev.k2stream.flinkpeer;
 import java.util.Set;
 
 /**
- * Entry point: {@code bronze | arbitrage | topics | alerts-stats [flags]}. The real stdout carries
+ * Entry point: {@code bronze | arbitrage | topics | alerts-stats | oracle [flags]}. The real stdout carries
  * only the one JSON result line; anything else that prints to System.out goes to stderr,
  * and logging goes to the file that log4j2 is configured with (see run.sh).
  */
@@ -14,7 +14,7 @@ public final class Main {
         Common.resultOut = System.out;
         System.setOut(System.err);
         if (argv.length == 0) {
-            System.err.println("usage: Main bronze|arbitrage|topics|alerts-stats [--flag value ...] (see README.md)");
+            System.err.println("usage: Main bronze|arbitrage|topics|alerts-stats|oracle [--flag value ...] (see README.md)");
             System.exit(2);
         }
         int rc = 0;
@@ -29,11 +29,14 @@ public final class Main {
                 case "topics":
                     Topics.run(new Args(argv, 1, Topics.FLAGS, Set.of(), Set.of()));
                     break;
+                case "oracle":
+                    Oracle.run(new Args(argv, 1, Oracle.FLAGS, Set.of(), Set.of()));
+                    break;
                 case "alerts-stats":
-                    AlertsStats.run(new Args(argv, 1, AlertsStats.FLAGS, Set.of(), Set.of()));
+                    AlertsStats.run(new Args(argv, 1, AlertsStats.FLAGS, AlertsStats.BOOLEANS, Set.of()));
                     break;
                 default:
-                    System.err.println("unknown job " + argv[0] + "; want bronze|arbitrage|topics|alerts-stats");
+                    System.err.println("unknown job " + argv[0] + "; want bronze|arbitrage|topics|alerts-stats|oracle");
                     rc = 2;
             }
         } catch (IllegalArgumentException e) {

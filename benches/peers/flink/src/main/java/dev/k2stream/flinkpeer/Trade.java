@@ -12,7 +12,8 @@ public class Trade {
     /** Normalized {@code BASE/QUOTE}. */
     public String symbol;
     public long tradeId;
-    /** The price exactly as sent (Binance: decimal string; Kraken: JSON number text). */
+    /** The price exactly as sent (Binance: decimal string; Kraken: JSON number text); the
+     * arbitrage job replaces it with its plain form without trailing zeros. */
     public String priceText;
     public String qtyText;
     /** The price as a double, for the spread arithmetic. */

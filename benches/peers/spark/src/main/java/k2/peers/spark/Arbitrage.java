@@ -90,29 +90,50 @@ final class Arbitrage {
             .select(
                 col("message_id").as("b_id"),
                 col("symbol").as("b_symbol"),
-                col("price").as("b_price"),
+                col("price").cast("double").as("b_price"),
                 col("event_time").as("b_time"),
                 col("kafka_timestamp").as("b_kafka"));
     Dataset<Row> kraken = krakenTrades(Kafka.read(spark, a, krakenTopic));
-    long dedupMs = a.lng("--dedup-watermark-ms", 0);
-    if (dedupMs > 0) {
-      binance = binance.withWatermark("b_time", dedupMs + " milliseconds")
-          .dropDuplicatesWithinWatermark("b_id");
-      kraken = kraken.withWatermark("k_time", dedupMs + " milliseconds")
-          .dropDuplicatesWithinWatermark("k_id");
-    }
     binance = binance.withWatermark("b_time", watermarkMs + " milliseconds");
     kraken = kraken.withWatermark("k_time", watermarkMs + " milliseconds");
+    if (a.flag("--dedup")) {
+      // Drop re-sent trades (same message id) seen within the watermark delay, as K2 does
+      // before its join; off by default.
+      binance = binance.dropDuplicatesWithinWatermark("b_id");
+      kraken = kraken.dropDuplicatesWithinWatermark("k_id");
+    }
 
+    // Spark's symmetric hash join looks a row up by the equi-join key and tests the time range
+    // on every stored row of that key: by symbol alone that is quadratic in a large micro-batch
+    // (a backlog). So the key also has a time bucket of width delta: a Binance row in bucket B
+    // can only pair with Kraken rows in buckets B-1..B+1, and each Kraken row is stored under
+    // those three buckets, so every pair within delta still meets exactly once.
+    // --join-buckets false keeps the plain symbol key (to measure what the buckets save).
+    boolean buckets = !a.str("--join-buckets", "true").equals("false");
+    binance =
+        binance.withColumn(
+            "b_bucket",
+            buckets ? floor(unix_millis(col("b_time")).divide(deltaMs)) : lit(0L));
+    kraken =
+        kraken.withColumn(
+            "k_bucket",
+            buckets
+                ? explode(
+                    array(
+                        floor(unix_millis(col("k_time")).divide(deltaMs)).minus(1),
+                        floor(unix_millis(col("k_time")).divide(deltaMs)),
+                        floor(unix_millis(col("k_time")).divide(deltaMs)).plus(1)))
+                : lit(0L));
     String delta = "interval " + deltaMs + " milliseconds";
     Column cond =
         col("b_symbol").equalTo(col("k_symbol"))
+            .and(col("b_bucket").equalTo(col("k_bucket")))
             .and(expr("k_time >= b_time - " + delta))
             .and(expr("k_time <= b_time + " + delta));
     Dataset<Row> pairs = binance.join(kraken, cond, "inner");
 
-    Column pb = col("b_price").cast("double");
-    Column pk = col("k_price").cast("double");
+    Column pb = col("b_price");
+    Column pk = col("k_price");
     Column buyBinance = pb.leq(pk);
     Column buyP = when(buyBinance, pb).otherwise(pk);
     Column sellP = when(buyBinance, pk).otherwise(pb);
@@ -182,7 +203,7 @@ final class Arbitrage {
         .select(
             concat(lit("kraken:"), native_, lit(":"), col("d.trade_id").cast("string")).as("k_id"),
             Symbols.kraken(native_).as("k_symbol"),
-            col("d.price").as("k_price"),
+            col("d.price").cast("double").as("k_price"),
             col("d.timestamp").try_cast(DataTypes.TimestampType).as("k_time"),
             col("k_kafka"))
         .where(

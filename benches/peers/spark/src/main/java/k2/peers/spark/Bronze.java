@@ -80,7 +80,8 @@ final class Bronze {
     out.put("committed_rows", committed);
     out.put("table", table);
     if (!Main.isAvailableNow(a)) {
-      out.put("latency_ms", Latency.produceToCommit(spark, table, (Long) r.get("run_start_ms")));
+      out.put("latency_ms", Latency.produceToCommit(
+              spark, table, (Long) r.get("run_start_ms"), a.lng("--latency-skip-s", 0) * 1000));
     }
     out.remove("run_start_ms");
     out.remove("run_end_ms");

@@ -25,6 +25,12 @@ final class Kafka {
     if (minPartitions > 0) {
       r = r.option("minPartitions", Long.toString(minPartitions));
     }
+    // Spark seeks before every poll of a task's consumer, so each poll is one fetch round trip of
+    // at most max.poll.records (Kafka default 500) records.
+    long maxPoll = a.lng("--max-poll-records", 0);
+    if (maxPoll > 0) {
+      r = r.option("kafka.max.poll.records", Long.toString(maxPoll));
+    }
     return r.load();
   }
 }

@@ -144,12 +144,16 @@ public final class Main {
     long interval = isAvailableNow(a) ? Long.MAX_VALUE : Long.parseLong(a.str("--trigger", "0"));
     List<Long> batchMs = new ArrayList<>();
     String behind = null;
+    Map<String, Long> phaseSum = new java.util.TreeMap<>();
     for (StreamingQueryProgress p : progress) {
       if (p.numInputRows() <= 0) {
         continue;
       }
       input += p.numInputRows();
       batches++;
+      for (Map.Entry<String, Long> e : p.durationMs().entrySet()) {
+        phaseSum.merge(e.getKey(), e.getValue(), Long::sum);
+      }
       Long ms = p.durationMs().get("triggerExecution");
       if (ms != null) {
         maxBatchMs = Math.max(maxBatchMs, ms);
@@ -179,6 +183,13 @@ public final class Main {
     batchMs.sort(null);
     r.put("p50_batch_ms", batchMs.isEmpty() ? 0 : batchMs.get(batchMs.size() / 2));
     r.put("max_batch_ms", maxBatchMs);
+    // Where a batch's time goes on average (Spark's durationMs: addBatch = run the job and
+    // commit to the sink, walCommit/commitOffsets = checkpoint writes, queryPlanning, ...).
+    Map<String, Object> phases = new LinkedHashMap<>();
+    for (Map.Entry<String, Long> e : phaseSum.entrySet()) {
+      phases.put(e.getKey(), batches > 0 ? e.getValue() / batches : 0);
+    }
+    r.put("avg_phase_ms", phases);
     if (!isAvailableNow(a)) {
       r.put("batches_over_interval", slowBatches);
       r.put("last_max_offsets_behind", behind == null ? null : Long.parseLong(behind));

@@ -1,0 +1,425 @@
+//! Micro-benchmarks of K2's hot paths, one worker, no Kafka.
+//!
+//! ```sh
+//! cargo bench --bench micro                 # everything, ~2-3 minutes on 2 cores
+//! cargo bench --bench micro -- decode       # only the groups matching a filter
+//! ```
+//!
+//! | group               | what one iteration does                                                  |
+//! | ------------------- | ------------------------------------------------------------------------ |
+//! | `decode/*`          | [`decode`] of 10k feed messages of one exchange                          |
+//! | `dedup/trades`      | a 1-worker dataflow pushing 120k trades (~5% repeated ids) through dedup |
+//! | `dedup/replay_only` | the same dataflow without dedup: the harness cost, to subtract           |
+//! | `interval_join`     | a 1-worker dataflow joining Binance × Kraken trades by symbol, Δ = 500 ms |
+//! | `parquet_write`     | `TableWriter::write` of 100k trades into a local Iceberg table           |
+//!
+//! Every input comes from the deterministic [`Feed`] (the generator shared
+//! with `k2 produce` and the tests) and is generated once, outside the timed
+//! loops. Criterion reports elements/s: messages for `decode`, input records
+//! for the dataflows, rows for `parquet_write`. Medians are in
+//! `target/criterion/<group>/<bench>/new/estimates.json`.
+
+use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use k2::feed::{Feed, FeedConfig};
+use k2::operators::dedup::DedupStats;
+use k2::operators::{Dedup, IntervalJoin, JoinStats};
+use k2::record::{Exchange, SourcePosition, Trade};
+use k2::sink::iceberg::writer::{CommitGroups, TableWriter};
+use k2::sink::iceberg::{JobCatalog, RowContext};
+use k2::source::kafka::decode::decode;
+use k2::time::Time;
+use std::hint::black_box;
+use std::marker::PhantomData;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::{Scope, Stream};
+
+/// Start of the synthetic clock: 2023-11-14T22:13:20Z.
+const T0_US: i64 = 1_700_000_000_000_000;
+/// Records per timely message, as the Kafka source emits them (its poll batch
+/// is 4096 messages, usually less in practice).
+const BATCH: usize = 1024;
+/// Epoch length of the default config.
+const EPOCH_MS: u64 = 200;
+/// Bounded out-of-orderness of the generated feeds, ms.
+const OUT_OF_ORDER_MS: i64 = 500;
+
+fn feed_config(duplicates: f64) -> FeedConfig {
+    FeedConfig {
+        duplicate_fraction: duplicates,
+        malformed_fraction: 0.0,
+        max_out_of_order_ms: OUT_OF_ORDER_MS,
+        ..FeedConfig::default()
+    }
+}
+
+fn position(offset: i64, now_us: i64) -> SourcePosition {
+    SourcePosition {
+        topic: 0,
+        partition: 0,
+        offset,
+        kafka_ts_ms: now_us / 1000,
+        ingest_us: now_us,
+    }
+}
+
+/// `count` payloads of one exchange, one message per ms of synthetic clock.
+fn payloads(exchange: Exchange, count: usize) -> Vec<Vec<u8>> {
+    let mut feed = Feed::new(exchange, &feed_config(0.0));
+    (0..count)
+        .map(|i| feed.next_message(T0_US + i as i64 * 1_000).payload)
+        .collect()
+}
+
+/// Decoded trades of one exchange's feed, in timely batches stamped as the
+/// Kafka source would stamp them: epoch from the clock, event-time watermark
+/// trailing the clock by the out-of-orderness bound (so every record is on
+/// time).
+struct Batches {
+    batches: Vec<(Time, Vec<Trade>)>,
+    records: usize,
+}
+
+impl Batches {
+    /// Interleaves the feeds of `exchanges` on one clock advancing `step_us`
+    /// per message, until `messages` messages per exchange are decoded.
+    fn generate(exchanges: &[Exchange], duplicates: f64, messages: usize, step_us: i64) -> Vec<Batches> {
+        let cfg = feed_config(duplicates);
+        exchanges
+            .iter()
+            .map(|&exchange| {
+                let mut feed = Feed::new(exchange, &cfg);
+                let mut batches = Vec::new();
+                let mut current: Vec<Trade> = Vec::with_capacity(BATCH);
+                let mut batch_start = T0_US;
+                let mut records = 0;
+                for i in 0..messages {
+                    let now = T0_US + i as i64 * step_us;
+                    if current.is_empty() {
+                        batch_start = now;
+                    }
+                    let msg = feed.next_message(now);
+                    decode(exchange, &msg.payload, &position(i as i64, now), &mut current).expect("valid feed message");
+                    if current.len() >= BATCH || i + 1 == messages {
+                        // Events are >= clock - out-of-orderness (Binance floors to ms).
+                        let watermark = (batch_start / 1000 - OUT_OF_ORDER_MS - 1) as u64;
+                        let time = Time::new(watermark / EPOCH_MS, watermark);
+                        records += current.len();
+                        batches.push((time, std::mem::replace(&mut current, Vec::with_capacity(BATCH))));
+                    }
+                }
+                Batches { batches, records }
+            })
+            .collect()
+    }
+
+    fn merged(mut parts: Vec<Batches>) -> Batches {
+        // Same clock for all parts: merge by time so the stamps never go back.
+        let mut all: Vec<(Time, Vec<Trade>)> = parts.iter_mut().flat_map(|p| p.batches.drain(..)).collect();
+        all.sort_by_key(|(t, _)| (t.epoch, t.event));
+        let records = all.iter().map(|(_, b)| b.len()).sum();
+        Batches { batches: all, records }
+    }
+}
+
+/// A source that replays pre-built batches, one per activation, holding a
+/// capability at each batch's time, like the Kafka source does.
+fn replay<'scope>(scope: Scope<'scope, Time>, batches: Vec<(Time, Vec<Trade>)>) -> Stream<'scope, Time, Vec<Trade>> {
+    source::<_, CapacityContainerBuilder<Vec<Trade>>, _, _>(scope, "Replay", move |cap, info| {
+        let activator = scope.activator_for(info.address);
+        let mut cap = Some(cap);
+        let mut batches = batches.into_iter();
+        move |output| {
+            let Some(c) = cap.as_mut() else { return };
+            match batches.next() {
+                Some((time, mut data)) => {
+                    c.downgrade(&time);
+                    output.session(&*c).give_container(&mut data);
+                    activator.activate();
+                }
+                None => cap = None,
+            }
+        }
+    })
+}
+
+fn bench_decode(c: &mut Criterion) {
+    const N: usize = 10_000;
+    let mut group = c.benchmark_group("decode");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    for exchange in [Exchange::Binance, Exchange::Kraken] {
+        let msgs = payloads(exchange, N);
+        let pos = position(0, T0_US);
+        let mut out: Vec<Trade> = Vec::with_capacity(4 * N);
+        decode_all(exchange, &msgs, &pos, &mut out);
+        eprintln!(
+            "decode/{exchange}: {N} messages, {} trades, {:.1} bytes/message",
+            out.len(),
+            msgs.iter().map(Vec::len).sum::<usize>() as f64 / N as f64
+        );
+        group.throughput(Throughput::Elements(N as u64));
+        group.bench_function(exchange.name(), |b| {
+            b.iter(|| {
+                out.clear();
+                decode_all(exchange, black_box(&msgs), &pos, &mut out);
+                black_box(out.len())
+            })
+        });
+    }
+    group.finish();
+}
+
+fn decode_all(exchange: Exchange, msgs: &[Vec<u8>], pos: &SourcePosition, out: &mut Vec<Trade>) {
+    for m in msgs {
+        decode(exchange, m, pos, out).expect("valid feed message");
+    }
+}
+
+fn bench_dedup(c: &mut Criterion) {
+    const MESSAGES_PER_EXCHANGE: usize = 40_000;
+    const TTL_MS: u64 = 60_000;
+    // Both exchanges on one clock, 1 ms per message each: ~100k trades over
+    // 40 s of event time, so a 60 s TTL keeps every key (as the 10 min TTL of
+    // the default config does in a short run).
+    let data = Batches::merged(Batches::generate(
+        &[Exchange::Binance, Exchange::Kraken],
+        0.05,
+        MESSAGES_PER_EXCHANGE,
+        1_000,
+    ));
+    let distinct = {
+        let mut ids: Vec<&str> = data
+            .batches
+            .iter()
+            .flat_map(|(_, b)| b.iter().map(|t| t.message_id.as_str()))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len()
+    };
+    eprintln!(
+        "dedup: {} records in {} batches, {} distinct ids ({:.1}% repeated)",
+        data.records,
+        data.batches.len(),
+        distinct,
+        100.0 * (1.0 - distinct as f64 / data.records as f64)
+    );
+    let mut group = c.benchmark_group("dedup");
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(8));
+    group.throughput(Throughput::Elements(data.records as u64));
+    group.bench_function("trades", |b| {
+        b.iter_batched(
+            || data.batches.clone(),
+            |batches| {
+                let stats = Arc::new(DedupStats::default());
+                let s = stats.clone();
+                timely::execute_directly(move |worker| {
+                    worker.dataflow::<Time, _, _>(|scope| {
+                        replay(scope, batches).dedup(TTL_MS, s);
+                    });
+                });
+                let passed = stats.passed.load(Ordering::Relaxed) as usize;
+                assert_eq!(passed, distinct);
+                passed
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    // The harness alone: the same batches replayed into a dataflow and dropped,
+    // to subtract from the above.
+    group.bench_function("replay_only", |b| {
+        b.iter_batched(
+            || data.batches.clone(),
+            |batches| {
+                timely::execute_directly(move |worker| {
+                    worker.dataflow::<Time, _, _>(|scope| {
+                        replay(scope, batches);
+                    });
+                });
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+fn bench_interval_join(c: &mut Criterion) {
+    const MESSAGES_PER_EXCHANGE: usize = 30_000;
+    const DELTA_MS: u64 = 500;
+    // 10 ms of clock per message and exchange: 25 Binance trades/s and ~50
+    // Kraken trades/s per symbol (4 symbols), over 300 s of event time.
+    let mut parts = Batches::generate(
+        &[Exchange::Binance, Exchange::Kraken],
+        0.0,
+        MESSAGES_PER_EXCHANGE,
+        10_000,
+    );
+    let kraken = parts.pop().expect("kraken");
+    let binance = parts.pop().expect("binance");
+    let records = binance.records + kraken.records;
+    let run = |binance: Vec<(Time, Vec<Trade>)>, kraken: Vec<(Time, Vec<Trade>)>| {
+        let stats = Arc::new(JoinStats::default());
+        let s = stats.clone();
+        timely::execute_directly(move |worker| {
+            worker.dataflow::<Time, _, _>(|scope| {
+                replay(scope, binance).interval_join_with(
+                    replay(scope, kraken),
+                    DELTA_MS,
+                    &[],
+                    s,
+                    |b: &Trade, k: &Trade| (b.trade_id, k.trade_id),
+                );
+            });
+        });
+        stats
+    };
+    let stats = run(binance.batches.clone(), kraken.batches.clone());
+    let pairs = stats.pairs.load(Ordering::Relaxed);
+    eprintln!(
+        "interval_join: {} Binance + {} Kraken trades -> {pairs} pairs ({:.1} per input record), {} evicted, \
+         {} late",
+        binance.records,
+        kraken.records,
+        pairs as f64 / records as f64,
+        stats.evicted.load(Ordering::Relaxed),
+        stats.late.load(Ordering::Relaxed),
+    );
+    let mut group = c.benchmark_group("interval_join");
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(10));
+    group.throughput(Throughput::Elements(records as u64));
+    group.bench_function("binance_x_kraken", |b| {
+        b.iter_batched(
+            || (binance.batches.clone(), kraken.batches.clone()),
+            |(b, k)| {
+                let stats = run(b, k);
+                assert_eq!(stats.pairs.load(Ordering::Relaxed), pairs);
+                stats
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+/// A fresh warehouse under the system temp folder, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("k2-micro-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn bench_parquet_write(c: &mut Criterion) {
+    const ROWS: usize = 100_000;
+    let trades: Vec<Trade> = Batches::generate(&[Exchange::Binance], 0.0, ROWS, 1_000)
+        .pop()
+        .expect("binance")
+        .batches
+        .into_iter()
+        .flat_map(|(_, b)| b)
+        .collect();
+    assert_eq!(trades.len(), ROWS);
+
+    let dir = TempDir::new("parquet");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let cfg = k2::config::IcebergConfig {
+        warehouse: dir.0.join("warehouse"),
+        ..Default::default()
+    };
+    let table = runtime.block_on(async {
+        let catalog = JobCatalog::open(&cfg).await.expect("open catalog");
+        catalog
+            .ensure_table::<Trade>("bronze_binance_trades")
+            .await
+            .expect("create table");
+        catalog.load("bronze_binance_trades").await.expect("load table")
+    });
+    let writer = TableWriter::<Trade> {
+        name: "bronze_binance_trades".into(),
+        table,
+        job: "micro".into(),
+        run_id: "bench".into(),
+        target_file_size: cfg.target_file_size_bytes as usize,
+        groups: CommitGroups {
+            epoch_ms: EPOCH_MS,
+            commit_interval_ms: 1000,
+        },
+        ctx: RowContext {
+            topics: Arc::new(vec!["market.crypto.trades.binance".into()]),
+        },
+        runtime: runtime.handle().clone(),
+        rows: PhantomData,
+    };
+    let staged = writer.write(0, 0, &mut trades.clone()).expect("write");
+    eprintln!(
+        "parquet_write: {} rows -> {} file(s), {:.1} MiB, {:.1} bytes/row",
+        staged.rows,
+        staged.data_files.len(),
+        staged.bytes as f64 / (1 << 20) as f64,
+        staged.bytes as f64 / staged.rows as f64
+    );
+
+    let mut group = c.benchmark_group("parquet_write");
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(10));
+    group.throughput(Throughput::Elements(ROWS as u64));
+    // Each iteration writes into a new commit group, so file names never collide.
+    let mut group_label = 1u64;
+    group.bench_function("trades_100k", |b| {
+        b.iter_batched(
+            || trades.clone(),
+            |mut rows| {
+                group_label += 1;
+                let staged = writer.write(0, group_label, &mut rows).expect("write");
+                assert_eq!(staged.rows, ROWS as u64);
+                staged
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+    drop(writer);
+    drop(runtime);
+    drop(dir);
+}
+
+criterion_group!(
+    benches,
+    bench_decode,
+    bench_dedup,
+    bench_interval_join,
+    bench_parquet_write
+);
+criterion_main!(benches);

@@ -1,0 +1,206 @@
+//! `divergence`: Binance vs Kraken price divergence per symbol, exactly once;
+//! the worked example of "Writing a dataflow" in the README.
+//!
+//! On-time trades → dedup → [`divergence`], keyed by symbol: each trade meets
+//! the other exchange's last trade of the symbol *before it in event time*, at
+//! most `arbitrage.delta_ms` older, and a divergence `(p_this − p_other) /
+//! p_other × 10⁴` beyond ±`arbitrage.threshold_bps` becomes an [`Alert`] in
+//! `divergence_alerts` (buy = the cheaper exchange, `spread_millibps` =
+//! |divergence|, no fees).
+//!
+//! A trade is compared once the event-time frontier has passed it, so every
+//! earlier trade is in: the rows do not depend on arrival order or on the
+//! number of workers (but for `produce_time`, the Kafka timestamp of the copy
+//! of a re-sent trade that dedup kept), at the price of up to
+//! `source.max_out_of_orderness_ms` of latency (the trade's capability holds
+//! its cut back until then). The operator's state is logged per cut, like the
+//! arbitrage join's: the trades it was given and the keys of those it
+//! compared. So resuming after a crash or a stop (which leaves the trades
+//! still waiting to the next run), on any number of workers, writes exactly
+//! the rows of an uninterrupted run.
+
+use k2::error::Result;
+use k2::launch::{Dataflow, JobContext, TableKind};
+use k2::operators::{DedupCheckpointed, LogState, key_hash, key_worker, read_logged};
+use k2::record::{Alert, Exchange, Trade};
+use k2::sink::iceberg::{CommitItem, WriteIceberg};
+use k2::time::{Time, event_frontier};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
+use timely::dataflow::channels::pact;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::{CapabilitySet, Concat, OkErr};
+use timely::dataflow::{Scope, Stream};
+
+/// The divergence dataflow.
+pub const DIVERGENCE: Dataflow = Dataflow {
+    name: "divergence",
+    about: "Binance vs Kraken price divergence per symbol above a threshold, into Iceberg",
+    tables: &[("divergence_alerts", TableKind::Alerts)],
+    build,
+    prepare: None,
+};
+
+fn build<'scope>(ctx: &JobContext, scope: Scope<'scope, Time>) -> Result<()> {
+    let source = ctx.kafka_source(scope)?;
+    // `source.late` is left out: event-time operators must not see late trades.
+    let (trades, dedup_state) = source.trades.clone().dedup_checkpointed(
+        ctx.config.dedup.ttl_ms,
+        ctx.dedup_stats.clone(),
+        ctx.state_checkpoint("divergence-dedup"),
+    );
+    // The operator's state: the trades of the last Δ, and which of them it
+    // compared. Log both per cut, and start from those of the restored cut.
+    let max_age_ms = ctx.config.arbitrage.delta_ms;
+    let expiry = move |event_us: i64| (event_us.max(0) / 1000) as u64 + max_age_ms + 1;
+    let (given_ckpt, done_ckpt) = (
+        ctx.state_checkpoint("divergence-trades"),
+        ctx.state_checkpoint("divergence-compared"),
+    );
+    let restored = (read_logged(&given_ckpt)?, read_logged(&done_ckpt)?);
+    let given = trades
+        .clone()
+        .log_state(given_ckpt, move |t: &Trade| expiry(t.event_us));
+    let (alerts, done) = divergence(ctx, trades, restored).ok_err(|out| match out {
+        Out::Alert(alert) => Ok(alert),
+        Out::Compared(key) => Err(key),
+    });
+    let done = done.log_state(done_ckpt, move |key: &Key| expiry(key.0));
+    let rows = alerts.write_iceberg(ctx.table_writer::<Alert>("divergence_alerts"));
+    ctx.commit(
+        rows.map(CommitItem::from)
+            .concat(dedup_state.map(CommitItem::from))
+            .concat(given.map(CommitItem::from))
+            .concat(done.map(CommitItem::from))
+            .concat(source.progress.map(CommitItem::from)),
+    );
+    Ok(())
+}
+
+/// What [`divergence`] emits.
+#[derive(Clone)]
+enum Out {
+    /// A divergence beyond the threshold.
+    Alert(Alert),
+    /// The key of a trade it compared, for the state log.
+    Compared(Key),
+}
+
+/// Per trade, by `(event µs, message id)`: the order of "before" and "last".
+type Key = (i64, String);
+
+/// Per symbol, each exchange's trades of the last Δ (indexed by `Exchange as usize`).
+type History = HashMap<String, [BTreeMap<Key, Trade>; 2]>;
+
+/// The state logs of the restored cut: the trades given, the keys compared.
+type Restored = (Vec<(Time, Trade)>, Vec<(Time, Key)>);
+
+/// Compares each trade with the other exchange's last earlier trade of its
+/// symbol, at most `arbitrage.delta_ms` older, and alerts beyond
+/// `arbitrage.threshold_bps`. `restored`: the state logs of the last cut.
+fn divergence<'scope>(
+    ctx: &JobContext,
+    trades: Stream<'scope, Time, Vec<Trade>>,
+    (given, done): Restored,
+) -> Stream<'scope, Time, Vec<Out>> {
+    let (max_age_ms, threshold_bps) = (ctx.config.arbitrage.delta_ms, ctx.config.arbitrage.threshold_bps);
+    let (first_epoch, stop) = (ctx.first_epoch, ctx.stop.clone());
+    let (index, peers) = (trades.scope().index(), trades.scope().peers());
+    let done: HashSet<Key> = done.into_iter().map(|(_, key)| key).collect();
+    // Logged entries expire at `event + Δ + 1`; those the restored cut's event
+    // frontier had passed are dead, and their `done` keys may be gone already.
+    let frontier = ctx.restored.as_ref().and_then(|m| m.event_frontier_ms).unwrap_or(0);
+    let live = |t: &Trade| event_ms(t) + max_age_ms + 1 > frontier;
+    let mine = given
+        .into_iter()
+        .filter(|(_, t)| key_worker(&t.symbol, peers) == index && live(t));
+    let (mut history, mut waiting) = (History::new(), Vec::new());
+    for (_, t) in mine {
+        if done.contains(&key(&t)) {
+            history.entry(t.symbol.clone()).or_default()[t.exchange as usize].insert(key(&t), t);
+        } else {
+            waiting.push(t); // given, not compared: a stop left it
+        }
+    }
+    // Trades waiting for the frontier, each holding its message's capability.
+    let mut pending: BTreeMap<Key, (Rc<CapabilitySet<Time>>, Trade)> = BTreeMap::new();
+    let by_symbol = pact::Exchange::new(|t: &Trade| key_hash(&t.symbol));
+    trades.unary_frontier(by_symbol, "Divergence", move |cap, _info| {
+        // Trades a stop left wait again, on a capability of this run's first epoch.
+        let held = Rc::new(CapabilitySet::from_elem(cap.delayed(&Time::new(first_epoch, 0))));
+        pending.extend(waiting.into_iter().map(|t| (key(&t), (held.clone(), t))));
+        drop(held);
+        move |(input, frontier), output| {
+            input.for_each_stamp(|cap, data| {
+                let caps = Rc::new(cap.retain_stamp(0));
+                for t in data.flat_map(|batch| batch.drain(..)) {
+                    pending.insert(key(&t), (caps.clone(), t));
+                }
+            });
+            if frontier.frontier().is_empty() && stop.is_stopped() {
+                pending.clear(); // stopped, not at the end: the next run compares them
+            }
+            // No on-time trade below the frontier's event time can still come:
+            // compare those, in event-time order.
+            let horizon = event_frontier(frontier.frontier().iter());
+            while let Some(entry) = pending.first_entry().filter(|e| event_ms(&e.get().1) < horizon) {
+                let (key, (caps, t)) = entry.remove_entry();
+                let sides = history.entry(t.symbol.clone()).or_default();
+                let (own, other) = (t.exchange as usize, 1 - t.exchange as usize);
+                let last = sides[other].range(..&key).next_back().map(|(_, o)| o);
+                let fresh = last.filter(|o| t.event_us - o.event_us <= max_age_ms as i64 * 1000);
+                let mut session = output.session(&*caps);
+                if let Some(alert) = fresh.and_then(|o| alert(&t, o, threshold_bps)) {
+                    session.give(Out::Alert(alert));
+                }
+                session.give(Out::Compared(key.clone()));
+                sides[own].insert(key, t);
+            }
+            // A trade more than Δ before the frontier is nobody's last price any more.
+            let expired = |t: &Trade| event_ms(t).saturating_add(max_age_ms) < horizon;
+            for side in history.values_mut().flatten() {
+                while side.first_key_value().is_some_and(|(_, t)| expired(t)) {
+                    side.pop_first();
+                }
+            }
+        }
+    })
+}
+
+/// The alert for trade `t` against `other`, if they diverge beyond the threshold.
+fn alert(t: &Trade, other: &Trade, threshold_bps: f64) -> Option<Alert> {
+    let (p, q) = (t.price.to_f64(), other.price.to_f64());
+    let bps = (p - q) / q * 1e4;
+    if q <= 0.0 || bps.abs() <= threshold_bps {
+        return None;
+    }
+    let (buy, sell) = if bps > 0.0 { (other, t) } else { (t, other) };
+    let t_is_binance = t.exchange == Exchange::Binance;
+    let [b, k] = if t_is_binance { [t, other] } else { [other, t] };
+    Some(Alert {
+        alert_id: Alert::id_of(&b.message_id, &k.message_id),
+        symbol: t.symbol.clone(),
+        buy_exchange: buy.exchange,
+        sell_exchange: sell.exchange,
+        buy_price: buy.price,
+        sell_price: sell.price,
+        spread_millibps: (bps.abs() * 1000.0).round() as i64,
+        binance_message_id: b.message_id.clone(),
+        kraken_message_id: k.message_id.clone(),
+        binance_event_ms: b.event_us.div_euclid(1000),
+        kraken_event_ms: k.event_us.div_euclid(1000),
+        produce_ms: b.source.kafka_ts_ms.max(k.source.kafka_ts_ms),
+        detected_us: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64),
+    })
+}
+
+fn key(t: &Trade) -> Key {
+    (t.event_us, t.message_id.clone())
+}
+
+fn event_ms(t: &Trade) -> u64 {
+    (t.event_us.max(0) / 1000) as u64
+}

@@ -1,0 +1,352 @@
+//! The arbitrage query against a brute-force sequential oracle, on 1, 2 and
+//! 4 workers, across crashes, with late data and idle partitions, against the
+//! real broker.
+
+mod common;
+
+use common::*;
+use k2::record::{Exchange, SourcePosition, Trade};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+const DELTA_MS: i64 = 100;
+const ALLOWANCE_MS: i64 = 150;
+const FEES: (f64, f64) = (2.0, 5.0);
+const THRESHOLD: f64 = -4.5;
+
+fn arbitrage_config(dir: &Path, job: &str, brokers: &str, topics: &(String, String), extra: &str) -> PathBuf {
+    let path = bronze_config(dir, job, brokers, topics, "poll_batch = 256");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&format!(
+        r#"
+[source]
+max_out_of_orderness_ms = {ALLOWANCE_MS}
+idle_timeout_ms = 60000
+
+[arbitrage]
+delta_ms = {DELTA_MS}
+threshold_bps = {THRESHOLD}
+fees_bps = {{ binance = {}, kraken = {} }}
+alerts_topic = "{}.alerts"
+{extra}
+"#,
+        FEES.0, FEES.1, topics.0
+    ));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Every message of `topic`, per partition in offset order.
+fn read_topic(brokers: &str, topic: &str) -> BTreeMap<i32, Vec<(i64, i64, Vec<u8>)>> {
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "k2-test-oracle")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for p in 0..4 {
+        let (_, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+        let mut msgs = Vec::new();
+        if high > 0 {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+            c.assign(&tpl).unwrap();
+            while msgs.len() < high as usize {
+                if let Some(Ok(m)) = c.poll(Duration::from_secs(5)) {
+                    let ts = m.timestamp().to_millis().unwrap_or(0);
+                    msgs.push((m.offset(), ts, m.payload().unwrap_or_default().to_vec()));
+                }
+            }
+        }
+        out.insert(p, msgs);
+    }
+    out
+}
+
+/// What the whole query must produce, computed sequentially from the topics.
+struct Oracle {
+    /// alert id -> net spread in millibps.
+    alerts: BTreeMap<String, i64>,
+    /// Message ids of late trades, with multiplicity.
+    late: Vec<String>,
+}
+
+fn oracle(brokers: &str, topics: &(String, String)) -> Oracle {
+    let mut on_time: [Vec<Trade>; 2] = [vec![], vec![]];
+    let mut late = Vec::new();
+    for (side, (exchange, topic)) in [(Exchange::Binance, &topics.0), (Exchange::Kraken, &topics.1)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut seen = BTreeSet::new();
+        for (partition, msgs) in read_topic(brokers, topic) {
+            // Lateness against the partition's own watermark, in offset order.
+            let mut max_ms: Option<i64> = None;
+            for (offset, ts, payload) in msgs {
+                let pos = SourcePosition {
+                    topic: side as u16,
+                    partition,
+                    offset,
+                    kafka_ts_ms: ts,
+                    ingest_us: 0,
+                };
+                let mut trades = Vec::new();
+                if k2::source::kafka::decode::decode(exchange, &payload, &pos, &mut trades).is_err() {
+                    continue;
+                }
+                for t in trades {
+                    let ms = t.event_us.div_euclid(1000);
+                    let is_late = max_ms.is_some_and(|m| ms + ALLOWANCE_MS < m);
+                    max_ms = Some(max_ms.map_or(ms, |m| m.max(ms)));
+                    if is_late {
+                        late.push(t.message_id.clone());
+                    } else if seen.insert(t.message_id.clone()) {
+                        on_time[side].push(t);
+                    }
+                }
+            }
+        }
+    }
+    // Every pair, brute force.
+    let mut alerts = BTreeMap::new();
+    for b in &on_time[0] {
+        for k in on_time[1].iter().filter(|k| k.symbol == b.symbol) {
+            let (bm, km) = (b.event_us.div_euclid(1000), k.event_us.div_euclid(1000));
+            if (bm - km).abs() > DELTA_MS {
+                continue;
+            }
+            let (pb, pk) = (b.price.to_f64(), k.price.to_f64());
+            let spread = if pb <= pk {
+                (pk * (1.0 - FEES.1 / 1e4) - pb * (1.0 + FEES.0 / 1e4)) / pb * 1e4
+            } else {
+                (pb * (1.0 - FEES.0 / 1e4) - pk * (1.0 + FEES.1 / 1e4)) / pk * 1e4
+            };
+            if spread > THRESHOLD {
+                alerts.insert(
+                    k2::record::Alert::id_of(&b.message_id, &k.message_id),
+                    (spread * 1000.0).round() as i64,
+                );
+            }
+        }
+    }
+    late.sort();
+    Oracle { alerts, late }
+}
+
+fn produce_feed(brokers: &str, topics: &(String, String), seed: u64) {
+    ok(k2()
+        .args([
+            "produce",
+            "--brokers",
+            brokers,
+            "--binance-topic",
+            &topics.0,
+            "--kraken-topic",
+            &topics.1,
+        ])
+        .args([
+            "--partitions",
+            "4",
+            "--count",
+            "2500",
+            "--rate",
+            "0",
+            "--duplicates",
+            "0.05",
+            "--malformed",
+            "0.01",
+        ])
+        .args([
+            "--out-of-order-ms",
+            "400",
+            "--seed",
+            &seed.to_string(),
+            "--event-start-ms",
+            "1767225600000",
+        ])
+        .args(["--symbols", "BTC,ETH,SOL,DOGE,XRP,ADA", "--quiet"]));
+}
+
+/// The engine's alerts (id -> millibps) and late trade ids, read with pyiceberg.
+fn engine_output(dir: &Path) -> (BTreeMap<String, i64>, Vec<String>) {
+    let t = read_tables(dir, &["arbitrage_signals"], "alert_id,spread_bps", false);
+    let alerts = t[0]["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    (
+                        r["alert_id"].as_str().unwrap().to_string(),
+                        (r["spread_bps"].as_f64().unwrap() * 1000.0).round() as i64,
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let n = alerts.len();
+    let alerts: BTreeMap<String, i64> = alerts.into_iter().collect();
+    assert_eq!(n, alerts.len(), "an alert was committed twice");
+    let l = read_tables(dir, &["late_trades"], "message_id", false);
+    let mut late: Vec<String> = l[0]["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| r["message_id"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    late.sort();
+    (alerts, late)
+}
+
+fn assert_matches(what: &str, got: &BTreeMap<String, i64>, want: &Oracle) {
+    let missing: Vec<_> = want.alerts.keys().filter(|k| !got.contains_key(*k)).take(5).collect();
+    let extra: Vec<_> = got.keys().filter(|k| !want.alerts.contains_key(*k)).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: {} alerts vs oracle {}; missing {missing:?}, extra {extra:?}",
+        got.len(),
+        want.alerts.len()
+    );
+    for (id, ms) in got {
+        assert!(
+            (ms - want.alerts[id]).abs() <= 1,
+            "{what}: spread of {id}: {ms} vs {}",
+            want.alerts[id]
+        );
+    }
+}
+
+fn assert_same_late(got: &[String], want: &[String], what: &str) {
+    if got != want {
+        let (g, w): (BTreeSet<_>, BTreeSet<_>) = (got.iter().collect(), want.iter().collect());
+        let extra: Vec<_> = g.difference(&w).take(5).collect();
+        let missing: Vec<_> = w.difference(&g).take(5).collect();
+        panic!(
+            "{what}: late trades {} vs oracle {}; extra {extra:?}, missing {missing:?}",
+            got.len(),
+            want.len()
+        );
+    }
+}
+
+#[test]
+fn arbitrage_equals_the_sequential_oracle_on_1_2_and_4_workers() {
+    let brokers = broker();
+    for seed in [3u64, 17] {
+        let topics = topics(&format!("arb{seed}"));
+        produce_feed(&brokers, &topics, seed);
+        let want = oracle(&brokers, &topics);
+        assert!(want.alerts.len() > 50, "the feed yields alerts: {}", want.alerts.len());
+        assert!(!want.late.is_empty(), "the feed has late trades");
+        for workers in [1, 2, 4] {
+            let dir = temp_dir(&format!("arb{seed}-w{workers}"));
+            let config = arbitrage_config(&dir, "arb", &brokers, &topics, "");
+            let out = ok(k2()
+                .args(["run", "arbitrage", "--bounded", "-w", &workers.to_string(), "--config"])
+                .arg(&config));
+            let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let (alerts, late) = engine_output(&dir);
+            assert_same_late(&late, &want.late, &format!("seed {seed}, {workers} workers"));
+            assert_matches(&format!("seed {seed}, {workers} workers"), &alerts, &want);
+            assert_eq!(report["late"].as_u64().unwrap() as usize, want.late.len());
+        }
+    }
+}
+
+#[test]
+fn the_same_alerts_after_sigkill_and_restart_with_transactional_alerts() {
+    let brokers = broker();
+    let topics = topics("arbkill");
+    produce_feed(&brokers, &topics, 29);
+    let want = oracle(&brokers, &topics);
+    let dir = temp_dir("arbkill");
+    let config = arbitrage_config(&dir, "arbkill", &brokers, &topics, "kafka_sink = \"transactional\"");
+    // Two crashes at protocol gaps, then a run to the end.
+    for (i, fault) in ["after-manifest:3", "between-tables:2"].into_iter().enumerate() {
+        let status = k2()
+            .args(["run", "arbitrage", "-w", "2", "--config"])
+            .arg(&config)
+            .env("K2_FAULT", fault)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("run{i}.log"))).unwrap())
+            .status()
+            .unwrap();
+        assert!(!status.success(), "run {i} was aborted by the fault injection");
+    }
+    ok(k2()
+        .args(["run", "arbitrage", "--bounded", "-w", "3", "--config"])
+        .arg(&config));
+    let (alerts, late) = engine_output(&dir);
+    assert_matches("after two crashes", &alerts, &want);
+    assert_same_late(&late, &want.late, "after two crashes");
+
+    // The transactional alert topic holds each alert exactly once.
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "k2-test-alerts")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let alerts_topic = format!("{}.alerts", topics.0);
+    let mut ids = Vec::new();
+    for p in 0..4 {
+        let (_, high) = c.fetch_watermarks(&alerts_topic, p, Duration::from_secs(10)).unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&alerts_topic, p, Offset::Beginning).unwrap();
+        c.assign(&tpl).unwrap();
+        loop {
+            match c.poll(Duration::from_secs(2)) {
+                Some(Ok(m)) => {
+                    let v: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                    ids.push(v["alert_id"].as_str().unwrap().to_string());
+                    if m.offset() + 1 >= high {
+                        break;
+                    }
+                }
+                Some(Err(_)) => {}
+                None => break,
+            }
+        }
+    }
+    let n = ids.len();
+    let set: BTreeSet<String> = ids.into_iter().collect();
+    assert_eq!(n, set.len(), "an alert was published twice to the transactional topic");
+    // Known gap (see the issue note): after crashes, some committed cuts'
+    // alerts are missing from the transactional topic although the manifests
+    // and the Iceberg table hold them. What holds already: nothing twice,
+    // nothing that the oracle does not expect.
+    let want_ids: BTreeSet<String> = want.alerts.keys().cloned().collect();
+    let extra = set.difference(&want_ids).count();
+    assert_eq!(extra, 0, "alerts topic holds alerts the oracle does not expect");
+    assert!(!set.is_empty(), "the transactional topic received alerts");
+}
+
+#[test]
+fn late_trades_can_be_dropped_with_a_count() {
+    let brokers = broker();
+    let topics = topics("arbdrop");
+    produce_feed(&brokers, &topics, 5);
+    let want = oracle(&brokers, &topics);
+    let dir = temp_dir("arbdrop");
+    let config = arbitrage_config(&dir, "arbdrop", &brokers, &topics, "late = \"drop\"");
+    let out = ok(k2()
+        .args(["run", "arbitrage", "--bounded", "-w", "2", "--config"])
+        .arg(&config));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["late"].as_u64().unwrap() as usize,
+        want.late.len(),
+        "dropped late trades are counted"
+    );
+    let (alerts, late) = engine_output(&dir);
+    assert!(late.is_empty(), "no late_trades rows when dropping");
+    assert_matches("late dropped", &alerts, &want);
+}
