@@ -31,26 +31,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Writes `count` messages per exchange, no duplicates or malformed ones.
 fn preload(brokers: &str, topics: &(String, String), count: u64, seed: u64) {
-    ok(k2()
-        .args([
-            "produce",
-            "--brokers",
-            brokers,
-            "--binance-topic",
-            &topics.0,
-            "--kraken-topic",
-            &topics.1,
-        ])
-        .args([
-            "--partitions",
-            "4",
-            "--rate",
-            "0",
-            "--count",
-            &count.to_string(),
-            "--duplicates",
-            "0",
-        ])
+    ok(produce_cmd(brokers, topics)
+        .args(["--rate", "0", "--count", &count.to_string(), "--duplicates", "0"])
         .args(["--malformed", "0", "--seed", &seed.to_string(), "--quiet"]));
 }
 
@@ -183,16 +165,7 @@ fn recovery(brokers: &str, rate: u64) {
         "--quiet",
     ]));
     let cfg = config(&dir, "bench", brokers, &topics, 200, 1000);
-    let mut producer = k2()
-        .args([
-            "produce",
-            "--brokers",
-            brokers,
-            "--binance-topic",
-            &topics.0,
-            "--kraken-topic",
-            &topics.1,
-        ])
+    let mut producer = produce_cmd(brokers, &topics)
         .args(["--rate", &rate.to_string(), "--duration", "75s", "--quiet"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

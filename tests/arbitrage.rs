@@ -141,19 +141,8 @@ fn oracle(brokers: &str, topics: &(String, String)) -> Oracle {
 }
 
 fn produce_feed(brokers: &str, topics: &(String, String), seed: u64) {
-    ok(k2()
+    ok(produce_cmd(brokers, topics)
         .args([
-            "produce",
-            "--brokers",
-            brokers,
-            "--binance-topic",
-            &topics.0,
-            "--kraken-topic",
-            &topics.1,
-        ])
-        .args([
-            "--partitions",
-            "4",
             "--count",
             "2500",
             "--rate",

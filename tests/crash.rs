@@ -26,53 +26,28 @@ fn start_job(config: &Path, workers: usize, log: &Path, fault: Option<&str>) -> 
 
 /// Starts a background producer at `rate` msg/s for `secs` seconds.
 fn start_producer(brokers: &str, topics: &(String, String), dir: &Path, rate: u64, secs: u64, seed: u64) -> Child {
-    k2().args([
-        "produce",
-        "--brokers",
-        brokers,
-        "--binance-topic",
-        &topics.0,
-        "--kraken-topic",
-        &topics.1,
-    ])
-    .args([
-        "--partitions",
-        "4",
-        "--rate",
-        &rate.to_string(),
-        "--duration",
-        &format!("{secs}s"),
-    ])
-    .args([
-        "--duplicates",
-        "0.05",
-        "--malformed",
-        "0.02",
-        "--seed",
-        &seed.to_string(),
-        "--quiet",
-    ])
-    .arg("--truth")
-    .arg(dir.join("truth.jsonl"))
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(dir.join("producer.log")).unwrap())
-    .spawn()
-    .expect("spawn producer")
+    produce_cmd(brokers, topics)
+        .args(["--rate", &rate.to_string(), "--duration", &format!("{secs}s")])
+        .args([
+            "--duplicates",
+            "0.05",
+            "--malformed",
+            "0.02",
+            "--seed",
+            &seed.to_string(),
+            "--quiet",
+        ])
+        .arg("--truth")
+        .arg(dir.join("truth.jsonl"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("producer.log")).unwrap())
+        .spawn()
+        .expect("spawn producer")
 }
 
 /// Creates the topics before any job starts (a job refuses missing topics).
 fn create_topics(brokers: &str, topics: &(String, String)) {
-    ok(k2()
-        .args([
-            "produce",
-            "--brokers",
-            brokers,
-            "--binance-topic",
-            &topics.0,
-            "--kraken-topic",
-            &topics.1,
-        ])
-        .args(["--partitions", "4", "--count", "0", "--quiet"]));
+    ok(produce_cmd(brokers, topics).args(["--count", "0", "--quiet"]));
 }
 
 fn kill9(child: &mut Child) {

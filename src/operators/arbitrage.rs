@@ -34,8 +34,9 @@ pub struct ArbitrageParams {
 }
 
 /// The alert for a Binance/Kraken pair, if its net spread clears the threshold.
-/// `now_us` is the detection time. The pair is assumed to be within Δ.
-pub fn detect(binance: &Trade, kraken: &Trade, p: &ArbitrageParams, now_us: i64) -> Option<Alert> {
+/// The pair is assumed to be within Δ. `detected_us` is left 0: the caller
+/// stamps it, so the clock is read per alert, not per pair.
+pub fn detect(binance: &Trade, kraken: &Trade, p: &ArbitrageParams) -> Option<Alert> {
     let (pb, pk) = (binance.price.to_f64(), kraken.price.to_f64());
     if pb <= 0.0 || pk <= 0.0 {
         return None;
@@ -69,7 +70,7 @@ pub fn detect(binance: &Trade, kraken: &Trade, p: &ArbitrageParams, now_us: i64)
         binance_event_ms: binance.event_us.div_euclid(1000),
         kraken_event_ms: kraken.event_us.div_euclid(1000),
         produce_ms: binance.source.kafka_ts_ms.max(kraken.source.kafka_ts_ms),
-        detected_us: now_us,
+        detected_us: 0,
     })
 }
 
@@ -103,9 +104,13 @@ impl<'scope> Arbitrage<'scope> for Stream<'scope, Time, Vec<Trade>> {
         stats: Arc<JoinStats>,
     ) -> Stream<'scope, Time, Vec<Alert>> {
         self.interval_join_with(kraken, params.delta_ms, restore, stats, move |b: &Trade, k: &Trade| {
-            detect(b, k, &params, now_us())
+            detect(b, k, &params)
         })
         .flat_map(|alert| alert)
+        .map(|mut alert| {
+            alert.detected_us = now_us();
+            alert
+        })
     }
 }
 
@@ -149,7 +154,6 @@ mod tests {
             &trade(Exchange::Binance, 1, "100.00", 0),
             &trade(Exchange::Kraken, 2, "100.20", 10),
             &P,
-            0,
         )
         .unwrap();
         assert_eq!((a.buy_exchange, a.sell_exchange), (Exchange::Binance, Exchange::Kraken));
@@ -165,7 +169,6 @@ mod tests {
             &trade(Exchange::Binance, 1, "100.20", 0),
             &trade(Exchange::Kraken, 2, "100.00", 10),
             &P,
-            0,
         )
         .unwrap();
         assert_eq!((b.buy_exchange, b.sell_exchange), (Exchange::Kraken, Exchange::Binance));
@@ -174,8 +177,7 @@ mod tests {
             detect(
                 &trade(Exchange::Binance, 1, "100.00", 0),
                 &trade(Exchange::Kraken, 2, "100.07", 0),
-                &P,
-                0
+                &P
             )
             .is_none()
         );

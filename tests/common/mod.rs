@@ -58,6 +58,22 @@ pub fn topics(name: &str) -> (String, String) {
     (format!("test.{name}.{id}.binance"), format!("test.{name}.{id}.kraken"))
 }
 
+/// `k2 produce` into `topics` (4 partitions); callers add the feed's flags.
+pub fn produce_cmd(brokers: &str, topics: &(String, String)) -> Command {
+    let mut cmd = k2();
+    cmd.args([
+        "produce",
+        "--brokers",
+        brokers,
+        "--binance-topic",
+        &topics.0,
+        "--kraken-topic",
+        &topics.1,
+    ])
+    .args(["--partitions", "4"]);
+    cmd
+}
+
 /// Runs a command; panics with its output unless it succeeds.
 pub fn ok(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("spawn");
@@ -232,37 +248,25 @@ pub const TABLES: [&str; 3] = ["bronze_binance_trades", "bronze_kraken_trades", 
 /// messages) and returns its truth file.
 pub fn produce(dir: &Path, brokers: &str, topics: &(String, String), count: u64, seed: u64) -> PathBuf {
     let truth = dir.join("truth.jsonl");
-    ok(k2()
-        .args([
-            "produce",
-            "--brokers",
-            brokers,
-            "--binance-topic",
-            &topics.0,
-            "--kraken-topic",
-            &topics.1,
-        ])
-        .args([
-            "--partitions",
-            "4",
-            "--count",
-            &count.to_string(),
-            "--rate",
-            "0",
-            "--duplicates",
-            "0.05",
-            "--malformed",
-            "0.02",
-            "--seed",
-            &seed.to_string(),
-            "--event-start-ms",
-            "1767225600000",
-            "--symbols",
-            "BTC,ETH,SOL,DOGE,PEPE,XRP,ADA,AVAX",
-            "--quiet",
-            "--truth",
-            truth.to_str().unwrap(),
-        ]));
+    ok(produce_cmd(brokers, topics).args([
+        "--count",
+        &count.to_string(),
+        "--rate",
+        "0",
+        "--duplicates",
+        "0.05",
+        "--malformed",
+        "0.02",
+        "--seed",
+        &seed.to_string(),
+        "--event-start-ms",
+        "1767225600000",
+        "--symbols",
+        "BTC,ETH,SOL,DOGE,PEPE,XRP,ADA,AVAX",
+        "--quiet",
+        "--truth",
+        truth.to_str().unwrap(),
+    ]));
     truth
 }
 

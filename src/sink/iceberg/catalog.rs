@@ -93,7 +93,8 @@ impl JobCatalog {
             .partition_spec(spec)
             .properties(HashMap::from([
                 ("write.format.default".to_string(), "parquet".to_string()),
-                ("write.parquet.compression-codec".to_string(), "zstd".to_string()),
+                // What `writer.rs` writes; readers and compaction see the truth.
+                ("write.parquet.compression-codec".to_string(), "snappy".to_string()),
             ]))
             .build();
         match self.catalog.create_table(&self.namespace, creation).await {

@@ -259,6 +259,8 @@ pub fn kafka_source<'scope>(
         let mut trade_buf: Vec<Trade> = Vec::new();
         let mut dead_buf: Vec<DeadLetter> = Vec::new();
         let mut late_buf: Vec<Trade> = Vec::new();
+        // Decoded trades of one message, reused: no allocation per message.
+        let mut decoded: Vec<Trade> = Vec::new();
         let mut drain_applied = false;
         let mut last_error_log: Option<Instant> = None;
         move |_frontiers| {
@@ -334,11 +336,10 @@ pub fn kafka_source<'scope>(
                             spec.stats.messages.fetch_add(1, Ordering::Relaxed);
                             let payload = m.payload().unwrap_or_default();
                             spec.stats.bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
-                            let before = trade_buf.len();
                             let outcome = if m.payload().is_none() {
                                 Err("empty payload (tombstone)".to_string())
                             } else {
-                                decode(p.plan.exchange, payload, &pos, &mut trade_buf).map_err(|e| e.to_string())
+                                decode(p.plan.exchange, payload, &pos, &mut decoded).map_err(|e| e.to_string())
                             };
                             match outcome {
                                 Ok(()) => {
@@ -347,8 +348,7 @@ pub fn kafka_source<'scope>(
                                     // Kafka fixes that order, so the decision is the same
                                     // on any number of workers and across restarts.
                                     // In message order: a Kraken message carries several.
-                                    let decoded: Vec<Trade> = trade_buf.drain(before..).collect();
-                                    for t in decoded {
+                                    for t in decoded.drain(..) {
                                         let ms = (t.event_us.max(0) / 1000) as u64;
                                         // Also late: below the capability, which only an
                                         // idle partition's new record can be (see above).
