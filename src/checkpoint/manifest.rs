@@ -207,4 +207,18 @@ mod tests {
         assert!(leftovers.is_empty());
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    #[test]
+    fn a_corrupt_or_truncated_manifest_is_a_clear_error() {
+        let dir = std::env::temp_dir().join(format!("k2-manifest-bad-{}", uuid::Uuid::new_v4().simple()));
+        let store = ManifestStore::open(&dir).unwrap();
+        let path = store.write(&manifest(7)).unwrap();
+        let full = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &full[..full.len() / 2]).unwrap();
+        let err = store.latest().unwrap_err().to_string();
+        assert!(err.starts_with("checkpoint:") && err.contains("is corrupt"), "{err}");
+        std::fs::write(&path, b"\xff\xfe not json").unwrap();
+        assert!(store.read(7).unwrap_err().to_string().contains("is corrupt"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -195,4 +195,19 @@ mod tests {
         assert_eq!(route(14, 3), 2);
         assert_eq!(route(7, 1), 0);
     }
+
+    #[test]
+    fn a_corrupt_state_file_names_file_and_line() {
+        let dir = std::env::temp_dir().join(format!("k2-state-bad-{}", uuid::Uuid::new_v4().simple()));
+        let store = StateStore::new(&dir);
+        let f = store
+            .write("dedup", 0, 1, "r", &[("k".to_string(), 1u64), ("j".to_string(), 2)], 2)
+            .unwrap();
+        let path = dir.join(&f.path);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("\"j\"", "j")).unwrap();
+        let err = store.read::<(String, u64)>(&f).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
