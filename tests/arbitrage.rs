@@ -141,26 +141,84 @@ fn oracle(brokers: &str, topics: &(String, String)) -> Oracle {
 }
 
 fn produce_feed(brokers: &str, topics: &(String, String), seed: u64) {
+    produce_part(brokers, topics, seed, 2500, 1767225600000);
+}
+
+/// `count` messages per exchange, event times from `event_start_ms` on.
+fn produce_part(brokers: &str, topics: &(String, String), seed: u64, count: u64, event_start_ms: i64) {
     ok(produce_cmd(brokers, topics)
-        .args([
-            "--count",
-            "2500",
-            "--rate",
-            "0",
-            "--duplicates",
-            "0.05",
-            "--malformed",
-            "0.01",
-        ])
-        .args([
-            "--out-of-order-ms",
-            "400",
-            "--seed",
-            &seed.to_string(),
-            "--event-start-ms",
-            "1767225600000",
-        ])
+        .args(["--count", &count.to_string(), "--rate", "0"])
+        .args(["--duplicates", "0.05", "--malformed", "0.01"])
+        .args(["--out-of-order-ms", "400", "--seed", &seed.to_string()])
+        .args(["--event-start-ms", &event_start_ms.to_string()])
         .args(["--symbols", "BTC,ETH,SOL,DOGE,XRP,ADA", "--quiet"]));
+}
+
+/// Alert ids in `topic` as a `read_committed` consumer sees them, with
+/// repeats: every partition is read to its end (the last stable offset).
+fn committed_alert_ids(brokers: &str, topic: &str) -> Vec<String> {
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "k2-test-alerts")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let (mut ids, mut at_end) = (Vec::new(), BTreeSet::new());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while at_end.len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alerts topic not read to its end in 60 s"
+        );
+        match c.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                let v: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                ids.push(v["alert_id"].as_str().unwrap().to_string());
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    ids
+}
+
+/// Runs `k2 run arbitrage` (continuous) with a fault plan; `during` runs once
+/// the job has written its first manifest. The run must end by the fault, or
+/// is SIGKILLed after 30 s.
+fn crashed_run(config: &Path, dir: &Path, i: usize, fault: &str, during: impl FnOnce()) {
+    let manifests = dir.join("checkpoints/arbkill/manifests");
+    let count = || std::fs::read_dir(&manifests).map_or(0, |d| d.count());
+    let before = count();
+    let mut child = k2()
+        .args(["run", "arbitrage", "-w", "2", "--config"])
+        .arg(config)
+        .env("K2_FAULT", fault)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("run{i}.log"))).unwrap())
+        .spawn()
+        .unwrap();
+    let limit = std::time::Instant::now() + Duration::from_secs(30);
+    let mut during = Some(during);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < limit {
+        if count() > before
+            && let Some(f) = during.take()
+        {
+            f();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "run {i} was crashed");
 }
 
 /// The engine's alerts (id -> millibps) and late trade ids, read with pyiceberg.
@@ -254,75 +312,47 @@ fn arbitrage_equals_the_sequential_oracle_on_1_2_and_4_workers() {
 fn the_same_alerts_after_sigkill_and_restart_with_transactional_alerts() {
     let brokers = broker();
     let topics = topics("arbkill");
-    produce_feed(&brokers, &topics, 29);
-    let want = oracle(&brokers, &topics);
     let dir = temp_dir("arbkill");
     let config = arbitrage_config(&dir, "arbkill", &brokers, &topics, "kafka_sink = \"transactional\"");
-    // Two crashes at protocol gaps (or SIGKILL after 20 s if a gap is not
-    // reached because little input is left), then a run to the end.
-    for (i, fault) in ["after-manifest:3", "between-tables:2"].into_iter().enumerate() {
-        let mut child = k2()
-            .args(["run", "arbitrage", "-w", "2", "--config"])
-            .arg(&config)
-            .env("K2_FAULT", fault)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(format!("run{i}.log"))).unwrap())
-            .spawn()
-            .unwrap();
-        let limit = std::time::Instant::now() + Duration::from_secs(20);
-        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < limit {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let status = child.wait().unwrap();
-        assert!(!status.success(), "run {i} was crashed");
-    }
+    let start = 1767225600000;
+    let part = |i: u64| produce_part(&brokers, &topics, 29 + i, 1500, start + i as i64 * 4000);
+    // The feed arrives in three parts while the job runs, so that crashes
+    // fall in the middle of the run: inside the Kafka transaction of the
+    // second cut with alerts, then between the manifest and the commits.
+    part(0);
+    crashed_run(&config, &dir, 0, "in-kafka-transaction:2", || part(1));
+    crashed_run(&config, &dir, 1, "after-manifest:1", || part(2));
     ok(k2()
         .args(["run", "arbitrage", "--bounded", "-w", "3", "--config"])
         .arg(&config));
+    let want = oracle(&brokers, &topics);
+    assert!(want.alerts.len() > 50, "the feed yields alerts: {}", want.alerts.len());
     let (alerts, late) = engine_output(&dir);
     assert_matches("after two crashes", &alerts, &want);
     assert_same_late(&late, &want.late, "after two crashes");
 
-    // The transactional alert topic holds each alert exactly once.
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", "k2-test-alerts")
-        .set("isolation.level", "read_committed")
-        .create()
-        .unwrap();
-    let alerts_topic = format!("{}.alerts", topics.0);
-    let mut ids = Vec::new();
-    for p in 0..4 {
-        let (_, high) = c.fetch_watermarks(&alerts_topic, p, Duration::from_secs(10)).unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&alerts_topic, p, Offset::Beginning).unwrap();
-        c.assign(&tpl).unwrap();
-        loop {
-            match c.poll(Duration::from_secs(2)) {
-                Some(Ok(m)) => {
-                    let v: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-                    ids.push(v["alert_id"].as_str().unwrap().to_string());
-                    if m.offset() + 1 >= high {
-                        break;
-                    }
-                }
-                Some(Err(_)) => {}
-                None => break,
-            }
-        }
-    }
+    // The transactional topic holds exactly the committed alerts, each once.
+    let ids = committed_alert_ids(&brokers, &format!("{}.alerts", topics.0));
     let n = ids.len();
     let set: BTreeSet<String> = ids.into_iter().collect();
     assert_eq!(n, set.len(), "an alert was published twice to the transactional topic");
-    // Known gap (see the issue note): after crashes, some committed cuts'
-    // alerts are missing from the transactional topic although the manifests
-    // and the Iceberg table hold them. What holds already: nothing twice,
-    // nothing that the oracle does not expect.
     let want_ids: BTreeSet<String> = want.alerts.keys().cloned().collect();
-    let extra = set.difference(&want_ids).count();
-    assert_eq!(extra, 0, "alerts topic holds alerts the oracle does not expect");
-    assert!(!set.is_empty(), "the transactional topic received alerts");
+    let missing: Vec<_> = want_ids.difference(&set).take(5).collect();
+    let extra: Vec<_> = set.difference(&want_ids).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "alerts topic: {} alerts vs oracle {}; missing {missing:?}, extra {extra:?}",
+        set.len(),
+        want_ids.len()
+    );
+    // Both crashes happened where planned, not by the time limit.
+    for i in 0..2 {
+        let log = std::fs::read_to_string(dir.join(format!("run{i}.log"))).unwrap();
+        assert!(
+            log.contains("K2_FAULT: aborting"),
+            "run {i} crashed at its fault point:\n{log}"
+        );
+    }
 }
 
 #[test]

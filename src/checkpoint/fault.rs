@@ -6,6 +6,8 @@
 //!
 //! * `before-manifest`: data files are written, the manifest is not;
 //! * `after-manifest`: the manifest is written, no table is committed;
+//! * `in-kafka-transaction`: a transactional Kafka sink has sent the cut's
+//!   records, its transaction is not committed;
 //! * `between-tables`: one table of the cut is committed, the next is not.
 //!
 //! Without the variable this is one relaxed atomic load per commit.

@@ -284,6 +284,7 @@ impl TxnPublisher {
                 }
             }
         }
+        crate::checkpoint::fault::point("in-kafka-transaction");
         let mut marker = TopicPartitionList::new();
         marker
             .add_partition_offset(&self.marker_topic, 0, Offset::Offset(epoch as i64 + 1))
