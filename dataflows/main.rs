@@ -33,6 +33,10 @@ enum Command {
     /// Start a local broker if needed, produce a few seconds of market data,
     /// run bronze on 2 workers and print what happened.
     Demo(demo::DemoArgs),
+    /// Launch and supervise a multi-process job on this machine: restart
+    /// all processes from the newest checkpoint when one dies.
+    #[command(disable_help_flag = true)]
+    Cluster(ClusterArgs),
     /// List the dataflows.
     Dataflows,
     /// List a job's checkpoints: epoch, time, offsets, state size, tables.
@@ -78,6 +82,39 @@ struct RunArgs {
     help: Option<bool>,
 }
 
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// The dataflow to run.
+    dataflow: String,
+    /// The job's TOML config; its `checkpoint.dir` must be shared by all processes.
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+    /// Processes to launch.
+    #[arg(long = "processes", short = 'n', default_value_t = 2)]
+    processes: usize,
+    /// Worker threads per process.
+    #[arg(long = "workers", short = 'w', default_value_t = 1)]
+    workers: usize,
+    /// Stop at the end offsets seen at start (overrides `job.mode`).
+    #[arg(long)]
+    bounded: bool,
+    /// Discard the job's checkpoints on the first start (not on restarts).
+    #[arg(long, value_name = "POSITION")]
+    reset: Option<ResetPosition>,
+    /// First loopback port of the processes (default: free ports).
+    #[arg(long)]
+    base_port: Option<u16>,
+    /// Give up after this many restarts.
+    #[arg(long, default_value_t = 10)]
+    max_restarts: usize,
+    /// Seconds between status lines.
+    #[arg(long, default_value_t = 5)]
+    status_every: u64,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -85,6 +122,8 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,iceberg=warn,sqlx=warn")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a terminal, not in log files and pipes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = real_main() {
         eprintln!("error: {e:#}");
@@ -120,6 +159,7 @@ fn real_main() -> Result<()> {
             produce::produce(&args)?;
             Ok(())
         }
+        Command::Cluster(args) => cluster(&args),
         Command::Demo(args) => demo::demo(&args),
         Command::Checkpoints(args) => checkpoints(&args),
         Command::Dataflows => {
@@ -127,6 +167,51 @@ fn real_main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn cluster(args: &ClusterArgs) -> Result<()> {
+    registry::lookup(&args.dataflow)
+        .ok_or_else(|| anyhow!("unknown dataflow `{}`; known:\n{}", args.dataflow, registry::listing()))?;
+    let config = Config::load(&args.config)?;
+    let spec = k2::launch::supervisor::ClusterSpec {
+        program: std::env::current_exe().context("the k2 executable")?,
+        dataflow: args.dataflow.clone(),
+        config: std::path::absolute(&args.config)?,
+        job_dir: config.checkpoint.job_dir(&config.job.name),
+        processes: args.processes,
+        workers: args.workers,
+        bounded: args.bounded,
+        reset: args.reset.map(|r| match r {
+            ResetPosition::Earliest => "earliest".to_string(),
+            ResetPosition::Latest => "latest".to_string(),
+        }),
+        base_port: args.base_port,
+        max_restarts: args.max_restarts,
+        status_every: std::time::Duration::from_secs(args.status_every.max(1)),
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
+        rt.block_on(async {
+            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+    });
+    let report = k2::launch::supervisor::supervise(&spec, stop)?;
+    println!(
+        "{}",
+        serde_json::json!({"restarts": report.restarts, "processes": report.reports})
+    );
+    Ok(())
 }
 
 fn checkpoints(args: &CheckpointsArgs) -> Result<()> {

@@ -93,6 +93,16 @@ impl Fence {
         })
     }
 
+    /// The generation `generation` taken by another process of the same
+    /// instance (the leader of a multi-process job).
+    pub fn joined(job_dir: &Path, job: &str, generation: u64) -> Fence {
+        Fence {
+            dir: job_dir.join("generations"),
+            job: job.to_string(),
+            generation,
+        }
+    }
+
     /// Fails if a newer instance of the job has started since this one.
     pub fn check(&self) -> Result<()> {
         let newest = generations(&self.dir)?.last().copied().unwrap_or(0);

@@ -13,6 +13,8 @@
 //! workers is here and in the sink's committer thread: workers call
 //! `Handle::block_on` only to write their own data files.
 
+pub mod handshake;
+pub mod supervisor;
 pub mod timely_args;
 
 use crate::checkpoint::manifest::{Manifest, ManifestStore};
@@ -120,6 +122,8 @@ pub struct JobContext {
     pub restored_watermarks: BTreeMap<(u16, i32), u64>,
     /// Workers over the whole cluster.
     pub workers: usize,
+    /// Processes in the cluster.
+    pub processes: usize,
 }
 
 impl JobContext {
@@ -194,6 +198,7 @@ impl JobContext {
     /// staged files of all tables, source offsets and operator state.
     pub fn commit<'scope>(&self, items: Stream<'scope, Time, Vec<CommitItem>>) {
         let stop = self.stop.clone();
+        let processes = self.processes;
         let spec = CommitSpec {
             job: self.config.job.name.clone(),
             catalog: self.catalog.clone(),
@@ -202,7 +207,16 @@ impl JobContext {
             groups: self.groups(),
             runtime: self.runtime.clone(),
             stats: self.commit_stats.clone(),
-            on_fatal: Arc::new(move |_| stop.stop_now()),
+            on_fatal: Arc::new(move |e| {
+                if processes > 1 {
+                    // The other processes cannot finish without the
+                    // committer: end the whole cluster, so that it restarts
+                    // from the last checkpoint.
+                    tracing::error!(error = %e, "the committer failed; exiting the cluster");
+                    std::process::exit(1);
+                }
+                stop.stop_now()
+            }),
             thread: self.commit_thread.clone(),
             manifests: ManifestStore::open(&self.job_dir).expect("checkpoint folder opened at start"),
             state_store: StateStore::new(&self.job_dir),
@@ -338,11 +352,7 @@ async fn recover(
         tracing::warn!(job = %job, ?position, "--reset: discarding the job's checkpoints and starting afresh");
         manifests.clear()?;
         state.prune(&Default::default(), None)?;
-        return Ok(Recovery {
-            manifest: None,
-            offsets: Offsets::new(),
-            watermarks: BTreeMap::new(),
-        });
+        return Ok(Recovery::of(config, None));
     }
     let Some(manifest) = manifests.latest()? else {
         for name in tables {
@@ -355,11 +365,7 @@ async fn recover(
                 )));
             }
         }
-        return Ok(Recovery {
-            manifest: None,
-            offsets: Offsets::new(),
-            watermarks: BTreeMap::new(),
-        });
+        return Ok(Recovery::of(config, None));
     };
     if manifest.job != *job {
         return Err(Error::Checkpoint(format!(
@@ -409,38 +415,47 @@ async fn recover(
             "recovery: removed files no checkpoint references"
         );
     }
-    let topics: Vec<String> = config.kafka.topics.list().into_iter().map(|(_, t)| t).collect();
-    let mut offsets = Offsets::new();
-    for (topic, parts) in &manifest.offsets {
-        let Some(index) = topics.iter().position(|t| t == topic) else {
-            tracing::warn!(
-                topic,
-                "the checkpoint has offsets of a topic the config no longer reads"
-            );
-            continue;
-        };
-        for (p, o) in parts {
-            offsets.insert((index as u16, *p), *o);
-        }
-    }
-    let mut watermarks = BTreeMap::new();
-    for (topic, parts) in &manifest.max_event_ms {
-        if let Some(index) = topics.iter().position(|t| t == topic) {
-            for (p, ms) in parts {
-                watermarks.insert((index as u16, *p), *ms as u64);
-            }
-        }
-    }
     tracing::info!(
         epoch = manifest.epoch,
         generation = fence.generation,
         "resuming after the last checkpoint"
     );
-    Ok(Recovery {
-        manifest: Some(manifest),
-        offsets,
-        watermarks,
-    })
+    Ok(Recovery::of(config, Some(manifest)))
+}
+
+impl Recovery {
+    /// Resuming from `manifest`: its offsets and watermarks by topic index.
+    fn of(config: &Config, manifest: Option<Manifest>) -> Recovery {
+        let topics: Vec<String> = config.kafka.topics.list().into_iter().map(|(_, t)| t).collect();
+        let mut offsets = Offsets::new();
+        let mut watermarks = BTreeMap::new();
+        if let Some(manifest) = &manifest {
+            for (topic, parts) in &manifest.offsets {
+                let Some(index) = topics.iter().position(|t| t == topic) else {
+                    tracing::warn!(
+                        topic,
+                        "the checkpoint has offsets of a topic the config no longer reads"
+                    );
+                    continue;
+                };
+                for (p, o) in parts {
+                    offsets.insert((index as u16, *p), *o);
+                }
+            }
+            for (topic, parts) in &manifest.max_event_ms {
+                if let Some(index) = topics.iter().position(|t| t == topic) {
+                    for (p, ms) in parts {
+                        watermarks.insert((index as u16, *p), *ms as u64);
+                    }
+                }
+            }
+        }
+        Recovery {
+            manifest,
+            offsets,
+            watermarks,
+        }
+    }
 }
 
 /// Removes this job's data files that the table does not reference.
@@ -507,7 +522,13 @@ async fn expire_snapshots(catalog: &JobCatalog, name: &str, config: &Config) -> 
     Ok(())
 }
 
-/// Runs `dataflow` with `config` on the workers described by `timely`.
+/// How long the processes of a cluster wait for each other before timely
+/// starts (the leader may be recovering).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs `dataflow` with `config` on the workers described by `timely`: this
+/// process's share of them. In a multi-process job, process 0 recovers and
+/// commits; see [`handshake`].
 pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: RunOptions) -> Result<RunReport> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -523,10 +544,25 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
     if let Some(prepare) = dataflow.prepare {
         prepare(&config)?;
     }
+    let mut config = config;
+    if let Some(position) = options.reset {
+        config.source.start = position;
+    }
     let job_dir = config.checkpoint.job_dir(&config.job.name);
-    let _lock = JobLock::acquire(&job_dir, &config.job.name)?;
-    let fence = Fence::take(&job_dir, &config.job.name)?;
-    let (catalog, tables, recovery) = handle.block_on(async {
+    let fingerprint = handshake::Fingerprint {
+        dataflow: dataflow.name.to_string(),
+        processes: timely.processes,
+        workers: timely.workers,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        config: serde_json::to_value(&config).map_err(|e| Error::Other(format!("config as JSON: {e}")))?,
+    };
+    let leader = timely.process == 0;
+    // Only the leader (process 0) locks, fences and recovers; the others
+    // take its plan and checkpoint in the handshake.
+    let _lock = leader
+        .then(|| JobLock::acquire(&job_dir, &config.job.name))
+        .transpose()?;
+    let (catalog, tables, fence, recovery, plan) = handle.block_on(async {
         let catalog = JobCatalog::open(&config.iceberg).await?;
         let mut tables = BTreeMap::new();
         for (name, kind) in dataflow.tables {
@@ -537,31 +573,57 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
             };
             tables.insert(name.to_string(), table);
         }
+        if !leader {
+            let address = timely.addresses()?.remove(0);
+            let agreed = handshake::follow(&address, timely.process, &fingerprint, HANDSHAKE_TIMEOUT)?;
+            let fence = Fence::joined(&job_dir, &config.job.name, agreed.generation);
+            let manifest = match agreed.checkpoint_epoch {
+                Some(epoch) => Some(ManifestStore::open(&job_dir)?.read(epoch).map_err(|e| {
+                    Error::Checkpoint(format!(
+                        "process 0 resumes from epoch {epoch}, which this process cannot read \
+                         (checkpoint.dir must be a folder all processes share): {e}"
+                    ))
+                })?),
+                None => None,
+            };
+            let recovery = Recovery::of(&config, manifest);
+            // The leader binds its timely port right after answering; timely
+            // retries a refused connection only after a second (and says so on
+            // stdout), so give it a moment.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            return Result::Ok((catalog, tables, fence, recovery, agreed.plan));
+        }
+        let fence = Fence::take(&job_dir, &config.job.name)?;
         let recovery = recover(&config, &catalog, &table_order, &job_dir, &fence, options.reset).await?;
         for name in &table_order {
             if let Err(e) = expire_snapshots(&catalog, name, &config).await {
                 tracing::warn!(error = %e, "snapshot expiry failed; will retry at the next start");
             }
         }
-        Result::Ok((catalog, tables, recovery))
+        let plan = SourcePlan::discover(
+            &consumer_config(&config),
+            &config.kafka.topics.list(),
+            config.source.start,
+            &recovery.offsets,
+            &recovery.watermarks,
+            config.job.mode == RunMode::Bounded,
+        )?;
+        if timely.processes > 1 {
+            let agreement = handshake::Agreement {
+                generation: fence.generation,
+                checkpoint_epoch: recovery.manifest.as_ref().map(|m| m.epoch),
+                plan: plan.clone(),
+            };
+            let address = timely.addresses()?.remove(0);
+            handshake::lead(&address, timely.processes, &fingerprint, &agreement, HANDSHAKE_TIMEOUT)?;
+        }
+        Result::Ok((catalog, tables, fence, recovery, plan))
     })?;
     let first_epoch = recovery.manifest.as_ref().map_or(0, |m| m.epoch + 1);
-    let resume_offsets = recovery.offsets.clone();
-    let mut config = config;
-    if let Some(position) = options.reset {
-        config.source.start = position;
-    }
-    let plan = SourcePlan::discover(
-        &consumer_config(&config),
-        &config.kafka.topics.list(),
-        config.source.start,
-        &resume_offsets,
-        &recovery.watermarks,
-        config.job.mode == RunMode::Bounded,
-    )?;
     tracing::info!(
         partitions = plan.partitions.len(),
         workers = timely.total_workers(),
+        process = timely.process,
         "source planned"
     );
     if let Some(ready) = &options.ready {
@@ -590,6 +652,7 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         restored_offsets: recovery.offsets,
         restored_watermarks: recovery.watermarks,
         workers: timely.total_workers(),
+        processes: timely.processes,
     });
     let started = Instant::now();
     let build = dataflow.build;
@@ -617,12 +680,14 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
     if let Some(thread) = ctx.commit_thread.lock().expect("thread slot").take() {
         let _ = thread.join();
     }
-    prune_checkpoints(
-        &ManifestStore::open(&job_dir)?,
-        &StateStore::new(&job_dir),
-        ctx.config.checkpoint.keep,
-        u64::MAX,
-    );
+    if leader {
+        prune_checkpoints(
+            &ManifestStore::open(&job_dir)?,
+            &StateStore::new(&job_dir),
+            ctx.config.checkpoint.keep,
+            u64::MAX,
+        );
+    }
     if let Some(e) = worker_error {
         return Err(Error::Other(e));
     }

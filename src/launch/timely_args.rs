@@ -42,6 +42,33 @@ impl TimelyArgs {
         self.workers * self.processes
     }
 
+    /// The address of every process: the hostfile's lines, or loopback ports
+    /// 2101, 2102, … without one.
+    pub fn addresses(&self) -> Result<Vec<String>> {
+        let Some(path) = &self.hostfile else {
+            return Ok((0..self.processes).map(|i| format!("127.0.0.1:{}", 2101 + i)).collect());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("read hostfile", path, e))?;
+        let hosts: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect();
+        if hosts.len() != self.processes {
+            return Err(Error::config(
+                "-h",
+                format!(
+                    "{} lists {} hosts for {} processes",
+                    path.display(),
+                    hosts.len(),
+                    self.processes
+                ),
+            ));
+        }
+        Ok(hosts)
+    }
+
     /// The timely configuration these flags describe.
     pub fn to_config(&self) -> Result<timely::Config> {
         if self.workers == 0 {
@@ -56,34 +83,10 @@ impl TimelyArgs {
         let communication = if self.processes == 1 {
             CommunicationConfig::Process(self.workers)
         } else {
-            let addresses = match &self.hostfile {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read hostfile", path, e))?;
-                    let hosts: Vec<String> = text
-                        .lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                        .map(String::from)
-                        .collect();
-                    if hosts.len() != self.processes {
-                        return Err(Error::config(
-                            "-h",
-                            format!(
-                                "{} lists {} hosts for {} processes",
-                                path.display(),
-                                hosts.len(),
-                                self.processes
-                            ),
-                        ));
-                    }
-                    hosts
-                }
-                None => (0..self.processes).map(|i| format!("127.0.0.1:{}", 2101 + i)).collect(),
-            };
             CommunicationConfig::Cluster {
                 threads: self.workers,
                 process: self.process,
-                addresses,
+                addresses: self.addresses()?,
                 report: false,
                 zerocopy: false,
             }

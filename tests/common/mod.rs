@@ -2,6 +2,8 @@
 //! fresh topics and warehouses, and pyiceberg as the outside reader.
 #![allow(dead_code)]
 
+pub mod arb;
+
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,232 @@
+//! Multi-process jobs against the real broker: a cluster computes what one
+//! worker computes, the supervisor restarts a cluster that lost a process
+//! without losing or repeating anything, and a job rescales across restarts.
+
+mod common;
+
+use common::arb::*;
+use common::*;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+const START_MS: i64 = 1767225600000;
+
+/// `count` messages per exchange of feed part `i`; parts overlap a little in
+/// event time, so pairs and lateness span restarts.
+fn part(brokers: &str, topics: &(String, String), i: u64) {
+    produce_part(brokers, topics, 101 + i, 1500, START_MS + i as i64 * 2800);
+}
+
+fn market_bounded(config: &Path, layout: &[&str]) {
+    let mut cmd = k2();
+    if layout[0] == "cluster" {
+        cmd.args(["cluster", "market", "--bounded"]);
+    } else {
+        cmd.args(["run", "market", "--bounded"]);
+    }
+    ok(cmd.args(&layout[1..]).arg("--config").arg(config));
+}
+
+/// Asserts the warehouse in `dir` holds exactly what the oracle says.
+fn assert_exact(what: &str, dir: &Path, want: &Oracle) {
+    assert_bronze(what, dir, want);
+    let (alerts, late) = engine_output(dir);
+    assert_matches(what, &alerts, want);
+    assert_same_late(&late, &want.late, what);
+}
+
+#[test]
+fn two_processes_of_two_workers_equal_one_worker() {
+    let brokers = broker();
+    let topics = topics("cl2x2");
+    for i in 0..2 {
+        part(&brokers, &topics, i);
+    }
+    let want = oracle(&brokers, &topics);
+    assert!(want.alerts.len() > 50, "the feed yields alerts: {}", want.alerts.len());
+
+    let one = temp_dir("cl2x2-one");
+    market_bounded(
+        &arbitrage_config(&one, "cl", &brokers, &topics, ""),
+        &["run", "-w", "1"],
+    );
+    let cluster = temp_dir("cl2x2-cluster");
+    market_bounded(
+        &arbitrage_config(&cluster, "cl", &brokers, &topics, ""),
+        &["cluster", "-n", "2", "-w", "2"],
+    );
+    assert_exact("1 worker", &one, &want);
+    assert_exact("2 processes x 2 workers", &cluster, &want);
+}
+
+/// Sum of the next offsets of the newest manifest of `job`.
+fn committed_offsets(dir: &Path, job: &str) -> i64 {
+    let manifests = dir.join("checkpoints").join(job).join("manifests");
+    let Some(newest) = std::fs::read_dir(&manifests).ok().and_then(|d| {
+        d.flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .max()
+    }) else {
+        return 0;
+    };
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(newest).unwrap()).unwrap();
+    m["offsets"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|p| p.as_object().unwrap().values())
+        .map(|v| v.as_i64().unwrap())
+        .sum()
+}
+
+/// Messages in both topics.
+fn topic_ends(brokers: &str, topics: &(String, String)) -> i64 {
+    [&topics.0, &topics.1]
+        .into_iter()
+        .map(|t| read_topic(brokers, t).values().map(|m| m.len() as i64).sum::<i64>())
+        .sum()
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < until, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The pid the supervisor logged for process `index`.
+fn pid_of(log: &Path, index: usize, after: usize) -> Option<u32> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .filter(|l| l.contains("cluster: process started") && l.contains(&format!("process={index} ")))
+        .nth(after)?
+        .split("pid=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn the_supervisor_restarts_a_cluster_that_lost_a_process_exactly_once() {
+    let brokers = broker();
+    let topics = topics("clkill");
+    let dir = temp_dir("clkill");
+    let config = arbitrage_config(&dir, "clkill", &brokers, &topics, "");
+    part(&brokers, &topics, 0);
+    let log = dir.join("cluster.log");
+    let mut cluster: Child = k2()
+        .args([
+            "cluster",
+            "market",
+            "-n",
+            "2",
+            "-w",
+            "1",
+            "--status-every",
+            "1",
+            "--config",
+        ])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("the first checkpoint", Duration::from_secs(90), || {
+        committed_offsets(&dir, "clkill") > 0
+    });
+    let victim = pid_of(&log, 1, 0).expect("the supervisor logs each process's pid");
+    ok(std::process::Command::new("kill").args(["-9", &victim.to_string()]));
+    part(&brokers, &topics, 1);
+    wait_for("a restart of the cluster", Duration::from_secs(60), || {
+        pid_of(&log, 1, 1).is_some()
+    });
+    part(&brokers, &topics, 2);
+    let ends = topic_ends(&brokers, &topics);
+    wait_for("everything to be committed", Duration::from_secs(120), || {
+        committed_offsets(&dir, "clkill") == ends
+    });
+    ok(std::process::Command::new("kill").args(["-TERM", &cluster.id().to_string()]));
+    let status = cluster.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "the cluster stops cleanly on SIGTERM:\n{text}");
+    assert!(
+        text.contains("a process died") && text.contains("signal 9 (SIGKILL)"),
+        "the supervisor says why it restarted:\n{text}"
+    );
+    assert!(text.contains("cluster: p0 running"), "status lines show each process");
+
+    let want = oracle(&brokers, &topics);
+    assert_exact("after losing a process", &dir, &want);
+}
+
+#[test]
+fn a_job_rescales_from_2_to_3_workers_and_back() {
+    let brokers = broker();
+    let topics = topics("clscale");
+    let dir = temp_dir("clscale");
+    let config = arbitrage_config(&dir, "clscale", &brokers, &topics, "");
+    // 2 processes x 1 worker, then 1 process x 3 workers, then 1 x 2.
+    part(&brokers, &topics, 0);
+    market_bounded(&config, &["cluster", "-n", "2", "-w", "1"]);
+    part(&brokers, &topics, 1);
+    market_bounded(&config, &["run", "-w", "3"]);
+    part(&brokers, &topics, 2);
+    market_bounded(&config, &["run", "-w", "2"]);
+    let want = oracle(&brokers, &topics);
+    assert_exact("after 2 -> 3 -> 2 workers", &dir, &want);
+    // Pairs across the restarts came from restored, re-partitioned state.
+    assert!(want.alerts.len() > 50, "the feed yields alerts: {}", want.alerts.len());
+}
+
+#[test]
+fn a_process_with_another_config_refuses_to_join() {
+    let brokers = broker();
+    let topics = topics("clrefuse");
+    let dir = temp_dir("clrefuse");
+    let config = arbitrage_config(&dir, "clrefuse", &brokers, &topics, "");
+    let other = dir.join("other.toml");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("delta_ms = 100", "delta_ms = 250"),
+    )
+    .unwrap();
+    part(&brokers, &topics, 0);
+    let hosts = dir.join("hosts");
+    let ports: Vec<u16> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1])).unwrap();
+    let start = |index: usize, config: &Path| {
+        k2().args(["run", "market", "--bounded", "-n", "2", "-p", &index.to_string(), "-h"])
+            .arg(&hosts)
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let leader = start(0, &config);
+    let follower = start(1, &other);
+    let (leader, follower) = (leader.wait_with_output().unwrap(), follower.wait_with_output().unwrap());
+    assert!(!leader.status.success() && !follower.status.success(), "both refuse");
+    for out in [&leader, &follower] {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("process 1 differs from process 0") && err.contains("`arbitrage.delta_ms`"),
+            "the error names the process and the key:\n{err}"
+        );
+    }
+    // Nothing was committed.
+    assert_eq!(committed_offsets(&dir, "clrefuse"), 0);
+}

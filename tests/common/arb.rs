@@ -1,0 +1,289 @@
+//! The arbitrage query's ground truth for the integration tests: a
+//! brute-force sequential oracle over what the topics hold, the job config
+//! it assumes, and readers of what the engine committed.
+
+use super::*;
+use k2::record::{Exchange, SourcePosition, Trade};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DELTA_MS: i64 = 100;
+pub const ALLOWANCE_MS: i64 = 150;
+pub const FEES: (f64, f64) = (2.0, 5.0);
+pub const THRESHOLD: f64 = -4.5;
+
+pub fn arbitrage_config(dir: &Path, job: &str, brokers: &str, topics: &(String, String), extra: &str) -> PathBuf {
+    let path = bronze_config(dir, job, brokers, topics, "poll_batch = 256");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&format!(
+        r#"
+[source]
+max_out_of_orderness_ms = {ALLOWANCE_MS}
+idle_timeout_ms = 60000
+
+[arbitrage]
+delta_ms = {DELTA_MS}
+threshold_bps = {THRESHOLD}
+fees_bps = {{ binance = {}, kraken = {} }}
+alerts_topic = "{}.alerts"
+{extra}
+"#,
+        FEES.0, FEES.1, topics.0
+    ));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Every message of `topic`, per partition in offset order.
+pub fn read_topic(brokers: &str, topic: &str) -> BTreeMap<i32, Vec<(i64, i64, Vec<u8>)>> {
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "k2-test-oracle")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for p in 0..4 {
+        let (_, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+        let mut msgs = Vec::new();
+        if high > 0 {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+            c.assign(&tpl).unwrap();
+            while msgs.len() < high as usize {
+                if let Some(Ok(m)) = c.poll(Duration::from_secs(5)) {
+                    let ts = m.timestamp().to_millis().unwrap_or(0);
+                    msgs.push((m.offset(), ts, m.payload().unwrap_or_default().to_vec()));
+                }
+            }
+        }
+        out.insert(p, msgs);
+    }
+    out
+}
+
+/// What the whole query must produce, computed sequentially from the topics.
+pub struct Oracle {
+    /// alert id -> net spread in millibps.
+    pub alerts: BTreeMap<String, i64>,
+    /// Message ids of late trades, with multiplicity.
+    pub late: Vec<String>,
+    /// Every distinct valid trade's message id, late or not: the bronze tables.
+    pub trades: BTreeSet<String>,
+}
+
+pub fn oracle(brokers: &str, topics: &(String, String)) -> Oracle {
+    let mut on_time: [Vec<Trade>; 2] = [vec![], vec![]];
+    let mut late = Vec::new();
+    let mut all = BTreeSet::new();
+    for (side, (exchange, topic)) in [(Exchange::Binance, &topics.0), (Exchange::Kraken, &topics.1)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut seen = BTreeSet::new();
+        for (partition, msgs) in read_topic(brokers, topic) {
+            // Lateness against the partition's own watermark, in offset order.
+            let mut max_ms: Option<i64> = None;
+            for (offset, ts, payload) in msgs {
+                let pos = SourcePosition {
+                    topic: side as u16,
+                    partition,
+                    offset,
+                    kafka_ts_ms: ts,
+                    ingest_us: 0,
+                };
+                let mut trades = Vec::new();
+                if k2::source::kafka::decode::decode(exchange, &payload, &pos, &mut trades).is_err() {
+                    continue;
+                }
+                for t in trades {
+                    all.insert(t.message_id.clone());
+                    let ms = t.event_us.div_euclid(1000);
+                    let is_late = max_ms.is_some_and(|m| ms + ALLOWANCE_MS < m);
+                    max_ms = Some(max_ms.map_or(ms, |m| m.max(ms)));
+                    if is_late {
+                        late.push(t.message_id.clone());
+                    } else if seen.insert(t.message_id.clone()) {
+                        on_time[side].push(t);
+                    }
+                }
+            }
+        }
+    }
+    // Every pair, brute force.
+    let mut alerts = BTreeMap::new();
+    for b in &on_time[0] {
+        for k in on_time[1].iter().filter(|k| k.symbol == b.symbol) {
+            let (bm, km) = (b.event_us.div_euclid(1000), k.event_us.div_euclid(1000));
+            if (bm - km).abs() > DELTA_MS {
+                continue;
+            }
+            let (pb, pk) = (b.price.to_f64(), k.price.to_f64());
+            let spread = if pb <= pk {
+                (pk * (1.0 - FEES.1 / 1e4) - pb * (1.0 + FEES.0 / 1e4)) / pb * 1e4
+            } else {
+                (pb * (1.0 - FEES.0 / 1e4) - pk * (1.0 + FEES.1 / 1e4)) / pk * 1e4
+            };
+            if spread > THRESHOLD {
+                alerts.insert(
+                    k2::record::Alert::id_of(&b.message_id, &k.message_id),
+                    (spread * 1000.0).round() as i64,
+                );
+            }
+        }
+    }
+    late.sort();
+    Oracle {
+        alerts,
+        late,
+        trades: all,
+    }
+}
+
+pub fn produce_feed(brokers: &str, topics: &(String, String), seed: u64) {
+    produce_part(brokers, topics, seed, 2500, 1767225600000);
+}
+
+/// `count` messages per exchange, event times from `event_start_ms` on.
+pub fn produce_part(brokers: &str, topics: &(String, String), seed: u64, count: u64, event_start_ms: i64) {
+    ok(produce_cmd(brokers, topics)
+        .args(["--count", &count.to_string(), "--rate", "0"])
+        .args(["--duplicates", "0.05", "--malformed", "0.01"])
+        .args(["--out-of-order-ms", "400", "--seed", &seed.to_string()])
+        .args(["--event-start-ms", &event_start_ms.to_string()])
+        .args(["--symbols", "BTC,ETH,SOL,DOGE,XRP,ADA", "--quiet"]));
+}
+
+/// Alert ids in `topic` as a `read_committed` consumer sees them, with
+/// repeats: every partition is read to its end (the last stable offset).
+pub fn committed_alert_ids(brokers: &str, topic: &str) -> Vec<String> {
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "k2-test-alerts")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let (mut ids, mut at_end) = (Vec::new(), BTreeSet::new());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while at_end.len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alerts topic not read to its end in 60 s"
+        );
+        match c.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                let v: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                ids.push(v["alert_id"].as_str().unwrap().to_string());
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    ids
+}
+
+/// The engine's alerts (id -> millibps) and late trade ids, read with pyiceberg.
+pub fn engine_output(dir: &Path) -> (BTreeMap<String, i64>, Vec<String>) {
+    let t = read_tables(dir, &["arbitrage_signals"], "alert_id,spread_bps", false);
+    let alerts = t[0]["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    (
+                        r["alert_id"].as_str().unwrap().to_string(),
+                        (r["spread_bps"].as_f64().unwrap() * 1000.0).round() as i64,
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let n = alerts.len();
+    let alerts: BTreeMap<String, i64> = alerts.into_iter().collect();
+    assert_eq!(n, alerts.len(), "an alert was committed twice");
+    let l = read_tables(dir, &["late_trades"], "message_id", false);
+    let mut late: Vec<String> = l[0]["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| r["message_id"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    late.sort();
+    (alerts, late)
+}
+
+pub fn assert_matches(what: &str, got: &BTreeMap<String, i64>, want: &Oracle) {
+    let missing: Vec<_> = want.alerts.keys().filter(|k| !got.contains_key(*k)).take(5).collect();
+    let extra: Vec<_> = got.keys().filter(|k| !want.alerts.contains_key(*k)).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: {} alerts vs oracle {}; missing {missing:?}, extra {extra:?}",
+        got.len(),
+        want.alerts.len()
+    );
+    for (id, ms) in got {
+        assert!(
+            (ms - want.alerts[id]).abs() <= 1,
+            "{what}: spread of {id}: {ms} vs {}",
+            want.alerts[id]
+        );
+    }
+}
+
+pub fn assert_same_late(got: &[String], want: &[String], what: &str) {
+    if got != want {
+        let (g, w): (BTreeSet<_>, BTreeSet<_>) = (got.iter().collect(), want.iter().collect());
+        let extra: Vec<_> = g.difference(&w).take(5).collect();
+        let missing: Vec<_> = w.difference(&g).take(5).collect();
+        panic!(
+            "{what}: late trades {} vs oracle {}; extra {extra:?}, missing {missing:?}",
+            got.len(),
+            want.len()
+        );
+    }
+}
+
+/// The message ids in both bronze tables; fails if one is there twice.
+pub fn bronze_ids(dir: &Path) -> BTreeSet<String> {
+    let mut all = BTreeSet::new();
+    for t in read_tables(
+        dir,
+        &["bronze_binance_trades", "bronze_kraken_trades"],
+        "message_id",
+        false,
+    ) {
+        for id in ids(&t["rows"]) {
+            assert!(all.insert(id.clone()), "{id} is in the bronze tables twice");
+        }
+    }
+    all
+}
+
+/// Asserts the bronze tables hold exactly the oracle's trades.
+pub fn assert_bronze(what: &str, dir: &Path, want: &Oracle) {
+    let got = bronze_ids(dir);
+    let missing: Vec<_> = want.trades.difference(&got).take(5).collect();
+    let extra: Vec<_> = got.difference(&want.trades).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: bronze holds {} trades vs {} distinct in the topics; missing {missing:?}, extra {extra:?}",
+        got.len(),
+        want.trades.len()
+    );
+}
