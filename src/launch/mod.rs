@@ -562,6 +562,18 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
     let _lock = leader
         .then(|| JobLock::acquire(&job_dir, &config.job.name))
         .transpose()?;
+    // A follower asks first: by the answer, process 0 has created the tables.
+    let agreed = if leader {
+        None
+    } else {
+        let address = timely.addresses()?.remove(0);
+        Some(handshake::follow(
+            &address,
+            timely.process,
+            &fingerprint,
+            HANDSHAKE_TIMEOUT,
+        )?)
+    };
     let (catalog, tables, fence, recovery, plan) = handle.block_on(async {
         let catalog = JobCatalog::open(&config.iceberg).await?;
         let mut tables = BTreeMap::new();
@@ -573,9 +585,7 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
             };
             tables.insert(name.to_string(), table);
         }
-        if !leader {
-            let address = timely.addresses()?.remove(0);
-            let agreed = handshake::follow(&address, timely.process, &fingerprint, HANDSHAKE_TIMEOUT)?;
+        if let Some(agreed) = agreed {
             let fence = Fence::joined(&job_dir, &config.job.name, agreed.generation);
             let manifest = match agreed.checkpoint_epoch {
                 Some(epoch) => Some(ManifestStore::open(&job_dir)?.read(epoch).map_err(|e| {
