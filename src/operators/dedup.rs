@@ -18,9 +18,9 @@
 
 use crate::checkpoint::state::{StateCheckpoint, StateFile, route};
 use crate::time::{Time, epoch_complete, event_frontier};
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use timely::container::CapacityContainerBuilder;
@@ -87,11 +87,10 @@ pub trait Dedup<'scope, D> {
     fn dedup(self, ttl_ms: u64, stats: Arc<DedupStats>) -> Stream<'scope, Time, Vec<D>>;
 }
 
-/// The stable hash that routes a key to its worker.
+/// The stable hash that routes a key to its worker: the same in every
+/// process of a cluster (a fixed seed), and fast (foldhash).
 pub fn hash_key(key: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    key.hash(&mut h);
-    h.finish()
+    foldhash::fast::FixedState::with_seed(0x6b32_5f64_6564_7570).hash_one(key)
 }
 
 /// Dedup with its state in the job's checkpoints.
@@ -134,6 +133,12 @@ where
 /// One checkpointed entry: a key and the event time at which it expires.
 type Entry = (String, u64);
 
+/// A key held once and shared by the map, the expiry index and the delta.
+type Key = Rc<str>;
+
+/// Keys added in one commit group, with the capability to report them.
+type Delta = (CapabilitySet<Time>, Vec<(Key, u64)>);
+
 fn build<'scope, D>(
     stream: Stream<'scope, Time, Vec<D>>,
     ttl_ms: u64,
@@ -153,8 +158,8 @@ where
     let mut state_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<StateFile>>> = OutputBuilder::from(state_out);
 
     // key -> expiry (event ms); expiry -> keys, for eviction in order.
-    let mut seen: HashMap<String, u64> = HashMap::new();
-    let mut expiries: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut seen: HashMap<Key, u64, foldhash::fast::RandomState> = HashMap::default();
+    let mut expiries: BTreeMap<u64, Vec<Key>> = BTreeMap::new();
     if let Some(ckpt) = &ckpt {
         for file in ckpt.restore.iter().filter(|f| f.operator == ckpt.operator) {
             let entries: Vec<Entry> = match ckpt.store.read(file) {
@@ -162,7 +167,8 @@ where
                 Err(e) => panic!("cannot restore dedup state: {e}"),
             };
             for (key, expiry) in entries {
-                if route(hash_key(&key), peers) == index && !seen.contains_key(&key) {
+                if route(hash_key(&key), peers) == index && !seen.contains_key(key.as_str()) {
+                    let key: Key = key.into();
                     expiries.entry(expiry).or_default().push(key.clone());
                     seen.insert(key, expiry);
                 }
@@ -170,7 +176,7 @@ where
         }
     }
     // Keys added per commit group, with capabilities to report their delta.
-    let mut deltas: BTreeMap<u64, (CapabilitySet<Time>, Vec<Entry>)> = BTreeMap::new();
+    let mut deltas: BTreeMap<u64, Delta> = BTreeMap::new();
 
     builder.build(move |_caps| {
         move |frontiers| {
@@ -196,8 +202,8 @@ where
                             continue;
                         }
                         let expiry = record.event_ms().saturating_add(ttl_ms);
-                        seen.insert(key.to_owned(), expiry);
-                        expiries.entry(expiry).or_default().push(key.to_owned());
+                        let key: Key = key.into();
+                        seen.insert(key.clone(), expiry);
                         if let (Some(ckpt), Some(time)) = (&ckpt, time) {
                             let group = ckpt.groups.group_of(time.epoch);
                             let delta = deltas
@@ -206,8 +212,9 @@ where
                             if delta.1.is_empty() {
                                 delta.0.insert(cap.delayed(&time, 1));
                             }
-                            delta.1.push((key.to_owned(), expiry));
+                            delta.1.push((key.clone(), expiry));
                         }
+                        expiries.entry(expiry).or_default().push(key);
                         passed += 1;
                         session.give(record);
                     }
@@ -223,9 +230,10 @@ where
                     }
                     let (group, (caps, entries)) = entry.remove_entry();
                     let max_expiry = entries.iter().map(|(_, x)| *x).max().unwrap_or(0);
+                    let rows: Vec<(&str, u64)> = entries.iter().map(|(k, x)| (&**k, *x)).collect();
                     match ckpt
                         .store
-                        .write(&ckpt.operator, index, group, &ckpt.run_id, &entries, max_expiry)
+                        .write(&ckpt.operator, index, group, &ckpt.run_id, &rows, max_expiry)
                     {
                         Ok(file) => state_out.activate().session(&caps).give(file),
                         Err(e) => {
