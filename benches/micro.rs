@@ -3,6 +3,7 @@
 //! ```sh
 //! cargo bench --bench micro                 # everything, ~2-3 minutes on 2 cores
 //! cargo bench --bench micro -- decode       # only the groups matching a filter
+//! cargo bench --bench micro -- join_memory  # bytes of interval-join state per live record and key
 //! ```
 //!
 //! | group               | what one iteration does                                                  |
@@ -12,27 +13,33 @@
 //! | `dedup/replay_only` | the same dataflow without dedup: the harness cost, to subtract           |
 //! | `interval_join`     | a 1-worker dataflow joining Binance × Kraken trades by symbol, Δ = 500 ms |
 //! | `parquet_write`     | `TableWriter::write` of 100k trades into a local Iceberg table           |
+//! | `join_memory`       | filling a [`JoinState`] with trades; first prints its heap bytes per live record and per live key |
 //!
 //! Every input comes from the deterministic [`Feed`] (the generator shared
 //! with `k2 produce` and the tests) and is generated once, outside the timed
 //! loops. Criterion reports elements/s: messages for `decode`, input records
 //! for the dataflows, rows for `parquet_write`. Medians are in
 //! `target/criterion/<group>/<bench>/new/estimates.json`.
+//!
+//! `join_memory` counts heap bytes with a counting global allocator that is
+//! switched on only around its measurement, so the other groups run at the
+//! system allocator's speed (one relaxed atomic load per allocation).
 
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use k2::feed::{Feed, FeedConfig};
 use k2::operators::dedup::DedupStats;
-use k2::operators::{Dedup, IntervalJoin, JoinStats};
+use k2::operators::{Dedup, IntervalJoin, JoinState, JoinStats};
 use k2::record::{Exchange, SourcePosition, Trade};
 use k2::sink::iceberg::writer::{CommitGroups, TableWriter};
 use k2::sink::iceberg::{JobCatalog, RowContext};
 use k2::source::kafka::decode::decode;
 use k2::time::Time;
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::Duration;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::operator::source;
@@ -415,11 +422,157 @@ fn bench_parquet_write(c: &mut Criterion) {
     drop(dir);
 }
 
+/// The system allocator, counting live heap bytes while [`COUNTING`] is on.
+struct CountingAlloc;
+
+/// Whether allocations are being counted.
+static COUNTING: AtomicBool = AtomicBool::new(false);
+/// Bytes allocated minus bytes freed while counting.
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+impl CountingAlloc {
+    fn count(bytes: usize, sign: isize) {
+        if COUNTING.load(Ordering::Relaxed) {
+            LIVE_BYTES.fetch_add(sign * bytes as isize, Ordering::Relaxed);
+        }
+    }
+}
+
+// Audited: the only `unsafe` of the benchmarks. Every method forwards its
+// arguments unchanged to `System`, which upholds `GlobalAlloc`'s contract, and
+// returns its result; the counters are plain atomics, and a failed
+// allocation or reallocation (null) is not counted.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            Self::count(layout.size(), 1);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged; the caller upholds `alloc_zeroed`'s contract.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            Self::count(layout.size(), 1);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged; `ptr` came from this allocator, i.e. from `System`.
+        unsafe { System.dealloc(ptr, layout) };
+        Self::count(layout.size(), -1);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded unchanged; `ptr` came from `System` with `layout`.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            Self::count(layout.size(), -1);
+            Self::count(new_size, 1);
+        }
+        p
+    }
+}
+
+/// Heap bytes allocated (net) while running `f`, and its result.
+fn heap_bytes<T>(f: impl FnOnce() -> T) -> (isize, T) {
+    LIVE_BYTES.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    let out = f();
+    COUNTING.store(false, Ordering::SeqCst);
+    (LIVE_BYTES.load(Ordering::SeqCst), out)
+}
+
+type TradeJoin = JoinState<String, Trade, Trade>;
+
+/// A join state holding `per_key` Binance and `per_key` Kraken trades for
+/// each of `keys` symbols, 1 ms apart in event time. The trades are clones of
+/// `templates` (decoded feed trades) with the symbol and message id made
+/// unique, so every string they own is allocated here, as the source
+/// allocates it for a trade read from Kafka.
+fn fill_join_state(templates: &[Trade; 2], keys: usize, per_key: usize) -> TradeJoin {
+    let mut state = TradeJoin::new();
+    for k in 0..keys {
+        let symbol = format!("S{k:06}/USDT");
+        for i in 0..per_key {
+            for (side, template) in templates.iter().enumerate() {
+                let mut t = template.clone();
+                t.symbol = symbol.clone();
+                t.message_id = format!("{}:S{k:06}USDT:{}", template.exchange, 100_000_000 + i);
+                t.event_us = T0_US + i as i64 * 1_000;
+                let ms = (t.event_us / 1000) as u64;
+                let time = Time::new(ms / EPOCH_MS, ms);
+                if side == 0 {
+                    state.insert_left(time, t);
+                } else {
+                    state.insert_right(time, t);
+                }
+            }
+        }
+    }
+    state
+}
+
+fn bench_join_memory(c: &mut Criterion) {
+    let template = |exchange| {
+        Batches::generate(&[exchange], 0.0, 1, 1_000)
+            .pop()
+            .and_then(|b| b.batches.into_iter().next())
+            .and_then(|(_, mut trades)| trades.pop())
+            .expect("one decoded trade")
+    };
+    let templates = [template(Exchange::Binance), template(Exchange::Kraken)];
+    let mut group = c.benchmark_group("join_memory");
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    const KEYS: usize = 1_000;
+    const PER_KEY: usize = 100;
+    group.throughput(Throughput::Elements((2 * KEYS * PER_KEY) as u64));
+    let mut printed = false;
+    group.bench_function("fill_1k_keys_x_100", |b| {
+        if !printed {
+            printed = true;
+            eprintln!(
+                "join_memory: size_of::<Trade>() = {} bytes; per side, a key is a symbol and a record a trade",
+                std::mem::size_of::<Trade>()
+            );
+            // Many keys, few records each: the per-key cost shows; many
+            // records per key: the per-record cost does.
+            for (keys, per_key) in [(100_000, 1), (10_000, 10), (KEYS, PER_KEY), (10, 10_000)] {
+                let (bytes, state) = heap_bytes(|| fill_join_state(&templates, keys, per_key));
+                let (records, live_keys) = (state.live_records(), state.live_keys());
+                assert_eq!((records, live_keys), (2 * keys * per_key, 2 * keys));
+                eprintln!(
+                    "join_memory: {live_keys:>6} live keys x {per_key:>5} records: {:>7.1} MiB, \
+                     {:>6.0} bytes per live record, {:>9.0} bytes per live key",
+                    bytes as f64 / (1 << 20) as f64,
+                    bytes as f64 / records as f64,
+                    bytes as f64 / live_keys as f64,
+                );
+                drop(state);
+            }
+        }
+        b.iter(|| fill_join_state(&templates, KEYS, PER_KEY))
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_decode,
     bench_dedup,
     bench_interval_join,
-    bench_parquet_write
+    bench_parquet_write,
+    bench_join_memory
 );
 criterion_main!(benches);

@@ -10,6 +10,7 @@ mod produce;
 mod registry;
 
 use anyhow::{Context, Result, anyhow};
+
 use clap::{Parser, Subcommand};
 use k2::config::{Config, RunMode, StartPosition};
 use k2::launch::{RunOptions, TimelyArgs};
@@ -31,7 +32,7 @@ enum Command {
     /// Produce a deterministic two-exchange trade feed into Kafka.
     Produce(produce::ProduceArgs),
     /// Start a local broker if needed, produce a few seconds of market data,
-    /// run bronze on 2 workers and print what happened.
+    /// run bronze + arbitrage on 2 workers and print what happened.
     Demo(demo::DemoArgs),
     /// Launch and supervise a multi-process job on this machine: restart
     /// all processes from the newest checkpoint when one dies.

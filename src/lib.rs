@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod feed;
 pub mod launch;
+pub mod metrics;
 pub mod operators;
 pub mod record;
 pub mod sink;

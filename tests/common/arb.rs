@@ -39,7 +39,8 @@ alerts_topic = "{}.alerts"
     path
 }
 
-/// Every message of `topic`, per partition in offset order.
+/// Every message of `topic`, per partition in offset order: (offset, Kafka
+/// timestamp, payload).
 pub fn read_topic(brokers: &str, topic: &str) -> BTreeMap<i32, Vec<(i64, i64, Vec<u8>)>> {
     let c: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -55,8 +56,10 @@ pub fn read_topic(brokers: &str, topic: &str) -> BTreeMap<i32, Vec<(i64, i64, Ve
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
             c.assign(&tpl).unwrap();
+            let limit = std::time::Instant::now() + Duration::from_secs(60);
             while msgs.len() < high as usize {
-                if let Some(Ok(m)) = c.poll(Duration::from_secs(5)) {
+                assert!(std::time::Instant::now() < limit, "reading {topic}/{p}");
+                if let Some(Ok(m)) = c.poll(Duration::from_secs(1)) {
                     let ts = m.timestamp().to_millis().unwrap_or(0);
                     msgs.push((m.offset(), ts, m.payload().unwrap_or_default().to_vec()));
                 }

@@ -1,0 +1,442 @@
+//! Event time against the real broker: the idle-partition policy and the
+//! late-data policy of the Kafka source (`src/source/kafka/reader.rs`), seen
+//! through the `market` dataflow (bronze + arbitrage) as a user would: the
+//! checkpoints' event-time frontier, the run report, and the Iceberg tables
+//! read with pyiceberg.
+
+mod common;
+
+use common::arb::read_topic;
+use common::*;
+use k2::record::{Exchange, SourcePosition};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// A `market` job config: bronze's plus `source` and `arbitrage` keys.
+fn market_config(
+    dir: &Path,
+    job: &str,
+    brokers: &str,
+    topics: &(String, String),
+    source: &str,
+    arbitrage: &str,
+) -> PathBuf {
+    let path = bronze_config(dir, job, brokers, topics, "poll_batch = 256");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&format!(
+        r#"
+[source]
+{source}
+
+[arbitrage]
+delta_ms = 100
+threshold_bps = -4.5
+alerts_topic = "{}.alerts"
+late = "table"
+{arbitrage}
+"#,
+        topics.0
+    ));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Message ids of a table's rows, with multiplicity, sorted (empty if the
+/// table has no snapshot yet).
+fn table_ids(dir: &Path, table: &str) -> Vec<String> {
+    let t = read_tables(dir, &[table], "message_id", false);
+    let mut ids: Vec<String> = t[0]["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| r["message_id"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// Asserts two sorted id lists are equal, naming a few differences if not.
+fn assert_same_ids(got: &[String], want: &[String], what: &str) {
+    if got != want {
+        let (g, w): (BTreeSet<&String>, BTreeSet<&String>) = (got.iter().collect(), want.iter().collect());
+        let extra: Vec<_> = g.difference(&w).take(5).collect();
+        let missing: Vec<_> = w.difference(&g).take(5).collect();
+        panic!(
+            "{what}: {} ids, want {}; extra {extra:?}, missing {missing:?}",
+            got.len(),
+            want.len()
+        );
+    }
+}
+
+/// The job's newest manifest, if any.
+fn latest_manifest(dir: &Path, job: &str) -> Option<k2::checkpoint::Manifest> {
+    let job_dir = dir.join("checkpoints").join(job);
+    if !job_dir.exists() {
+        return None;
+    }
+    k2::checkpoint::ManifestStore::open(&job_dir).unwrap().latest().unwrap()
+}
+
+/// Waits (up to 60 s) for a manifest whose offsets reach `ends`; returns it.
+fn wait_for_commit(dir: &Path, job: &str, ends: &BTreeMap<(String, i32), i64>) -> k2::checkpoint::Manifest {
+    let limit = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(m) = latest_manifest(dir, job)
+            && ends
+                .iter()
+                .all(|((t, p), end)| m.offsets.get(t).and_then(|ps| ps.get(p)).copied().unwrap_or(0) >= *end)
+        {
+            return m;
+        }
+        assert!(Instant::now() < limit, "no checkpoint reached {ends:?} within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Produces `count` Binance BTC trades (one partition: the key is the
+/// symbol) with event times from `event_start_ms`, 1 ms apart, in order;
+/// returns the truth.
+fn produce_btc(
+    dir: &Path,
+    brokers: &str,
+    topics: &(String, String),
+    name: &str,
+    count: u64,
+    event_start_ms: i64,
+    seed: u64,
+) -> Vec<Truth> {
+    let truth = dir.join(format!("{name}.jsonl"));
+    ok(produce_cmd(brokers, topics)
+        .args([
+            "--exchanges",
+            "binance",
+            "--symbols",
+            "BTC",
+            "--count",
+            &count.to_string(),
+        ])
+        .args([
+            "--rate",
+            "0",
+            "--duplicates",
+            "0",
+            "--malformed",
+            "0",
+            "--out-of-order-ms",
+            "0",
+        ])
+        .args([
+            "--event-start-ms",
+            &event_start_ms.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
+        .args(["--quiet", "--truth", truth.to_str().unwrap()]));
+    read_truth(&truth)
+}
+
+fn ids_of(truth: &[Truth]) -> BTreeSet<String> {
+    truth.iter().flat_map(|t| t.message_ids.iter().cloned()).collect()
+}
+
+fn ends_of(truth: &[Truth]) -> BTreeMap<(String, i32), i64> {
+    expected(truth).ends
+}
+
+/// A running `k2 run`; killed if the test fails before stopping it.
+struct Job(Option<Child>);
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn spawn_job(config: &Path, dataflow: &str, workers: usize, log: &Path) -> Job {
+    let child = k2()
+        .args(["run", dataflow, "-w", &workers.to_string(), "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    Job(Some(child))
+}
+
+/// SIGTERM, then the run report the job prints on its clean exit.
+fn stop_job(mut job: Job, log: &Path) -> Value {
+    let child = job.0.take().expect("a running job");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(out.status.success(), "SIGTERM exits cleanly:\n{log}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("run report: {e}\n{log}"))
+}
+
+/// The idleness policy: a partition that has reported end of partition and
+/// shown nothing for `idle_timeout_ms` stops holding the watermark; a worker
+/// whose partitions are all idle follows the wall clock, `now − allowance −
+/// idle_timeout`. Here the whole Kraken topic and three of the four Binance
+/// partitions never get a message, and the busy Binance partition goes quiet
+/// after its data: event time must still advance (without the policy, the
+/// empty partitions would hold it at 0 forever) and the job keep committing.
+/// A trade that then arrives on the idle partition with an event time below
+/// the advanced watermark is routed to `late_trades` (and still to bronze),
+/// while a fresh one is on time.
+#[test]
+fn idle_partitions_do_not_stall_event_time_and_late_arrivals_on_them_are_kept() {
+    const ALLOWANCE_MS: i64 = 500;
+    const IDLE_MS: i64 = 1500;
+    let brokers = broker();
+    let topics = topics("idle");
+    let dir = temp_dir("idle");
+    // The Kraken topic exists but stays empty.
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    ok(produce_cmd(&brokers, &topics)
+        .args([
+            "--exchanges",
+            "binance",
+            "--count",
+            "0",
+            "--topic",
+            &topics.1,
+            "--from-file",
+        ])
+        .arg(&empty));
+    // Busy partition: 2000 trades from one minute ago.
+    let t_a = now_ms() - 60_000;
+    let a = produce_btc(&dir, &brokers, &topics, "a", 2000, t_a, 1);
+    let busy: BTreeSet<(String, i32)> = a.iter().map(|t| (t.topic.clone(), t.partition)).collect();
+    assert_eq!(busy.len(), 1, "one symbol fills one partition");
+    let a_max_event = t_a + 1999;
+
+    let config = market_config(
+        &dir,
+        "idle",
+        &brokers,
+        &topics,
+        &format!("max_out_of_orderness_ms = {ALLOWANCE_MS}\nidle_timeout_ms = {IDLE_MS}"),
+        "",
+    );
+    let log = dir.join("job.log");
+    let job = spawn_job(&config, "market", 2, &log);
+    wait_for_commit(&dir, "idle", &ends_of(&a));
+
+    // Silence for longer than the idle timeout: every partition is idle.
+    std::thread::sleep(Duration::from_millis(IDLE_MS as u64 + 1500));
+    // Then 20 trades on the idle partition, continuing its own event times
+    // (on time by the partition's own watermark, max − allowance), but a
+    // minute behind the wall-clock watermark of the idle job: late.
+    let before_b = now_ms();
+    let b = produce_btc(&dir, &brokers, &topics, "b", 20, a_max_event + 1, 2);
+    let m = wait_for_commit(&dir, "idle", &ends_of(&b));
+    let frontier = m.event_frontier_ms.expect("an event-time frontier in the manifest") as i64;
+    assert!(
+        frontier > a_max_event - ALLOWANCE_MS,
+        "event time stalled at {frontier}: the busy partition's data ends at {a_max_event}"
+    );
+    assert!(
+        frontier >= before_b - ALLOWANCE_MS - IDLE_MS - 5000 && frontier <= now_ms() - ALLOWANCE_MS - IDLE_MS,
+        "an all-idle job's watermark follows the wall clock minus allowance and idle timeout: \
+         {frontier}, produced at {before_b}"
+    );
+    // And 20 fresh trades on the same partition: on time. (A second ahead of
+    // the clock, so that a slow producer start cannot make them late.)
+    let c = produce_btc(&dir, &brokers, &topics, "c", 20, now_ms() + 1000, 3);
+    wait_for_commit(&dir, "idle", &ends_of(&c));
+    let report = stop_job(job, &log);
+
+    let (a_ids, b_ids, c_ids) = (ids_of(&a), ids_of(&b), ids_of(&c));
+    assert_same_ids(
+        &table_ids(&dir, "late_trades"),
+        &b_ids.iter().cloned().collect::<Vec<_>>(),
+        "late_trades holds exactly the trades that arrived behind the idle watermark",
+    );
+    assert_eq!(
+        report["late"].as_u64(),
+        Some(b_ids.len() as u64),
+        "late trades are counted"
+    );
+    let bronze: BTreeSet<String> = table_ids(&dir, "bronze_binance_trades").into_iter().collect();
+    let all: BTreeSet<String> = a_ids.iter().chain(&b_ids).chain(&c_ids).cloned().collect();
+    assert_eq!(bronze, all, "bronze holds every trade, late or not");
+    assert_eq!(report["trades"].as_u64(), Some((a_ids.len() + c_ids.len()) as u64));
+    // Kraken was silent throughout: no pairs, and an alerts topic that reads
+    // as empty (every partition reports its end although it has no record).
+    let latency = k2::metrics::read_alert_latency(
+        &brokers,
+        &format!("{}.alerts", topics.0),
+        false,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!((latency.alerts, report["pairs"].as_u64()), (0, Some(0)));
+}
+
+/// The late-data policy, `late = "table"`: a trade is late when its event
+/// time is more than the allowance below the largest event time its own
+/// partition has shown (in Kafka order). Every late trade is in `late_trades`
+/// with its message id and counted in the report, it still reaches bronze,
+/// and nothing is lost: every produced message is a trade read on time, a
+/// late trade, or a dead letter, and the duplicates removed are exactly the
+/// repeats among them.
+#[test]
+fn late_trades_are_kept_in_late_trades_and_every_message_is_accounted_for() {
+    const ALLOWANCE_MS: i64 = 150;
+    let brokers = broker();
+    let topics = topics("late");
+    let dir = temp_dir("late");
+    let truth_path = dir.join("truth.jsonl");
+    let produced_from = now_ms();
+    ok(produce_cmd(&brokers, &topics)
+        .args([
+            "--count",
+            "2500",
+            "--rate",
+            "0",
+            "--duplicates",
+            "0.05",
+            "--malformed",
+            "0.01",
+        ])
+        .args([
+            "--out-of-order-ms",
+            "400",
+            "--seed",
+            "11",
+            "--event-start-ms",
+            "1767225600000",
+        ])
+        .args(["--symbols", "BTC,ETH,SOL,DOGE,XRP,ADA", "--quiet", "--truth"])
+        .arg(&truth_path));
+    let truth = read_truth(&truth_path);
+
+    // What the policy decides, computed sequentially from the topics.
+    let mut on_time: Vec<String> = Vec::new();
+    let mut late: Vec<String> = Vec::new();
+    let mut malformed = 0u64;
+    for (side, (exchange, topic)) in [(Exchange::Binance, &topics.0), (Exchange::Kraken, &topics.1)]
+        .into_iter()
+        .enumerate()
+    {
+        for (partition, msgs) in read_topic(&brokers, topic) {
+            let mut max_ms: Option<i64> = None;
+            for (offset, ts, payload) in msgs {
+                let pos = SourcePosition {
+                    topic: side as u16,
+                    partition,
+                    offset,
+                    kafka_ts_ms: ts,
+                    ingest_us: 0,
+                };
+                let mut trades = Vec::new();
+                if k2::source::kafka::decode::decode(exchange, &payload, &pos, &mut trades).is_err() {
+                    malformed += 1;
+                    continue;
+                }
+                for t in trades {
+                    let ms = t.event_us.div_euclid(1000);
+                    let is_late = max_ms.is_some_and(|m| ms + ALLOWANCE_MS < m);
+                    max_ms = Some(max_ms.map_or(ms, |m| m.max(ms)));
+                    if is_late { &mut late } else { &mut on_time }.push(t.message_id);
+                }
+            }
+        }
+    }
+    late.sort();
+    assert!(late.len() > 20, "the feed has late trades: {}", late.len());
+    let produced_trades: usize = truth.iter().map(|t| t.message_ids.len()).sum();
+    assert_eq!(
+        on_time.len() + late.len(),
+        produced_trades,
+        "the oracle sees every produced trade"
+    );
+    assert_eq!(
+        malformed as usize,
+        truth.iter().filter(|t| t.kind == "malformed").count()
+    );
+
+    let config = market_config(
+        &dir,
+        "late",
+        &brokers,
+        &topics,
+        // Idleness out of the way: lateness here is the per-partition rule only.
+        &format!("max_out_of_orderness_ms = {ALLOWANCE_MS}\nidle_timeout_ms = 60000"),
+        "kafka_sink = \"transactional\"",
+    );
+    let out = ok(k2()
+        .args(["run", "market", "--bounded", "-w", "2", "--config"])
+        .arg(&config));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let count = |key: &str| report[key].as_u64().unwrap_or_else(|| panic!("`{key}` in {report}")) as usize;
+
+    // Every late trade is in late_trades, by message id, and counted.
+    assert_same_ids(&table_ids(&dir, "late_trades"), &late, "late_trades vs the policy");
+    assert_eq!(count("late"), late.len(), "late trades are counted in the report");
+    // Nothing is lost: every message read is on time, late, or a dead letter.
+    assert_eq!(count("messages"), truth.len(), "messages read");
+    assert_eq!(count("trades"), on_time.len(), "on-time trades");
+    assert_eq!(count("dead_letters"), malformed as usize, "dead letters");
+    let dead = read_tables(&dir, &["dead_letters"], "source_offset", false);
+    assert_eq!(dead[0]["rows"].as_array().map_or(0, Vec::len), malformed as usize);
+    // Bronze keeps every distinct valid trade, late ones included.
+    let exp = expected(&truth);
+    for (table, topic) in [
+        ("bronze_binance_trades", &topics.0),
+        ("bronze_kraken_trades", &topics.1),
+    ] {
+        let ids = table_ids(&dir, table);
+        let distinct: BTreeSet<String> = ids.iter().cloned().collect();
+        assert_eq!(ids.len(), distinct.len(), "{table}: an id twice");
+        assert_eq!(&distinct, &exp.ids[topic], "{table} vs the distinct produced trades");
+    }
+    // Duplicates removed: bronze dedups all trades, arbitrage the on-time ones.
+    let repeats = |ids: &mut dyn Iterator<Item = &String>| {
+        let all: Vec<&String> = ids.collect();
+        all.len() - all.iter().collect::<BTreeSet<_>>().len()
+    };
+    let all_trades: Vec<String> = on_time.iter().chain(&late).cloned().collect();
+    assert_eq!(
+        count("duplicates_removed"),
+        repeats(&mut all_trades.iter()) + repeats(&mut on_time.iter()),
+        "duplicates removed by bronze and by arbitrage"
+    );
+
+    // The alerts' event-to-alert latency, read back from the transactional
+    // alerts topic: each committed alert once, with a latency no longer than
+    // the time since the trades were produced.
+    let alerts = read_tables(&dir, &["arbitrage_signals"], "alert_id", false)[0]["rows"]
+        .as_array()
+        .map_or(0, Vec::len) as u64;
+    assert!(alerts > 10, "the feed yields alerts: {alerts}");
+    let latency =
+        k2::metrics::read_alert_latency(&brokers, &format!("{}.alerts", topics.0), true, Duration::from_secs(30))
+            .unwrap();
+    assert_eq!(
+        (latency.alerts, latency.duplicates),
+        (alerts, 0),
+        "alerts in the topic vs the table"
+    );
+    assert_eq!(latency.histogram.len(), alerts, "one latency per alert");
+    assert!(
+        latency.histogram.max() as i64 <= now_ms() - produced_from,
+        "latency {} ms is longer than the test",
+        latency.histogram.max()
+    );
+}
