@@ -12,27 +12,38 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-/// Runs `k2 run arbitrage` (continuous) with a fault plan; `during` runs once
-/// the job has written its first manifest. The run must end by the fault, or
-/// is SIGKILLed after 30 s.
-fn crashed_run(config: &Path, dir: &Path, i: usize, fault: &str, during: impl FnOnce()) {
+/// When `crashed_run` feeds more input.
+#[derive(Clone, Copy, PartialEq)]
+enum Feed {
+    /// After the run's first new manifest: the input so far is cut first.
+    AfterFirstCut,
+    /// As soon as the run has recovered and planned its sources.
+    WhenReady,
+}
+
+/// Runs `k2 run arbitrage` (continuous) with a fault plan, and `during` once
+/// as `when` says. The run must end by the fault, or is SIGKILLed after 30 s.
+fn crashed_run(config: &Path, dir: &Path, i: usize, fault: &str, when: Feed, during: impl FnOnce()) {
     let manifests = dir.join("checkpoints/arbkill/manifests");
     let count = || std::fs::read_dir(&manifests).map_or(0, |d| d.count());
     let before = count();
+    let log = dir.join(format!("run{i}.log"));
     let mut child = k2()
         .args(["run", "arbitrage", "-w", "2", "--config"])
         .arg(config)
         .env("K2_FAULT", fault)
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("run{i}.log"))).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let limit = std::time::Instant::now() + Duration::from_secs(30);
     let mut during = Some(during);
     while child.try_wait().unwrap().is_none() && std::time::Instant::now() < limit {
-        if count() > before
-            && let Some(f) = during.take()
-        {
+        let due = match when {
+            Feed::AfterFirstCut => count() > before,
+            Feed::WhenReady => std::fs::read_to_string(&log).is_ok_and(|l| l.contains("source planned")),
+        };
+        if due && let Some(f) = during.take() {
             f();
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -78,8 +89,10 @@ fn the_same_alerts_after_sigkill_and_restart_with_transactional_alerts() {
     // fall in the middle of the run: inside the Kafka transaction of the
     // second cut with alerts, then between the manifest and the commits.
     part(0);
-    crashed_run(&config, &dir, 0, "in-kafka-transaction:2", || part(1));
-    crashed_run(&config, &dir, 1, "after-manifest:1", || part(2));
+    crashed_run(&config, &dir, 0, "in-kafka-transaction:2", Feed::AfterFirstCut, || {
+        part(1)
+    });
+    crashed_run(&config, &dir, 1, "after-manifest:1", Feed::WhenReady, || part(2));
     ok(k2()
         .args(["run", "arbitrage", "--bounded", "-w", "3", "--config"])
         .arg(&config));

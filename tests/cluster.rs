@@ -18,14 +18,21 @@ fn part(brokers: &str, topics: &(String, String), i: u64) {
     produce_part(brokers, topics, 101 + i, 1500, START_MS + i as i64 * 2800);
 }
 
-fn market_bounded(config: &Path, layout: &[&str]) {
+/// Runs `market` bounded with `k2 run` or `k2 cluster`; returns the JSON
+/// run report of each process.
+fn market_bounded(config: &Path, layout: &[&str]) -> Vec<serde_json::Value> {
     let mut cmd = k2();
     if layout[0] == "cluster" {
         cmd.args(["cluster", "market", "--bounded"]);
     } else {
         cmd.args(["run", "market", "--bounded"]);
     }
-    ok(cmd.args(&layout[1..]).arg("--config").arg(config));
+    let out = ok(cmd.args(&layout[1..]).arg("--config").arg(config));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    match report["processes"].as_array() {
+        Some(processes) => processes.clone(),
+        None => vec![report],
+    }
 }
 
 /// Asserts the warehouse in `dir` holds exactly what the oracle says.
@@ -52,10 +59,15 @@ fn two_processes_of_two_workers_equal_one_worker() {
         &["run", "-w", "1"],
     );
     let cluster = temp_dir("cl2x2-cluster");
-    market_bounded(
+    let reports = market_bounded(
         &arbitrage_config(&cluster, "cl", &brokers, &topics, ""),
         &["cluster", "-n", "2", "-w", "2"],
     );
+    // The partitions were spread over both processes.
+    assert_eq!(reports.len(), 2);
+    for (i, r) in reports.iter().enumerate() {
+        assert!(r["messages"].as_u64().unwrap() > 0, "process {i} read messages: {r}");
+    }
     assert_exact("1 worker", &one, &want);
     assert_exact("2 processes x 2 workers", &cluster, &want);
 }

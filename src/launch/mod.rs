@@ -2,12 +2,17 @@
 //!
 //! [`run`] does, in order:
 //! 1. open the Iceberg catalog and create the dataflow's tables;
-//! 2. find where to resume: the newest cut committed by this job (its
-//!    `k2.epoch` and `k2.offsets` snapshot summary);
+//! 2. take the job's lock and generation, and recover: roll the newest cut
+//!    forward, remove orphans, and resume after it (offsets, watermarks and
+//!    operator state from its manifest);
 //! 3. plan the Kafka partitions and their offsets (once, for all workers);
 //! 4. start the timely workers, each building the dataflow with a
 //!    [`JobContext`], and step them until the dataflow is done;
 //! 5. wait for the last commit and report.
+//!
+//! In a job of several processes only process 0 does 2 and 3, and commits;
+//! the others receive its plan and checkpoint in a [`handshake`] before
+//! timely connects them. [`supervisor`] launches and restarts such a cluster.
 //!
 //! All bridging between tokio (iceberg's async API, signals) and the timely
 //! workers is here and in the sink's committer thread: workers call
