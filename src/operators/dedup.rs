@@ -18,6 +18,7 @@
 
 use crate::checkpoint::state::{StateCheckpoint, StateFile, route};
 use crate::time::{Time, epoch_complete, event_frontier};
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::rc::Rc;
@@ -190,29 +191,44 @@ where
                     .copied();
                 let mut data_out = data_out.activate();
                 let mut session = data_out.session(&cap);
+                // This stamp's delta: one lookup per batch, not per record.
+                let mut delta = match (&ckpt, time) {
+                    (Some(ckpt), Some(time)) => {
+                        let delta = deltas
+                            .entry(ckpt.groups.group_of(time.epoch))
+                            .or_insert_with(|| (CapabilitySet::new(), Vec::new()));
+                        if delta.1.is_empty() {
+                            delta.0.insert(cap.delayed(&time, 1));
+                        }
+                        Some(&mut delta.1)
+                    }
+                    _ => None,
+                };
                 let (mut passed, mut dropped) = (0, 0);
                 for batch in data {
                     for record in batch.drain(..) {
-                        let key = record.dedup_key();
+                        let event = record.event_ms();
+                        let expiry = event.saturating_add(ttl_ms);
                         // A repeat within the TTL of the first occurrence, in
                         // event time: decided by the records alone, never by
                         // how far the frontier happens to have moved.
-                        if seen.get(key).is_some_and(|&expiry| record.event_ms() <= expiry) {
-                            dropped += 1;
-                            continue;
-                        }
-                        let expiry = record.event_ms().saturating_add(ttl_ms);
-                        let key: Key = key.into();
-                        seen.insert(key.clone(), expiry);
-                        if let (Some(ckpt), Some(time)) = (&ckpt, time) {
-                            let group = ckpt.groups.group_of(time.epoch);
-                            let delta = deltas
-                                .entry(group)
-                                .or_insert_with(|| (CapabilitySet::new(), Vec::new()));
-                            if delta.1.is_empty() {
-                                delta.0.insert(cap.delayed(&time, 1));
+                        let key = match seen.entry(record.dedup_key().into()) {
+                            MapEntry::Occupied(e) if event <= *e.get() => {
+                                dropped += 1;
+                                continue;
                             }
-                            delta.1.push((key.clone(), expiry));
+                            MapEntry::Occupied(mut e) => {
+                                e.insert(expiry);
+                                e.key().clone()
+                            }
+                            MapEntry::Vacant(v) => {
+                                let key = v.key().clone();
+                                v.insert(expiry);
+                                key
+                            }
+                        };
+                        if let Some(delta) = delta.as_mut() {
+                            delta.push((key.clone(), expiry));
                         }
                         expiries.entry(expiry).or_default().push(key);
                         passed += 1;
@@ -229,6 +245,9 @@ where
                         break;
                     }
                     let (group, (caps, entries)) = entry.remove_entry();
+                    if entries.is_empty() {
+                        continue; // Only repeats in this group: nothing to keep.
+                    }
                     let max_expiry = entries.iter().map(|(_, x)| *x).max().unwrap_or(0);
                     let rows: Vec<(&str, u64)> = entries.iter().map(|(k, x)| (&**k, *x)).collect();
                     match ckpt
