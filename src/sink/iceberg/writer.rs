@@ -8,14 +8,17 @@
 //! it holds a capability for the group, so the committer cannot consider the
 //! group complete while any worker still has rows for it.
 //!
-//! A write that fails keeps the rows and the capability and is retried: the
-//! job may stall on a full disk, but it never commits a group without them.
+//! The rows stay in memory until the group is staged: a write that fails
+//! keeps them and the capability, and the whole group is written again a
+//! second later (a failed attempt's files are orphans, removed at the next
+//! recovery). The job may stall on a full disk, but it never commits a group
+//! without its rows.
 
 use super::schema::{RowContext, TableRow};
 use crate::time::{Time, epoch_complete};
 use iceberg::spec::{DataFile, DataFileFormat, Literal, PartitionKey, Struct, serialize_data_file_to_json};
 use iceberg::table::Table;
-use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
@@ -94,16 +97,94 @@ pub struct TableWriter<R> {
     pub rows: PhantomData<fn() -> R>,
 }
 
+/// An open data file writer of one day partition.
+type DayWriter = DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
+
+/// Rows encoded per Arrow batch: bounds the Arrow copy of a big group.
+const BATCH_ROWS: usize = 65_536;
+
+/// Encode a group's rows once this many are waiting, rather than all at the
+/// group's end.
+const ENCODE_EVERY: usize = 8_192;
+
+/// Open data files of one commit group, one per day partition seen so far.
+pub struct OpenFiles {
+    worker: usize,
+    group: u64,
+    days: BTreeMap<i32, DayWriter>,
+}
+
 impl<R: TableRow> TableWriter<R> {
-    /// Writes `rows` of one group as data files, one or more per day.
-    pub fn write(&self, worker: usize, group: u64, rows: &mut [R]) -> iceberg::Result<StagedFiles> {
+    /// Starts the data files of `group` on `worker`; nothing is written yet.
+    pub fn open(&self, worker: usize, group: u64) -> OpenFiles {
+        OpenFiles {
+            worker,
+            group,
+            days: BTreeMap::new(),
+        }
+    }
+
+    /// Encodes `rows` into `files` (sorting them by day partition first).
+    pub fn append(&self, files: &mut OpenFiles, rows: &mut [R]) -> iceberg::Result<()> {
+        rows.sort_by_key(|r| r.partition_day());
+        let metadata = self.table.metadata();
+        let schema = metadata.current_schema().clone();
+        let arrow_schema = Arc::new(iceberg::arrow::schema_to_arrow_schema(&schema)?);
+        self.runtime.block_on(async {
+            let mut start = 0;
+            while start < rows.len() {
+                let day = rows[start].partition_day();
+                let end = start + rows[start..].iter().take_while(|r| r.partition_day() == day).count();
+                let writer = match files.days.entry(day) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(self.open_day(files.worker, files.group, day).await?)
+                    }
+                };
+                for chunk in rows[start..end].chunks(BATCH_ROWS) {
+                    writer.write(R::to_batch(chunk, &self.ctx, &arrow_schema)).await?;
+                }
+                start = end;
+            }
+            iceberg::Result::Ok(())
+        })
+    }
+
+    async fn open_day(&self, worker: usize, group: u64, day: i32) -> iceberg::Result<DayWriter> {
         let metadata = self.table.metadata();
         let schema = metadata.current_schema().clone();
         let spec = metadata.default_partition_spec().as_ref().clone();
-        let partition_type = spec.partition_type(&schema)?;
-        let arrow_schema = Arc::new(iceberg::arrow::schema_to_arrow_schema(&schema)?);
+        let key = PartitionKey::new(spec, schema.clone(), Struct::from_iter([Some(Literal::date(day))]));
+        let names = DefaultFileNameGenerator::new(
+            format!("{}-{}-w{worker}-g{group}-d{day}", self.job, self.run_id),
+            // Unique per attempt: a retry never reuses a failed attempt's names.
+            Some(uuid::Uuid::new_v4().simple().to_string()[..8].to_string()),
+            DataFileFormat::Parquet,
+        );
         let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+        let rolling = RollingFileWriterBuilder::new(
+            ParquetWriterBuilder::new(props, schema),
+            self.target_file_size,
+            self.table.file_io().clone(),
+            DefaultLocationGenerator::new(metadata)?,
+            names,
+        );
+        DataFileWriterBuilder::new(rolling).build(Some(key)).await
+    }
 
+    /// Closes `files` and describes them for the committer; `rows` are all
+    /// the group's rows (for the counts and produce times).
+    pub fn close(&self, files: OpenFiles, rows: &[R]) -> iceberg::Result<StagedFiles> {
+        let metadata = self.table.metadata();
+        let schema = metadata.current_schema().clone();
+        let partition_type = metadata.default_partition_spec().partition_type(&schema)?;
+        let mut data_files: Vec<DataFile> = Vec::new();
+        self.runtime.block_on(async {
+            for (_, mut writer) in files.days {
+                data_files.extend(writer.close().await?);
+            }
+            iceberg::Result::Ok(())
+        })?;
         let mut produce: Vec<i64> = rows.iter().map(|r| r.produce_ms()).collect();
         produce.sort_unstable();
         let mut produce_ms: Vec<(i64, u32)> = Vec::new();
@@ -113,42 +194,6 @@ impl<R: TableRow> TableWriter<R> {
                 _ => produce_ms.push((ms, 1)),
             }
         }
-        let total = rows.len() as u64;
-        rows.sort_by_key(|r| r.partition_day());
-
-        let mut data_files: Vec<DataFile> = Vec::new();
-        self.runtime.block_on(async {
-            let mut start = 0;
-            while start < rows.len() {
-                let day = rows[start].partition_day();
-                let end = start + rows[start..].iter().take_while(|r| r.partition_day() == day).count();
-                let key = PartitionKey::new(
-                    spec.clone(),
-                    schema.clone(),
-                    Struct::from_iter([Some(Literal::date(day))]),
-                );
-                let names = DefaultFileNameGenerator::new(
-                    format!("{}-{}-w{worker}-g{group}-d{day}", self.job, self.run_id),
-                    None,
-                    DataFileFormat::Parquet,
-                );
-                let rolling = RollingFileWriterBuilder::new(
-                    ParquetWriterBuilder::new(props.clone(), schema.clone()),
-                    self.target_file_size,
-                    self.table.file_io().clone(),
-                    DefaultLocationGenerator::new(metadata)?,
-                    names,
-                );
-                let mut writer = DataFileWriterBuilder::new(rolling).build(Some(key)).await?;
-                // Bounded batches keep the Arrow copy of a big group small.
-                for chunk in rows[start..end].chunks(65_536) {
-                    writer.write(R::to_batch(chunk, &self.ctx, &arrow_schema)).await?;
-                }
-                data_files.extend(writer.close().await?);
-                start = end;
-            }
-            iceberg::Result::Ok(())
-        })?;
         let bytes = data_files.iter().map(|f| f.file_size_in_bytes()).sum();
         let data_files = data_files
             .into_iter()
@@ -156,14 +201,33 @@ impl<R: TableRow> TableWriter<R> {
             .collect::<iceberg::Result<Vec<_>>>()?;
         Ok(StagedFiles {
             table: self.name.clone(),
-            group,
-            worker,
+            group: files.group,
+            worker: files.worker,
             data_files,
-            rows: total,
+            rows: rows.len() as u64,
             bytes,
             produce_ms,
         })
     }
+
+    /// Writes `rows` of one group as data files, one or more per day, at once.
+    pub fn write(&self, worker: usize, group: u64, rows: &mut [R]) -> iceberg::Result<StagedFiles> {
+        let mut files = self.open(worker, group);
+        self.append(&mut files, rows)?;
+        self.close(files, rows)
+    }
+}
+
+/// One commit group's rows on one worker: all of them, kept until the group
+/// is staged (so a failed write can be retried from the rows), and the data
+/// files the first `encoded` of them are already in.
+struct Pending<R> {
+    caps: CapabilitySet<Time>,
+    rows: Vec<R>,
+    encoded: usize,
+    /// `None` once an early write failed: the group is then written at once
+    /// at its end, as a retry would.
+    files: Option<OpenFiles>,
 }
 
 /// Writes a stream of rows into staged Iceberg data files.
@@ -179,7 +243,7 @@ impl<'scope, R: TableRow> WriteIceberg<'scope, R> for Stream<'scope, Time, Vec<R
         let worker = scope.index();
         self.unary_frontier(Pipeline, &name, move |_cap, info| {
             let activator = scope.activator_for(info.address);
-            let mut pending: BTreeMap<u64, (CapabilitySet<Time>, Vec<R>)> = BTreeMap::new();
+            let mut pending: BTreeMap<u64, Pending<R>> = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let Some(time) = cap.stamp().elements().iter().min_by_key(|t| t.epoch).copied() else {
@@ -187,10 +251,26 @@ impl<'scope, R: TableRow> WriteIceberg<'scope, R> for Stream<'scope, Time, Vec<R
                         return;
                     };
                     let group = writer.groups.group_of(time.epoch);
-                    let entry = pending.entry(group).or_insert_with(|| (CapabilitySet::new(), Vec::new()));
-                    entry.0.insert(cap.delayed(&time, 0));
+                    let entry = pending.entry(group).or_insert_with(|| Pending {
+                        caps: CapabilitySet::new(),
+                        rows: Vec::new(),
+                        encoded: 0,
+                        files: Some(writer.open(worker, group)),
+                    });
+                    entry.caps.insert(cap.delayed(&time, 0));
                     for batch in data {
-                        entry.1.append(batch);
+                        entry.rows.append(batch);
+                    }
+                    // Encode as rows arrive, so that closing the group at its
+                    // end (on the way to the commit) has little left to do.
+                    if entry.rows.len() - entry.encoded >= ENCODE_EVERY
+                        && let Some(files) = entry.files.as_mut()
+                    {
+                        if let Err(e) = writer.append(files, &mut entry.rows[entry.encoded..]) {
+                            tracing::warn!(table = %writer.name, group, error = %e, "writing data files failed; will write the group at its end");
+                            entry.files = None;
+                        }
+                        entry.encoded = entry.rows.len();
                     }
                 });
                 let frontier = frontier.frontier();
@@ -198,12 +278,18 @@ impl<'scope, R: TableRow> WriteIceberg<'scope, R> for Stream<'scope, Time, Vec<R
                     if !epoch_complete(frontier.iter(), *entry.key()) {
                         break;
                     }
-                    let (group, (caps, mut rows)) = entry.remove_entry();
-                    match writer.write(worker, group, &mut rows) {
-                        Ok(staged) => output.session(&caps).give(staged),
+                    let (group, mut p) = entry.remove_entry();
+                    let staged = match p.files.take() {
+                        Some(mut files) => writer
+                            .append(&mut files, &mut p.rows[p.encoded..])
+                            .and_then(|_| writer.close(files, &p.rows)),
+                        None => writer.write(worker, group, &mut p.rows),
+                    };
+                    match staged {
+                        Ok(staged) => output.session(&p.caps).give(staged),
                         Err(e) => {
                             tracing::error!(table = %writer.name, group, error = %e, "writing data files failed; retrying in 1 s");
-                            pending.insert(group, (caps, rows));
+                            pending.insert(group, p);
                             activator.activate_after(Duration::from_secs(1));
                             break;
                         }
@@ -217,6 +303,107 @@ impl<'scope, R: TableRow> WriteIceberg<'scope, R> for Stream<'scope, Time, Vec<R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::{Decimal, Exchange, Side, SourcePosition, Trade};
+
+    fn trade(id: u64, event_ms: i64) -> Trade {
+        Trade {
+            message_id: format!("binance:BTCUSDT:{id}"),
+            exchange: Exchange::Binance,
+            symbol: "BTC/USDT".into(),
+            native_symbol: "BTCUSDT".into(),
+            trade_id: id,
+            price: Decimal(Decimal::ONE),
+            quantity: Decimal(Decimal::ONE),
+            side: Side::Buy,
+            event_us: event_ms * 1000,
+            source: SourcePosition {
+                topic: 0,
+                partition: 0,
+                offset: id as i64,
+                kafka_ts_ms: event_ms + 5,
+                ingest_us: 0,
+            },
+        }
+    }
+
+    /// Message ids in the Parquet files of `staged`, read back from disk.
+    fn ids_in(staged: &StagedFiles) -> Vec<String> {
+        use arrow_array::{Array, StringArray};
+        let mut ids = Vec::new();
+        for json in &staged.data_files {
+            let v: serde_json::Value = serde_json::from_str(json).unwrap();
+            let path = v["file_path"].as_str().unwrap().trim_start_matches("file://");
+            let file = std::fs::File::open(path).unwrap();
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                .unwrap()
+                .build()
+                .unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let col = batch.column_by_name("message_id").unwrap();
+                let col = col.as_any().downcast_ref::<StringArray>().unwrap();
+                ids.extend((0..col.len()).map(|i| col.value(i).to_string()));
+            }
+        }
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn staging_in_pieces_writes_the_same_rows_as_at_once() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("k2-writer-{}", uuid::Uuid::new_v4().simple()));
+        let cfg = crate::config::IcebergConfig {
+            warehouse: dir.clone(),
+            ..Default::default()
+        };
+        let table = runtime.block_on(async {
+            let catalog = super::super::JobCatalog::open(&cfg).await.unwrap();
+            catalog.ensure_table::<Trade>("t").await.unwrap()
+        });
+        let writer = TableWriter::<Trade> {
+            name: "t".into(),
+            table,
+            job: "j".into(),
+            run_id: "r".into(),
+            target_file_size: 1 << 30,
+            groups: CommitGroups {
+                epoch_ms: 100,
+                commit_interval_ms: 100,
+            },
+            ctx: RowContext {
+                topics: Arc::new(vec!["topic".into()]),
+            },
+            runtime: runtime.handle().clone(),
+            rows: PhantomData,
+        };
+        // Three days, interleaved, in pieces of uneven size.
+        let day_ms = 86_400_000;
+        let mut rows: Vec<Trade> = (0..20_000u64)
+            .map(|i| trade(i, 1_767_225_600_000 + (i % 3) as i64 * day_ms))
+            .collect();
+        let want: Vec<String> = {
+            let mut v: Vec<String> = rows.iter().map(|t| t.message_id.clone()).collect();
+            v.sort();
+            v
+        };
+        let mut files = writer.open(0, 1);
+        for (a, b) in [(0, 7_000), (7_000, 7_001), (7_001, 20_000)] {
+            writer.append(&mut files, &mut rows[a..b]).unwrap();
+        }
+        let pieces = writer.close(files, &rows).unwrap();
+        let at_once = writer.write(0, 2, &mut rows.clone()).unwrap();
+        assert_eq!((pieces.rows, at_once.rows), (20_000, 20_000));
+        assert_eq!(pieces.data_files.len(), 3, "one file per day");
+        assert_eq!(ids_in(&pieces), want);
+        assert_eq!(ids_in(&at_once), want);
+        assert_eq!(pieces.produce_ms, at_once.produce_ms);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn groups_end_on_commit_interval_boundaries() {
