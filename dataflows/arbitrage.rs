@@ -82,7 +82,7 @@ pub fn part<'scope>(ctx: &JobContext, source: &SourceStreams<'scope>) -> Result<
 
     let (trades, dedup_state) = source.trades.clone().dedup_checkpointed(
         ctx.config.dedup.ttl_ms,
-        ctx.dedup_stats.clone(),
+        ctx.dedup_stats("arbitrage-dedup"),
         ctx.state_checkpoint("arbitrage-dedup"),
     );
     items.push(dedup_state.map(CommitItem::from));

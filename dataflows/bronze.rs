@@ -43,7 +43,7 @@ pub fn part<'scope>(ctx: &JobContext, source: &SourceStreams<'scope>) -> Stream<
     // Bronze takes every valid trade, late or not.
     let (trades, dedup_state) = source.trades.clone().concat(source.late.clone()).dedup_checkpointed(
         ctx.config.dedup.ttl_ms,
-        ctx.dedup_stats.clone(),
+        ctx.dedup_stats("dedup"),
         ctx.state_checkpoint("dedup"),
     );
     let mut by_exchange = trades.partition(2, |t: Trade| (if t.exchange == Exchange::Binance { 0 } else { 1 }, t));

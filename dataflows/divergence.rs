@@ -47,7 +47,7 @@ fn build<'scope>(ctx: &JobContext, scope: Scope<'scope, Time>) -> Result<()> {
     // `source.late` is left out: event-time operators must not see late trades.
     let (trades, dedup_state) = source.trades.clone().dedup_checkpointed(
         ctx.config.dedup.ttl_ms,
-        ctx.dedup_stats.clone(),
+        ctx.dedup_stats("divergence-dedup"),
         ctx.state_checkpoint("divergence-dedup"),
     );
     // The operator's state: the trades of the last Δ, and which of them it

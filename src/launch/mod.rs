@@ -103,8 +103,8 @@ pub struct JobContext {
     pub stop: StopSignal,
     /// Source counters.
     pub source_stats: Arc<SourceStats>,
-    /// Dedup counters.
-    pub dedup_stats: Arc<DedupStats>,
+    /// The counters of every dedup operator (see [`JobContext::dedup_stats`]).
+    pub dedup_counters: Mutex<BTreeMap<String, Arc<DedupStats>>>,
     /// Interval-join counters.
     pub join_stats: Arc<crate::operators::JoinStats>,
     /// Kafka sink counters.
@@ -135,6 +135,15 @@ impl JobContext {
     /// librdkafka consumer settings. Every override says why.
     pub fn consumer_config(&self) -> ClientConfig {
         consumer_config(&self.config)
+    }
+
+    /// The counters of the dedup operator named `operator`, shared by all
+    /// workers of the process. The run report's `duplicates` is the most any
+    /// one operator removed: in a job with two dedups over the same trades
+    /// (bronze and arbitrage), each duplicate counts once.
+    pub fn dedup_stats(&self, operator: &str) -> Arc<DedupStats> {
+        let mut counters = self.dedup_counters.lock().expect("dedup counters");
+        counters.entry(operator.to_string()).or_default().clone()
     }
 
     /// The commit-group rule of this job.
@@ -655,7 +664,7 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         runtime: handle.clone(),
         stop: stop.clone(),
         source_stats: Default::default(),
-        dedup_stats: Default::default(),
+        dedup_counters: Default::default(),
         join_stats: Default::default(),
         kafka_stats: Default::default(),
         commit_stats: Default::default(),
@@ -722,7 +731,14 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         messages: ctx.source_stats.messages.load(Ordering::Relaxed),
         trades: ctx.source_stats.trades.load(Ordering::Relaxed),
         dead_letters: ctx.source_stats.dead_letters.load(Ordering::Relaxed),
-        duplicates: ctx.dedup_stats.dropped.load(Ordering::Relaxed),
+        duplicates: ctx
+            .dedup_counters
+            .lock()
+            .expect("dedup counters")
+            .values()
+            .map(|s| s.dropped.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0),
         late: ctx.source_stats.late.load(Ordering::Relaxed),
         pairs: ctx.join_stats.pairs.load(Ordering::Relaxed),
         kafka_sent: ctx.kafka_stats.sent.load(Ordering::Relaxed),
