@@ -8,6 +8,11 @@
 //! whole state. Restoring reads all live deltas and keeps the entries whose
 //! key routes to the worker, which also re-partitions state when the number
 //! of workers changes.
+//!
+//! Operators write deltas with [`StateStore::write_in_background`]: the
+//! serialization and the fsync happen on a thread of their own while the
+//! worker goes on processing records, and the operator hands the delta to the
+//! committer (releasing its capability) only once it is durable.
 
 use crate::error::{Error, Result};
 use serde::de::DeserializeOwned;
@@ -15,6 +20,19 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
+
+/// A state delta being written on a background thread.
+#[derive(Debug)]
+pub struct BackgroundWrite {
+    rx: std::sync::mpsc::Receiver<StateFile>,
+}
+
+impl BackgroundWrite {
+    /// The delta's description, once the file is durable.
+    pub fn done(&self) -> Option<StateFile> {
+        self.rx.try_recv().ok()
+    }
+}
 
 /// One snapshot file of one operator on one worker.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -96,6 +114,44 @@ impl StateStore {
             bytes,
             max_expiry,
         })
+    }
+
+    /// Like [`StateStore::write`], on a thread of its own: serializes and
+    /// fsyncs `entries` without holding up the worker, retrying every second
+    /// if it fails (the job's next cut waits for it, as it must), and
+    /// activates `wake` when done.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_in_background<T: Serialize + Send + 'static>(
+        &self,
+        operator: &str,
+        worker: usize,
+        group: u64,
+        run_id: &str,
+        entries: Vec<T>,
+        max_expiry: u64,
+        wake: timely::scheduling::SyncActivator,
+    ) -> BackgroundWrite {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (store, operator, run_id) = (self.clone(), operator.to_string(), run_id.to_string());
+        std::thread::Builder::new()
+            .name("k2-state-writer".into())
+            .spawn(move || {
+                loop {
+                    match store.write(&operator, worker, group, &run_id, &entries, max_expiry) {
+                        Ok(file) => {
+                            let _ = tx.send(file);
+                            let _ = wake.activate();
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, group, operator, "writing state failed; retrying in 1 s");
+                            std::thread::sleep(std::time::Duration::from_secs(1));
+                        }
+                    }
+                }
+            })
+            .expect("start a state writer thread");
+        BackgroundWrite { rx }
     }
 
     /// Reads the entries of `file`.

@@ -16,7 +16,7 @@
 //! first seen in a commit group are written when the frontier passes the
 //! group, and the cut cannot commit before they are.
 
-use crate::checkpoint::state::{StateCheckpoint, StateFile, route};
+use crate::checkpoint::state::{BackgroundWrite, StateCheckpoint, StateFile, route};
 use crate::time::{Time, epoch_complete, event_frontier};
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BTreeMap, HashMap};
@@ -179,6 +179,12 @@ where
     // Keys added per commit group, with capabilities to report their delta.
     let mut deltas: BTreeMap<u64, Delta> = BTreeMap::new();
 
+    // Deltas being written, with the capabilities to report them.
+    let mut writing: Vec<(CapabilitySet<Time>, BackgroundWrite)> = Vec::new();
+    let wake = scope
+        .worker()
+        .sync_activator_for(builder.operator_info().address.to_vec());
+
     builder.build(move |_caps| {
         move |frontiers| {
             let frontier = frontiers[0].frontier();
@@ -238,7 +244,8 @@ where
                 stats.passed.fetch_add(passed, Ordering::Relaxed);
                 stats.dropped.fetch_add(dropped, Ordering::Relaxed);
             });
-            // Write the deltas of groups the frontier has passed.
+            // Write the deltas of groups the frontier has passed, off the
+            // worker thread; report each once it is durable.
             if let Some(ckpt) = &ckpt {
                 while let Some(entry) = deltas.first_entry() {
                     if !epoch_complete(frontier.iter(), *entry.key()) {
@@ -249,20 +256,25 @@ where
                         continue; // Only repeats in this group: nothing to keep.
                     }
                     let max_expiry = entries.iter().map(|(_, x)| *x).max().unwrap_or(0);
-                    let rows: Vec<(&str, u64)> = entries.iter().map(|(k, x)| (&**k, *x)).collect();
-                    match ckpt
-                        .store
-                        .write(&ckpt.operator, index, group, &ckpt.run_id, &rows, max_expiry)
-                    {
-                        Ok(file) => state_out.activate().session(&caps).give(file),
-                        Err(e) => {
-                            // Keep the capability: the cut cannot commit without this delta.
-                            tracing::error!(error = %e, group, "writing dedup state failed; retrying");
-                            deltas.insert(group, (caps, entries));
-                            break;
-                        }
-                    }
+                    let rows: Vec<(String, u64)> = entries.iter().map(|(k, x)| (k.to_string(), *x)).collect();
+                    let write = ckpt.store.write_in_background(
+                        &ckpt.operator,
+                        index,
+                        group,
+                        &ckpt.run_id,
+                        rows,
+                        max_expiry,
+                        wake.clone(),
+                    );
+                    writing.push((caps, write));
                 }
+                writing.retain(|(caps, write)| match write.done() {
+                    Some(file) => {
+                        state_out.activate().session(caps).give(file);
+                        false
+                    }
+                    None => true,
+                });
             }
             // Forget keys whose expiry the event-time frontier has passed: an
             // on-time record from now on has a later event time, so it would

@@ -1,13 +1,13 @@
 //! Logging a stream's records as operator-state deltas, for operators whose
 //! state is "the records seen and not yet expired" (the interval join).
 //!
-//! The records of each commit group are written to a delta file when the
-//! frontier passes the group, together with their timestamps, and reported
+//! The records of each commit group are written to a delta file (on a thread
+//! of its own) when the frontier passes the group, together with their timestamps, and reported
 //! to the committer; a delta stays live until all its records have expired
 //! in event time (`event + ttl`). Restoring an operator is then re-inserting
 //! the records of the live deltas: see [`read_logged`].
 
-use crate::checkpoint::state::{StateCheckpoint, StateFile};
+use crate::checkpoint::state::{BackgroundWrite, StateCheckpoint, StateFile};
 use crate::time::{Time, epoch_complete};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -37,12 +37,21 @@ where
     where
         F: Fn(&D) -> u64 + 'static,
     {
-        let index = self.scope().index();
-        self.unary_frontier(Pipeline, &format!("LogState({})", ckpt.operator), move |_cap, _info| {
+        let scope = self.scope();
+        let index = scope.index();
+        self.unary_frontier(Pipeline, &format!("LogState({})", ckpt.operator), move |_cap, info| {
+            let wake = scope.worker().sync_activator_for(info.address.to_vec());
             let mut pending: BTreeMap<u64, Pending<D>> = BTreeMap::new();
+            let mut writing: Vec<(CapabilitySet<Time>, BackgroundWrite)> = Vec::new();
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
-                    let Some(time) = cap.stamp().elements().iter().min_by_key(|t| (t.epoch, t.event)).copied() else {
+                    let Some(time) = cap
+                        .stamp()
+                        .elements()
+                        .iter()
+                        .min_by_key(|t| (t.epoch, t.event))
+                        .copied()
+                    else {
                         return;
                     };
                     let entry = pending
@@ -56,20 +65,31 @@ where
                         entry.1.extend(batch.drain(..).map(|d| (time, d)));
                     }
                 });
+                // Groups the frontier has passed are written off the worker
+                // thread, and reported once durable.
                 while let Some(entry) = pending.first_entry() {
                     if !epoch_complete(frontier.frontier().iter(), *entry.key()) {
                         break;
                     }
                     let (group, (caps, records, max_expiry)) = entry.remove_entry();
-                    match ckpt.store.write(&ckpt.operator, index, group, &ckpt.run_id, &records, max_expiry) {
-                        Ok(file) => output.session(&caps).give(file),
-                        Err(e) => {
-                            tracing::error!(error = %e, group, operator = %ckpt.operator, "writing state failed; retrying");
-                            pending.insert(group, (caps, records, max_expiry));
-                            break;
-                        }
-                    }
+                    let write = ckpt.store.write_in_background(
+                        &ckpt.operator,
+                        index,
+                        group,
+                        &ckpt.run_id,
+                        records,
+                        max_expiry,
+                        wake.clone(),
+                    );
+                    writing.push((caps, write));
                 }
+                writing.retain(|(caps, write)| match write.done() {
+                    Some(file) => {
+                        output.session(caps).give(file);
+                        false
+                    }
+                    None => true,
+                });
             }
         })
     }
