@@ -6,9 +6,7 @@
 
 mod common;
 
-use common::arb::read_topic;
 use common::*;
-use k2::record::{Exchange, SourcePosition};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -297,7 +295,7 @@ fn idle_partitions_do_not_stall_event_time_and_late_arrivals_on_them_are_kept() 
 /// repeats among them.
 #[test]
 fn late_trades_are_kept_in_late_trades_and_every_message_is_accounted_for() {
-    const ALLOWANCE_MS: i64 = 150;
+    use common::arb::ALLOWANCE_MS;
     let brokers = broker();
     let topics = topics("late");
     let dir = temp_dir("late");
@@ -327,38 +325,14 @@ fn late_trades_are_kept_in_late_trades_and_every_message_is_accounted_for() {
     let truth = read_truth(&truth_path);
 
     // What the policy decides, computed sequentially from the topics.
-    let mut on_time: Vec<String> = Vec::new();
-    let mut late: Vec<String> = Vec::new();
-    let mut malformed = 0u64;
-    for (side, (exchange, topic)) in [(Exchange::Binance, &topics.0), (Exchange::Kraken, &topics.1)]
-        .into_iter()
-        .enumerate()
-    {
-        for (partition, msgs) in read_topic(&brokers, topic) {
-            let mut max_ms: Option<i64> = None;
-            for (offset, ts, payload) in msgs {
-                let pos = SourcePosition {
-                    topic: side as u16,
-                    partition,
-                    offset,
-                    kafka_ts_ms: ts,
-                    ingest_us: 0,
-                };
-                let mut trades = Vec::new();
-                if k2::source::kafka::decode::decode(exchange, &payload, &pos, &mut trades).is_err() {
-                    malformed += 1;
-                    continue;
-                }
-                for t in trades {
-                    let ms = t.event_us.div_euclid(1000);
-                    let is_late = max_ms.is_some_and(|m| ms + ALLOWANCE_MS < m);
-                    max_ms = Some(max_ms.map_or(ms, |m| m.max(ms)));
-                    if is_late { &mut late } else { &mut on_time }.push(t.message_id);
-                }
-            }
-        }
-    }
-    late.sort();
+    let classified = common::arb::classify(&brokers, &topics);
+    let on_time: Vec<String> = classified
+        .on_time
+        .iter()
+        .flatten()
+        .map(|t| t.message_id.clone())
+        .collect();
+    let (late, malformed) = (classified.late, classified.malformed);
     assert!(late.len() > 20, "the feed has late trades: {}", late.len());
     let produced_trades: usize = truth.iter().map(|t| t.message_ids.len()).sum();
     assert_eq!(

@@ -80,17 +80,29 @@ pub struct Oracle {
     pub trades: BTreeSet<String>,
 }
 
-pub fn oracle(brokers: &str, topics: &(String, String)) -> Oracle {
-    let mut on_time: [Vec<Trade>; 2] = [vec![], vec![]];
-    let mut late = Vec::new();
-    let mut all = BTreeSet::new();
+/// The topics' trades as the late-data policy sorts them, in Kafka order.
+pub struct Classified {
+    /// On-time trades per side (Binance, Kraken), repeats included.
+    pub on_time: [Vec<Trade>; 2],
+    /// Message ids of late trades, with multiplicity, sorted.
+    pub late: Vec<String>,
+    /// Messages that do not decode.
+    pub malformed: u64,
+}
+
+/// Sorts every trade of `topics` into on time and late: late is more than
+/// [`ALLOWANCE_MS`] below the largest event time its own partition has shown.
+pub fn classify(brokers: &str, topics: &(String, String)) -> Classified {
+    let mut c = Classified {
+        on_time: [vec![], vec![]],
+        late: Vec::new(),
+        malformed: 0,
+    };
     for (side, (exchange, topic)) in [(Exchange::Binance, &topics.0), (Exchange::Kraken, &topics.1)]
         .into_iter()
         .enumerate()
     {
-        let mut seen = BTreeSet::new();
         for (partition, msgs) in read_topic(brokers, topic) {
-            // Lateness against the partition's own watermark, in offset order.
             let mut max_ms: Option<i64> = None;
             for (offset, ts, payload) in msgs {
                 let pos = SourcePosition {
@@ -102,19 +114,41 @@ pub fn oracle(brokers: &str, topics: &(String, String)) -> Oracle {
                 };
                 let mut trades = Vec::new();
                 if k2::source::kafka::decode::decode(exchange, &payload, &pos, &mut trades).is_err() {
+                    c.malformed += 1;
                     continue;
                 }
                 for t in trades {
-                    all.insert(t.message_id.clone());
                     let ms = t.event_us.div_euclid(1000);
                     let is_late = max_ms.is_some_and(|m| ms + ALLOWANCE_MS < m);
                     max_ms = Some(max_ms.map_or(ms, |m| m.max(ms)));
                     if is_late {
-                        late.push(t.message_id.clone());
-                    } else if seen.insert(t.message_id.clone()) {
-                        on_time[side].push(t);
+                        c.late.push(t.message_id);
+                    } else {
+                        c.on_time[side].push(t);
                     }
                 }
+            }
+        }
+    }
+    c.late.sort();
+    c
+}
+
+/// The whole query's result, brute force over [`classify`].
+pub fn oracle(brokers: &str, topics: &(String, String)) -> Oracle {
+    let Classified {
+        on_time: all_on_time,
+        late,
+        ..
+    } = classify(brokers, topics);
+    let mut all: BTreeSet<String> = late.iter().cloned().collect();
+    let mut on_time: [Vec<Trade>; 2] = [vec![], vec![]];
+    for (side, trades) in all_on_time.into_iter().enumerate() {
+        let mut seen = BTreeSet::new();
+        for t in trades {
+            all.insert(t.message_id.clone());
+            if seen.insert(t.message_id.clone()) {
+                on_time[side].push(t);
             }
         }
     }
@@ -140,7 +174,6 @@ pub fn oracle(brokers: &str, topics: &(String, String)) -> Oracle {
             }
         }
     }
-    late.sort();
     Oracle {
         alerts,
         late,
