@@ -241,3 +241,26 @@ impl Alert {
         .to_string()
     }
 }
+
+/// A BTC/USDT trade for unit tests: id, price as decimal text, event time.
+#[cfg(test)]
+pub(crate) fn test_trade(exchange: Exchange, id: u64, price: &str, event_ms: i64) -> Trade {
+    Trade {
+        message_id: format!("{exchange}:BTCUSDT:{id}"),
+        exchange,
+        symbol: "BTC/USDT".into(),
+        native_symbol: "BTCUSDT".into(),
+        trade_id: id,
+        price: crate::source::kafka::decode::parse_decimal(price).expect("a decimal"),
+        quantity: Decimal(Decimal::ONE),
+        side: Side::Buy,
+        event_us: event_ms * 1000,
+        source: SourcePosition {
+            topic: 0,
+            partition: 0,
+            offset: id as i64,
+            kafka_ts_ms: event_ms + 5,
+            ingest_us: 0,
+        },
+    }
+}

@@ -117,28 +117,8 @@ impl<'scope> Arbitrage<'scope> for Stream<'scope, Time, Vec<Trade>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Decimal, Side, SourcePosition};
 
-    fn trade(exchange: Exchange, id: u64, price: &str, event_ms: i64) -> Trade {
-        Trade {
-            message_id: format!("{exchange}:BTCUSDT:{id}"),
-            exchange,
-            symbol: "BTC/USDT".into(),
-            native_symbol: "BTCUSDT".into(),
-            trade_id: id,
-            price: crate::source::kafka::decode::parse_decimal(price).unwrap(),
-            quantity: Decimal(Decimal::ONE),
-            side: Side::Buy,
-            event_us: event_ms * 1000,
-            source: SourcePosition {
-                topic: 0,
-                partition: 0,
-                offset: id as i64,
-                kafka_ts_ms: event_ms + 5,
-                ingest_us: 0,
-            },
-        }
-    }
+    use crate::record::test_trade as trade;
 
     const P: ArbitrageParams = ArbitrageParams {
         delta_ms: 500,

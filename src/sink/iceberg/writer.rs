@@ -303,27 +303,10 @@ impl<'scope, R: TableRow> WriteIceberg<'scope, R> for Stream<'scope, Time, Vec<R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Decimal, Exchange, Side, SourcePosition, Trade};
+    use crate::record::{Exchange, Trade};
 
     fn trade(id: u64, event_ms: i64) -> Trade {
-        Trade {
-            message_id: format!("binance:BTCUSDT:{id}"),
-            exchange: Exchange::Binance,
-            symbol: "BTC/USDT".into(),
-            native_symbol: "BTCUSDT".into(),
-            trade_id: id,
-            price: Decimal(Decimal::ONE),
-            quantity: Decimal(Decimal::ONE),
-            side: Side::Buy,
-            event_us: event_ms * 1000,
-            source: SourcePosition {
-                topic: 0,
-                partition: 0,
-                offset: id as i64,
-                kafka_ts_ms: event_ms + 5,
-                ingest_us: 0,
-            },
-        }
+        crate::record::test_trade(Exchange::Binance, id, "1", event_ms)
     }
 
     /// Message ids in the Parquet files of `staged`, read back from disk.
