@@ -285,6 +285,8 @@ pub fn kafka_source<'scope>(
             // 1. Poll without blocking, decode, emit at the current time.
             let cap_event = caps[0].time().event;
             let mut polled = 0;
+            // Counted once per activation: the counters are shared by all workers.
+            let (mut read, mut read_bytes) = (0u64, 0u64);
             // Any consumer that filled its share may have more: run again at once.
             let mut polled_full = false;
             let per_consumer = (spec.poll_batch / consumers.len().max(1)).max(1);
@@ -333,9 +335,9 @@ pub fn kafka_source<'scope>(
                                 kafka_ts_ms: m.timestamp().to_millis().unwrap_or(0),
                                 ingest_us,
                             };
-                            spec.stats.messages.fetch_add(1, Ordering::Relaxed);
                             let payload = m.payload().unwrap_or_default();
-                            spec.stats.bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
+                            read += 1;
+                            read_bytes += payload.len() as u64;
                             let outcome = if m.payload().is_none() {
                                 Err("empty payload (tombstone)".to_string())
                             } else {
@@ -380,6 +382,10 @@ pub fn kafka_source<'scope>(
                 if polled - before_consumer >= per_consumer {
                     polled_full = true;
                 }
+            }
+            if read > 0 {
+                spec.stats.messages.fetch_add(read, Ordering::Relaxed);
+                spec.stats.bytes.fetch_add(read_bytes, Ordering::Relaxed);
             }
             if !trade_buf.is_empty() {
                 spec.stats.trades.fetch_add(trade_buf.len() as u64, Ordering::Relaxed);
