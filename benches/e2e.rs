@@ -2,7 +2,16 @@
 //!
 //! ```sh
 //! cargo bench --bench e2e -- checkpoint-cost recovery     # or: all
+//! cargo bench --bench e2e -- compare [--quick]            # K2 vs baseline, Flink, Spark
+//! cargo bench --bench e2e -- throughput | latency | profile [--quick]
+//! cargo bench --bench e2e -- scaling [--quick]            # 1 vs 2 workers, 1x2 vs 2x1 processes
 //! ```
+//!
+//! `benches/run.sh [--quick]` builds what the comparison needs, runs
+//! `compare` and writes the report (see `BENCHMARKS.md`). The comparison's
+//! scenarios live in `e2e/compare.rs`; `--quick` (or `K2_BENCH_QUICK=1`) is a
+//! smoke test of a few minutes, and `K2_BENCH_*` variables set single knobs
+//! (see [`compare::Plan::new`]).
 //!
 //! Each scenario prints a table and appends its figures to
 //! `target/bench/e2e.jsonl`. Figures are medians of repeated runs within one
@@ -12,6 +21,12 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "e2e/compare.rs"]
+mod compare;
+#[path = "e2e/measure.rs"]
+mod measure;
+#[path = "e2e/scaling.rs"]
+mod scaling;
 
 use common::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -24,9 +39,15 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
+/// The median; the mean of the middle two for an even count.
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+    let n = v.len();
+    if n.is_multiple_of(2) {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    } else {
+        v[n / 2]
+    }
 }
 
 /// Writes `count` messages per exchange, no duplicates or malformed ones.
@@ -240,14 +261,44 @@ fn recovery(brokers: &str, rate: u64) {
 }
 
 fn main() {
+    let quick = std::env::args().any(|a| a == "--quick") || std::env::var("K2_BENCH_QUICK").is_ok_and(|v| v == "1");
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    let all = args.is_empty() || args.iter().any(|a| a == "all");
+    let all = args.iter().any(|a| a == "all");
+    // Without arguments: the two engine-only scenarios, as before.
+    let default = args.is_empty();
     let want = |s: &str| all || args.iter().any(|a| a == s);
     let brokers = broker();
-    if want("checkpoint-cost") {
+    if want("checkpoint-cost") || default {
         checkpoint_cost(&brokers, 250_000);
     }
-    if want("recovery") {
+    if want("recovery") || default {
         recovery(&brokers, 20_000);
+    }
+    if want("scaling") {
+        let section = scaling::scaling(&brokers, quick);
+        std::fs::write(
+            root().join("target/bench/scaling.json"),
+            serde_json::to_string_pretty(&section).unwrap(),
+        )
+        .unwrap();
+        record(
+            "scaling",
+            json!({"summary": section["summary"], "ratios": section["ratios"]}),
+        );
+    }
+    let compare = want("compare");
+    let plan = compare::Plan::new(quick);
+    let mut sections = Vec::new();
+    if compare || want("throughput") {
+        sections.push(("throughput", compare::throughput(&brokers, &plan)));
+    }
+    if compare || want("latency") {
+        sections.push(("latency", compare::latency(&brokers, &plan)));
+    }
+    if compare || want("profile") {
+        sections.push(("profile", compare::profile(&brokers, &plan)));
+    }
+    if !sections.is_empty() {
+        compare::write_results(&plan, sections);
     }
 }

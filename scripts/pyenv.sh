@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create or refresh <repo>/.venv with the pinned packages of tests/py/requirements.txt,
-# then print the venv's python path (the only thing written to stdout).
+# Create or refresh <repo>/.venv with the pinned packages of tests/py/requirements.txt
+# (and benches/requirements.txt: matplotlib for benches/report.py), then print the venv's
+# python path (the only thing written to stdout).
 #
 #   PY="$(scripts/pyenv.sh)" && "$PY" tests/py/read_iceberg.py --help
 #
@@ -12,9 +13,10 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 req="$root/tests/py/requirements.txt"
+bench_req="$root/benches/requirements.txt"
 stamp="$venv/.k2-requirements.sha256"
 
-want="$(sha256sum "$req" | cut -d' ' -f1)"
+want="$(cat "$req" "$bench_req" | sha256sum | cut -d' ' -f1)"
 ready() { [[ -x "$venv/bin/python" && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; }
 
 if ! ready; then
@@ -29,7 +31,7 @@ if ! ready; then
       "$base" -m venv "$venv" >&2
     fi
     rm -f "$stamp"
-    PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/python" -m pip install -q -r "$req" >&2
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/python" -m pip install -q -r "$req" -r "$bench_req" >&2
     echo "$want" >"$stamp.tmp" && mv "$stamp.tmp" "$stamp"
   fi
   exec 9>&-

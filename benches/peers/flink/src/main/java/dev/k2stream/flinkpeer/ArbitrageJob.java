@@ -20,6 +20,7 @@ import org.apache.flink.api.common.typeinfo.TypeInformation;
 import org.apache.flink.api.common.typeinfo.Types;
 import org.apache.flink.api.java.functions.KeySelector;
 import org.apache.flink.connector.base.DeliveryGuarantee;
+import org.apache.flink.connector.kafka.sink.KafkaSinkBuilder;
 import org.apache.flink.connector.kafka.sink.KafkaRecordSerializationSchema;
 import org.apache.flink.connector.kafka.sink.KafkaSink;
 import org.apache.flink.connector.kafka.source.KafkaSource;
@@ -45,7 +46,8 @@ final class ArbitrageJob {
 
     static final Set<String> FLAGS = Common.union(Common.ENV_FLAGS, Set.of(
             "binance-topic", "kraken-topic", "alerts-topic", "start", "seconds", "delta-ms", "threshold-bps",
-            "fee-binance-bps", "fee-kraken-bps", "out-of-orderness-ms", "idle-ms", "delivery", "group-id", "progress-s"));
+            "fee-binance-bps", "fee-kraken-bps", "out-of-orderness-ms", "idle-ms", "delivery", "group-id", "progress-s",
+            "linger-ms"));
 
     static void run(Args a) throws Exception {
         String brokers = a.str("brokers", "127.0.0.1:9092");
@@ -64,6 +66,8 @@ final class ArbitrageJob {
         String group = a.str("group-id", "k2-flink-arbitrage");
         int parallelism = a.integer("parallelism", 2, 1);
         long progressS = a.lng("progress-s", 0, 0);
+        // The alert producer's linger.ms; -1 keeps kafka-clients' default (5 ms since Kafka 4.0).
+        long lingerMs = a.lng("linger-ms", -1, -1);
 
         StreamExecutionEnvironment env = Common.env(a);
         OffsetsInitializer startAt = start.equals("earliest") ? OffsetsInitializer.earliest() : OffsetsInitializer.latest();
@@ -91,15 +95,18 @@ final class ArbitrageJob {
                 .uid("interval-join-spread")
                 .returns(TypeInformation.of(Alert.class));
 
-        KafkaSink<Alert> sink = KafkaSink.<Alert>builder()
+        KafkaSinkBuilder<Alert> sinkBuilder = KafkaSink.<Alert>builder()
                 .setBootstrapServers(brokers)
                 .setRecordSerializer(new AlertSerializer(alertsTopic))
                 .setDeliveryGuarantee(delivery.equals("exactly-once") ? DeliveryGuarantee.EXACTLY_ONCE : DeliveryGuarantee.AT_LEAST_ONCE)
                 .setTransactionalIdPrefix("k2-flink-arb-" + Long.toHexString(System.nanoTime()))
                 // Below the broker's transaction.max.timeout.ms (15 min); Flink's default is 1 h.
                 .setProperty("transaction.timeout.ms", "600000")
-                .setProperty("client.id", "k2-flink-alerts")
-                .build();
+                .setProperty("client.id", "k2-flink-alerts");
+        if (lingerMs >= 0) {
+            sinkBuilder.setProperty("linger.ms", Long.toString(lingerMs));
+        }
+        KafkaSink<Alert> sink = sinkBuilder.build();
         alerts.sinkTo(sink).name("kafka-alerts").uid("kafka-alerts");
 
         long t0 = System.nanoTime();
