@@ -37,7 +37,9 @@ impl AlertLatency {
         AlertLatency {
             alerts: 0,
             duplicates: 0,
-            histogram: Histogram::new(3).expect("3 significant figures are valid"),
+            // Up to a day, 3 significant figures. (An auto-resizing histogram
+            // would cap `saturating_record` at its current maximum, 2047.)
+            histogram: Histogram::new_with_bounds(1, 86_400_000, 3).expect("valid bounds"),
         }
     }
 
@@ -270,6 +272,13 @@ mod tests {
         assert_eq!(l.histogram.len(), 3);
         assert_eq!(l.histogram.max(), 20);
         assert_eq!(l.histogram.min(), 5);
+        // Seconds late is recorded as such, not capped.
+        assert!(l.record(&mut seen, alert("d", 1_000).to_json().as_bytes(), 61_000));
+        assert!(
+            l.histogram.equivalent(l.histogram.max(), 60_000),
+            "{}",
+            l.histogram.max()
+        );
     }
 
     #[test]
