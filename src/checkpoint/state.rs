@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 /// A state delta being written on a background thread.
@@ -32,6 +32,42 @@ impl BackgroundWrite {
     pub fn done(&self) -> Option<StateFile> {
         self.rx.try_recv().ok()
     }
+}
+
+/// Runs `encode`, then writes and fsyncs its bytes as the delta of `target`
+/// (store, operator, worker, group, run id) on a thread of its own, retrying
+/// every second until it succeeds; then activates `wake`.
+fn background<F>(
+    target: (StateStore, String, usize, u64, String),
+    max_expiry: u64,
+    wake: timely::scheduling::SyncActivator,
+    encode: F,
+) -> BackgroundWrite
+where
+    F: FnOnce() -> (Vec<u8>, u64) + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (store, operator, worker, group, run_id) = target;
+    std::thread::Builder::new()
+        .name("k2-state-writer".into())
+        .spawn(move || {
+            let (bytes, entries) = encode();
+            loop {
+                match store.write_encoded(&operator, worker, group, &run_id, &bytes, entries, max_expiry) {
+                    Ok(file) => {
+                        let _ = tx.send(file);
+                        let _ = wake.activate();
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, group, operator, "writing state failed; retrying in 1 s");
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                    }
+                }
+            }
+        })
+        .expect("start a state writer thread");
+    BackgroundWrite { rx }
 }
 
 /// One snapshot file of one operator on one worker.
@@ -82,6 +118,16 @@ impl StateStore {
         }
     }
 
+    /// `entries` as JSON lines, the format of delta files.
+    pub fn encode<T: Serialize>(entries: &[T]) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(entries.len() * 48);
+        for e in entries {
+            serde_json::to_writer(&mut bytes, e).expect("state entries serialize");
+            bytes.push(b'\n');
+        }
+        bytes
+    }
+
     /// Writes `entries` as one delta file and describes it.
     pub fn write<T: Serialize>(
         &self,
@@ -92,26 +138,45 @@ impl StateStore {
         entries: &[T],
         max_expiry: u64,
     ) -> Result<StateFile> {
+        let bytes = Self::encode(entries);
+        self.write_encoded(
+            operator,
+            worker,
+            group,
+            run_id,
+            &bytes,
+            entries.len() as u64,
+            max_expiry,
+        )
+    }
+
+    /// Writes `bytes` ([`StateStore::encode`]d `entries` entries) as one delta
+    /// file, fsynced, and describes it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_encoded(
+        &self,
+        operator: &str,
+        worker: usize,
+        group: u64,
+        run_id: &str,
+        bytes: &[u8],
+        entries: u64,
+        max_expiry: u64,
+    ) -> Result<StateFile> {
         let rel = format!("state/{operator}-g{group}-w{worker}-{run_id}.jsonl");
         let path = self.job_dir.join(&rel);
         let dir = path.parent().expect("state folder");
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
-        let file = std::fs::File::create(&path).map_err(|e| Error::io("create", &path, e))?;
-        let mut w = BufWriter::new(file);
-        for e in entries {
-            serde_json::to_writer(&mut w, e).expect("state entries serialize");
-            w.write_all(b"\n").map_err(|e| Error::io("write", &path, e))?;
-        }
-        let file = w.into_inner().map_err(|e| Error::io("write", &path, e.into_error()))?;
+        let mut file = std::fs::File::create(&path).map_err(|e| Error::io("create", &path, e))?;
+        file.write_all(bytes).map_err(|e| Error::io("write", &path, e))?;
         file.sync_all().map_err(|e| Error::io("fsync", &path, e))?;
-        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(StateFile {
             operator: operator.to_string(),
             worker,
             group,
             path: rel,
-            entries: entries.len() as u64,
-            bytes,
+            entries,
+            bytes: bytes.len() as u64,
             max_expiry,
         })
     }
@@ -131,27 +196,29 @@ impl StateStore {
         max_expiry: u64,
         wake: timely::scheduling::SyncActivator,
     ) -> BackgroundWrite {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (store, operator, run_id) = (self.clone(), operator.to_string(), run_id.to_string());
-        std::thread::Builder::new()
-            .name("k2-state-writer".into())
-            .spawn(move || {
-                loop {
-                    match store.write(&operator, worker, group, &run_id, &entries, max_expiry) {
-                        Ok(file) => {
-                            let _ = tx.send(file);
-                            let _ = wake.activate();
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, group, operator, "writing state failed; retrying in 1 s");
-                            std::thread::sleep(std::time::Duration::from_secs(1));
-                        }
-                    }
-                }
-            })
-            .expect("start a state writer thread");
-        BackgroundWrite { rx }
+        let target = (self.clone(), operator.to_string(), worker, group, run_id.to_string());
+        background(target, max_expiry, wake, move || {
+            (Self::encode(&entries), entries.len() as u64)
+        })
+    }
+
+    /// Like [`StateStore::write_encoded`], on a thread of its own (see
+    /// [`StateStore::write_in_background`]): for entries that borrow from the
+    /// operator's state, encoded on the worker.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_encoded_in_background(
+        &self,
+        operator: &str,
+        worker: usize,
+        group: u64,
+        run_id: &str,
+        bytes: Vec<u8>,
+        entries: u64,
+        max_expiry: u64,
+        wake: timely::scheduling::SyncActivator,
+    ) -> BackgroundWrite {
+        let target = (self.clone(), operator.to_string(), worker, group, run_id.to_string());
+        background(target, max_expiry, wake, move || (bytes, entries))
     }
 
     /// Reads the entries of `file`.

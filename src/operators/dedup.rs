@@ -16,7 +16,7 @@
 //! first seen in a commit group are written when the frontier passes the
 //! group, and the cut cannot commit before they are.
 
-use crate::checkpoint::state::{BackgroundWrite, StateCheckpoint, StateFile, route};
+use crate::checkpoint::state::{BackgroundWrite, StateCheckpoint, StateFile, StateStore, route};
 use crate::time::{Time, epoch_complete, event_frontier};
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BTreeMap, HashMap};
@@ -256,13 +256,16 @@ where
                         continue; // Only repeats in this group: nothing to keep.
                     }
                     let max_expiry = entries.iter().map(|(_, x)| *x).max().unwrap_or(0);
-                    let rows: Vec<(String, u64)> = entries.iter().map(|(k, x)| (k.to_string(), *x)).collect();
-                    let write = ckpt.store.write_in_background(
+                    // Encoded here, from the shared keys (no copy of each); the
+                    // file write and fsync go to a thread of their own.
+                    let rows: Vec<(&str, u64)> = entries.iter().map(|(k, x)| (&**k, *x)).collect();
+                    let write = ckpt.store.write_encoded_in_background(
                         &ckpt.operator,
                         index,
                         group,
                         &ckpt.run_id,
-                        rows,
+                        StateStore::encode(&rows),
+                        rows.len() as u64,
                         max_expiry,
                         wake.clone(),
                     );
