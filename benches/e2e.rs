@@ -57,23 +57,6 @@ fn preload(brokers: &str, topics: &(String, String), count: u64, seed: u64) {
         .args(["--malformed", "0", "--seed", &seed.to_string(), "--quiet"]));
 }
 
-fn config(
-    dir: &Path,
-    job: &str,
-    brokers: &str,
-    topics: &(String, String),
-    epoch_ms: u64,
-    commit_ms: u64,
-) -> std::path::PathBuf {
-    let path = bronze_config(dir, job, brokers, topics, "");
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("epoch_ms = 100", &format!("epoch_ms = {epoch_ms}"))
-        .replace("commit_interval_ms = 300", &format!("commit_interval_ms = {commit_ms}"));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 fn run_bounded(config: &Path, workers: usize) -> Value {
     let out = ok(k2()
         .args(["run", "bronze", "--bounded", "-w", &workers.to_string(), "--config"])
@@ -150,7 +133,7 @@ fn checkpoint_cost(brokers: &str, per_exchange: u64) {
     for rep in 0..3 {
         for (i, commit_ms) in [1000u64, 60_000].into_iter().enumerate() {
             let dir = temp_dir(&format!("bench-ckpt-{rep}-{i}"));
-            let cfg = config(&dir, "bench", brokers, &topics, 200, commit_ms);
+            let cfg = bronze_config_timed(&dir, "bench", brokers, &topics, 200, commit_ms);
             let r = run_bounded(&cfg, 2);
             messages = r["messages"].as_u64().unwrap();
             rates[i].push(messages as f64 / r["elapsed_s"].as_f64().unwrap());
@@ -185,7 +168,7 @@ fn recovery(brokers: &str, rate: u64) {
         "0",
         "--quiet",
     ]));
-    let cfg = config(&dir, "bench", brokers, &topics, 200, 1000);
+    let cfg = bronze_config_timed(&dir, "bench", brokers, &topics, 200, 1000);
     let mut producer = produce_cmd(brokers, &topics)
         .args(["--rate", &rate.to_string(), "--duration", "75s", "--quiet"])
         .stdout(Stdio::null())

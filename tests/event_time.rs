@@ -46,22 +46,6 @@ late = "table"
     path
 }
 
-/// Message ids of a table's rows, with multiplicity, sorted (empty if the
-/// table has no snapshot yet).
-fn table_ids(dir: &Path, table: &str) -> Vec<String> {
-    let t = read_tables(dir, &[table], "message_id", false);
-    let mut ids: Vec<String> = t[0]["rows"]
-        .as_array()
-        .map(|rows| {
-            rows.iter()
-                .map(|r| r["message_id"].as_str().unwrap().to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    ids.sort();
-    ids
-}
-
 /// Asserts two sorted id lists are equal, naming a few differences if not.
 fn assert_same_ids(got: &[String], want: &[String], what: &str) {
     if got != want {

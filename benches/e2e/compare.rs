@@ -17,7 +17,7 @@
 //! Results go to `target/bench/results.json` (each scenario replaces its own
 //! section); `benches/report.py` turns them into `report.md` and PNG plots.
 
-use crate::common::{bronze_config, ok, root, temp_dir, topics};
+use crate::common::{bronze_config_timed, ok, root, temp_dir, topics};
 use crate::measure::{Tracker, Usage, broker_pid, terminate};
 use crate::{median, now_ms, record};
 use serde_json::{Value, json};
@@ -323,23 +323,6 @@ fn settle() -> f64 {
 // Throughput
 // ---------------------------------------------------------------------------
 
-fn bronze_cfg(
-    dir: &Path,
-    job: &str,
-    brokers: &str,
-    topics: &(String, String),
-    epoch_ms: u64,
-    commit_ms: u64,
-) -> PathBuf {
-    let path = bronze_config(dir, job, brokers, topics, "");
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("epoch_ms = 100", &format!("epoch_ms = {epoch_ms}"))
-        .replace("commit_interval_ms = 300", &format!("commit_interval_ms = {commit_ms}"));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 /// One bounded run of `engine` over `topics.0` (Binance; `topics.1` is empty).
 fn throughput_run(engine: &str, brokers: &str, topics: &(String, String), expected: u64, tag: &str) -> Value {
     let dir = temp_dir(&format!("bench-tp-{engine}-{tag}"));
@@ -349,7 +332,7 @@ fn throughput_run(engine: &str, brokers: &str, topics: &(String, String), expect
     let running = match engine {
         "k2-w1" | "k2-w2" => {
             // The shipped defaults: 200 ms epochs, a commit every second.
-            let cfg = bronze_cfg(&dir, "bench", brokers, topics, 200, 1000);
+            let cfg = bronze_config_timed(&dir, "bench", brokers, topics, 200, 1000);
             let mut c = k2();
             c.args([
                 "run",
@@ -566,7 +549,7 @@ pub fn throughput(brokers: &str, plan: &Plan) -> Value {
 // ---------------------------------------------------------------------------
 
 fn arbitrage_cfg(dir: &Path, brokers: &str, topics: &(String, String), alerts: &str, plan: &Plan) -> PathBuf {
-    let path = bronze_cfg(dir, "bench-arb", brokers, topics, 200, 1000);
+    let path = bronze_config_timed(dir, "bench-arb", brokers, topics, 200, 1000);
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push_str(&format!(
         "\n[arbitrage]\ndelta_ms = {}\nthreshold_bps = {}\nalerts_topic = \"{alerts}\"\nkafka_sink = \"immediate\"\n",
@@ -785,7 +768,7 @@ fn latency_run(engine: &str, brokers: &str, rate: u64, plan: &Plan) -> Value {
             spawn(c, &dir, engine)
         }
         "k2-bronze" => {
-            let cfg = bronze_cfg(&dir, "bench-lat", brokers, &topics, 200, 1000);
+            let cfg = bronze_config_timed(&dir, "bench-lat", brokers, &topics, 200, 1000);
             let mut c = k2();
             c.args(["run", "bronze", "-w", "2", "--config"]).arg(cfg);
             spawn(c, &dir, engine)
@@ -996,7 +979,7 @@ pub fn profile(brokers: &str, plan: &Plan) -> Value {
     let n = plan.messages.min(1_000_000);
     let topics = preload_binance(brokers, "bench-prof", n);
     let dir = temp_dir("bench-prof");
-    let cfg = bronze_cfg(&dir, "bench", brokers, &topics, 200, 1000);
+    let cfg = bronze_config_timed(&dir, "bench", brokers, &topics, 200, 1000);
     let data = bench_dir().join("perf-bronze.data");
     settle();
     let status = Command::new("perf")

@@ -50,13 +50,8 @@ fn messages_of(report: &Value) -> u64 {
 /// One bounded run of `layout`; its figures.
 fn run(name: &str, args: &[&str], brokers: &str, topics: &(String, String), expected: u64) -> Value {
     let dir = temp_dir("bench-scaling");
-    let config = bronze_config(&dir, "scaling", brokers, topics, "");
     // The shipped defaults: 200 ms epochs, a commit every second.
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("epoch_ms = 100", "epoch_ms = 200")
-        .replace("commit_interval_ms = 300", "commit_interval_ms = 1000");
-    std::fs::write(&config, text).unwrap();
+    let config = bronze_config_timed(&dir, "scaling", brokers, topics, 200, 1000);
     let mut cmd = Command::new(k2_path());
     cmd.args(args)
         .arg("--bounded")

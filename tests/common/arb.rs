@@ -251,16 +251,7 @@ pub fn engine_output(dir: &Path) -> (BTreeMap<String, i64>, Vec<String>) {
     let n = alerts.len();
     let alerts: BTreeMap<String, i64> = alerts.into_iter().collect();
     assert_eq!(n, alerts.len(), "an alert was committed twice");
-    let l = read_tables(dir, &["late_trades"], "message_id", false);
-    let mut late: Vec<String> = l[0]["rows"]
-        .as_array()
-        .map(|rows| {
-            rows.iter()
-                .map(|r| r["message_id"].as_str().unwrap().to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    late.sort();
+    let late = table_ids(dir, "late_trades");
     (alerts, late)
 }
 

@@ -128,6 +128,39 @@ dir = "{}"
     path
 }
 
+/// [`bronze_config`] with other epoch and commit intervals.
+pub fn bronze_config_timed(
+    dir: &Path,
+    job: &str,
+    brokers: &str,
+    topics: &(String, String),
+    epoch_ms: u64,
+    commit_ms: u64,
+) -> PathBuf {
+    let path = bronze_config(dir, job, brokers, topics, "");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("epoch_ms = 100", &format!("epoch_ms = {epoch_ms}"))
+        .replace("commit_interval_ms = 300", &format!("commit_interval_ms = {commit_ms}"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The sorted message ids of `table` (none while the table has no snapshot).
+pub fn table_ids(dir: &Path, table: &str) -> Vec<String> {
+    let t = read_tables(dir, &[table], "message_id", false);
+    let mut ids: Vec<String> = t[0]["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| r["message_id"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
 /// One line of a producer truth file.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct Truth {
