@@ -85,10 +85,15 @@ pub fn ensure_broker(brokers: &str) -> Result<()> {
     eprintln!("no Kafka broker at {brokers}; starting the local one (scripts/kafka.sh start)…");
     let status = std::process::Command::new(repo_root().join("scripts/kafka.sh"))
         .arg("start")
+        // It prints the bootstrap address on stdout, which is the demo's.
+        .stdout(std::process::Stdio::null())
         .status()
         .context("run scripts/kafka.sh")?;
     if !status.success() || !broker_up(brokers) {
-        bail!("could not start a Kafka broker at {brokers}; see `scripts/kafka.sh logs`");
+        bail!(
+            "could not start a Kafka broker at {brokers}; see `scripts/kafka.sh logs` \
+             (a store full of old test topics starts slowly: `scripts/kafka.sh wipe` empties it)"
+        );
     }
     Ok(())
 }

@@ -7,6 +7,9 @@
 #   scripts/kafka.sh start                install if needed, format once, start, wait until healthy
 #   scripts/kafka.sh stop                 graceful stop (SIGTERM), SIGKILL after a timeout
 #   scripts/kafka.sh restart
+#   scripts/kafka.sh wipe                 stop and delete every topic's data (tests and benchmarks
+#                                         leave theirs behind; a broker with thousands of them
+#                                         starts slowly)
 #   scripts/kafka.sh status [--deep]      exit 0 if our broker is healthy, else 1; one line
 #   scripts/kafka.sh logs [N|-f]          tail the broker's server.log
 #   scripts/kafka.sh topics               list topics
@@ -379,6 +382,7 @@ main() {
         start) cmd_start ;;
         stop) cmd_stop ;;
         restart) cmd_stop; exec 9>&-; cmd_start ;;
+        wipe) cmd_stop; rm -rf "$DATA"; log "deleted $DATA; the next start formats a fresh store" ;;
         status) cmd_status "$@" ;;
         logs) cmd_logs "$@" ;;
         topics) cmd_topics ;;
