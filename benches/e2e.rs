@@ -156,18 +156,7 @@ fn checkpoint_cost(brokers: &str, per_exchange: u64) {
 fn recovery(brokers: &str, rate: u64) {
     let topics = topics("bench-recovery");
     let dir = temp_dir("bench-recovery");
-    ok(k2().args([
-        "produce",
-        "--brokers",
-        brokers,
-        "--binance-topic",
-        &topics.0,
-        "--kraken-topic",
-        &topics.1,
-        "--count",
-        "0",
-        "--quiet",
-    ]));
+    ok(produce_cmd(brokers, &topics).args(["--count", "0", "--quiet"]));
     let cfg = bronze_config_timed(&dir, "bench", brokers, &topics, 200, 1000);
     let mut producer = produce_cmd(brokers, &topics)
         .args(["--rate", &rate.to_string(), "--duration", "75s", "--quiet"])

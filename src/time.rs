@@ -116,6 +116,13 @@ pub fn event_frontier<'a>(frontier: impl IntoIterator<Item = &'a Time>) -> u64 {
     frontier.into_iter().map(|t| t.event).min().unwrap_or(u64::MAX)
 }
 
+/// The element of a message's stamp that its records are held at and that
+/// capabilities are delayed to: the least by `(epoch, event)`. `None` for an
+/// empty stamp.
+pub fn stamp_time<'a>(stamp: impl IntoIterator<Item = &'a Time>) -> Option<Time> {
+    stamp.into_iter().min().copied()
+}
+
 /// The least epoch over `frontier`, or `None` when it is empty (finished).
 pub fn epoch_frontier<'a>(frontier: impl IntoIterator<Item = &'a Time>) -> Option<u64> {
     frontier.into_iter().map(|t| t.epoch).min()

@@ -17,7 +17,7 @@
 //! Results go to `target/bench/results.json` (each scenario replaces its own
 //! section); `benches/report.py` turns them into `report.md` and PNG plots.
 
-use crate::common::{bronze_config_timed, ok, root, temp_dir, topics};
+use crate::common::{bronze_config_timed, k2, k2_path, ok, produce_cmd, root, temp_dir, topics};
 use crate::measure::{Tracker, Usage, broker_pid, terminate};
 use crate::{median, now_ms, record};
 use serde_json::{Value, json};
@@ -59,7 +59,8 @@ fn selected(engine: &str) -> bool {
     std::env::var("K2_BENCH_ENGINES").map_or(true, |v| v.split(',').any(|e| e.trim() == engine))
 }
 
-fn env_u64(name: &str) -> Option<u64> {
+/// A `K2_BENCH_*` knob from the environment, if set and a number.
+pub fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok()?.parse().ok()
 }
 
@@ -154,26 +155,6 @@ fn bench_dir() -> PathBuf {
     let d = root().join("target/bench");
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// The k2 binary: `$K2_BENCH_K2` (benches/run.sh points it at a private copy,
-/// so that others' builds cannot swap it mid-run), else cargo's.
-fn k2_path() -> PathBuf {
-    std::env::var_os("K2_BENCH_K2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_k2")))
-}
-
-fn k2() -> Command {
-    Command::new(k2_path())
-}
-
-/// `k2 produce` into `topics` (4 partitions); callers add the feed's flags.
-fn produce_cmd(brokers: &str, topics: &(String, String)) -> Command {
-    let mut cmd = k2();
-    cmd.args(["produce", "--brokers", brokers, "--binance-topic", &topics.0])
-        .args(["--kraken-topic", &topics.1, "--partitions", "4"]);
-    cmd
 }
 
 fn flink() -> Command {

@@ -11,9 +11,10 @@
 //! ```
 
 use crate::common::*;
+use crate::compare::env_u64;
 use crate::measure::{Tracker, broker_pid};
+use crate::median;
 use serde_json::{Value, json};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -23,21 +24,6 @@ const LAYOUTS: [(&str, &[&str]); 3] = [
     ("1 process x 2 workers", &["run", "bronze", "-w", "2"]),
     ("2 processes x 1 worker", &["cluster", "bronze", "-n", "2", "-w", "1"]),
 ];
-
-fn k2_path() -> PathBuf {
-    std::env::var_os("K2_BENCH_K2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_k2")))
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok()?.parse().ok()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 /// Messages the run read: one report, or the sum over a cluster's processes.
 fn messages_of(report: &Value) -> u64 {

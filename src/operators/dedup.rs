@@ -17,7 +17,7 @@
 //! group, and the cut cannot commit before they are.
 
 use crate::checkpoint::state::{BackgroundWrite, StateCheckpoint, StateFile, StateStore, route};
-use crate::time::{Time, epoch_complete, event_frontier};
+use crate::time::{Time, epoch_complete, event_frontier, stamp_time};
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
@@ -189,12 +189,7 @@ where
         move |frontiers| {
             let frontier = frontiers[0].frontier();
             input.for_each_stamp(|cap, data| {
-                let time = cap
-                    .stamp()
-                    .elements()
-                    .iter()
-                    .min_by_key(|t| (t.epoch, t.event))
-                    .copied();
+                let time = stamp_time(cap.stamp().iter());
                 let mut data_out = data_out.activate();
                 let mut session = data_out.session(&cap);
                 // This stamp's delta: one lookup per batch, not per record.

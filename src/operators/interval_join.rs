@@ -611,7 +611,7 @@ fn update_gauge(gauge: &AtomicU64, before: usize, after: usize) {
 /// elements (below it a record is late). `None` for an empty stamp.
 fn stamp_time(cap: &InputCapability<Time>) -> Option<(Time, u64)> {
     let stamp = cap.stamp();
-    let time = *stamp.iter().min()?;
+    let time = crate::time::stamp_time(stamp.iter())?;
     let least_event = stamp.iter().map(|t| t.event).min()?;
     Some((time, least_event))
 }

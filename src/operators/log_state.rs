@@ -8,7 +8,7 @@
 //! the records of the live deltas: see [`read_logged`].
 
 use crate::checkpoint::state::{BackgroundWrite, StateCheckpoint, StateFile};
-use crate::time::{Time, epoch_complete};
+use crate::time::{Time, epoch_complete, stamp_time};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -45,13 +45,7 @@ where
             let mut writing: Vec<(CapabilitySet<Time>, BackgroundWrite)> = Vec::new();
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
-                    let Some(time) = cap
-                        .stamp()
-                        .elements()
-                        .iter()
-                        .min_by_key(|t| (t.epoch, t.event))
-                        .copied()
-                    else {
+                    let Some(time) = stamp_time(cap.stamp().iter()) else {
                         return;
                     };
                     let entry = pending

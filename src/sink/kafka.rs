@@ -15,7 +15,7 @@
 //!   a zombie producer of an older instance.
 
 use crate::error::{Error, Result};
-use crate::time::{Time, epoch_complete};
+use crate::time::{Time, epoch_complete, stamp_time};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -172,13 +172,7 @@ impl<'scope, D: ToKafka + timely::ExchangeData> PublishKafka<'scope, D> for Stre
             let mut pending: BTreeMap<u64, (CapabilitySet<Time>, Vec<KafkaRecord>)> = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
-                    let Some(time) = cap
-                        .stamp()
-                        .elements()
-                        .iter()
-                        .min_by_key(|t| (t.epoch, t.event))
-                        .copied()
-                    else {
+                    let Some(time) = stamp_time(cap.stamp().iter()) else {
                         return;
                     };
                     let entry = pending

@@ -198,37 +198,12 @@ pub fn produce_part(brokers: &str, topics: &(String, String), seed: u64, count: 
 /// Alert ids in `topic` as a `read_committed` consumer sees them, with
 /// repeats: every partition is read to its end (the last stable offset).
 pub fn committed_alert_ids(brokers: &str, topic: &str) -> Vec<String> {
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "k2-test-alerts")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..4 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-    }
-    c.assign(&tpl).unwrap();
-    let (mut ids, mut at_end) = (Vec::new(), BTreeSet::new());
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while at_end.len() < 4 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "alerts topic not read to its end in 60 s"
-        );
-        match c.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) => {
-                let v: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-                ids.push(v["alert_id"].as_str().unwrap().to_string());
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                at_end.insert(p);
-            }
-            Some(Err(e)) => panic!("reading {topic}: {e}"),
-            None => {}
-        }
-    }
+    let mut ids = Vec::new();
+    k2::metrics::read_topic_to_end(brokers, topic, true, Duration::from_secs(60), |payload, _| {
+        let v: Value = serde_json::from_slice(payload).unwrap();
+        ids.push(v["alert_id"].as_str().unwrap().to_string());
+    })
+    .unwrap_or_else(|e| panic!("reading {topic}: {e}"));
     ids
 }
 

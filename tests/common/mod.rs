@@ -14,9 +14,17 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The k2 binary under test.
+/// The k2 binary under test: cargo's, or `$K2_BENCH_K2` (benches/run.sh
+/// points it at a private copy, so that others' builds cannot swap it mid-run).
+pub fn k2_path() -> PathBuf {
+    std::env::var_os("K2_BENCH_K2")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_k2")))
+}
+
+/// A command running the k2 binary under test.
 pub fn k2() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_k2"))
+    Command::new(k2_path())
 }
 
 fn run_script(script: &str, args: &[&str]) -> String {

@@ -15,7 +15,7 @@
 //! without its rows.
 
 use super::schema::{RowContext, TableRow};
-use crate::time::{Time, epoch_complete};
+use crate::time::{Time, epoch_complete, stamp_time};
 use iceberg::spec::{DataFile, DataFileFormat, Literal, PartitionKey, Struct, serialize_data_file_to_json};
 use iceberg::table::Table;
 use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
@@ -246,7 +246,7 @@ impl<'scope, R: TableRow> WriteIceberg<'scope, R> for Stream<'scope, Time, Vec<R
             let mut pending: BTreeMap<u64, Pending<R>> = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
-                    let Some(time) = cap.stamp().elements().iter().min_by_key(|t| t.epoch).copied() else {
+                    let Some(time) = stamp_time(cap.stamp().iter()) else {
                         tracing::error!(table = %writer.name, "records without a timestamp; K2 sources always stamp records");
                         return;
                     };
