@@ -97,3 +97,38 @@ impl TimelyArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_cluster_flags_are_clear_errors() {
+        let args = |processes, process, hostfile: Option<PathBuf>| TimelyArgs {
+            workers: 2,
+            processes,
+            process,
+            hostfile,
+        };
+        let err = args(2, 2, None).to_config().err().unwrap().to_string();
+        assert!(err.contains("process 2 is not in 0..2"), "{err}");
+
+        let dir = std::env::temp_dir().join(format!("k2-hosts-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let hosts = dir.join("hosts");
+        std::fs::write(&hosts, "# two hosts\n10.0.0.1:2101\n\n10.0.0.2:2101\n").unwrap();
+        assert_eq!(
+            args(2, 1, Some(hosts.clone())).addresses().unwrap(),
+            vec!["10.0.0.1:2101", "10.0.0.2:2101"]
+        );
+        let err = args(3, 0, Some(hosts)).to_config().err().unwrap().to_string();
+        assert!(err.contains("lists 2 hosts for 3 processes"), "{err}");
+        let err = args(2, 0, Some(dir.join("missing")))
+            .to_config()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("missing"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
