@@ -3,7 +3,7 @@
 # for K2 Stream's developers and tests. The jars come from Maven Central through
 # Maven (scripts/kafka/pom.xml); nothing else is downloaded.
 #
-#   scripts/kafka.sh install              fetch the jars into var/kafka/lib (no-op when done)
+#   scripts/kafka.sh install              fetch the jars into $K2_CACHE/kafka/lib (no-op when done)
 #   scripts/kafka.sh start                install if needed, format once, start, wait until healthy
 #   scripts/kafka.sh stop                 graceful stop (SIGTERM), SIGKILL after a timeout
 #   scripts/kafka.sh restart
@@ -21,7 +21,8 @@
 #   K2_KAFKA_PORT             PLAINTEXT port                  (default 9092)
 #   K2_KAFKA_CONTROLLER_PORT  KRaft controller port           (default K2_KAFKA_PORT+1)
 #   K2_KAFKA_DIR              state: config, data, logs, pid  (default <repo>/var/kafka)
-#   K2_KAFKA_LIB              jars, shared by all dirs        (default <repo>/var/kafka/lib)
+#   K2_KAFKA_LIB              jars, shared by all dirs        (default $K2_CACHE/kafka/lib)
+#   K2_CACHE                  download cache                  (default ~/.cache/k2)
 #   K2_KAFKA_HEAP             broker max heap                 (default 512m)
 #   K2_KAFKA_START_TIMEOUT    seconds to wait for health      (default 90)
 #   K2_KAFKA_STOP_TIMEOUT     seconds before SIGKILL          (default 30)
@@ -47,7 +48,8 @@ abspath() { # absolute path of $1 (need not exist), relative paths against $PWD
     case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac
 }
 KDIR=$(abspath "${K2_KAFKA_DIR:-$REPO_ROOT/var/kafka}")
-LIB=$(abspath "${K2_KAFKA_LIB:-$REPO_ROOT/var/kafka/lib}")
+CACHE=$(abspath "${K2_CACHE:-$HOME/.cache/k2}")
+LIB=$(abspath "${K2_KAFKA_LIB:-$CACHE/kafka/lib}")
 CONF="$KDIR/server.properties"
 DATA="$KDIR/data"
 LOGS="$KDIR/logs"
