@@ -3,6 +3,10 @@
 # for K2 Stream's developers and tests. The jars come from Maven Central through
 # Maven (scripts/kafka/pom.xml); nothing else is downloaded.
 #
+# Two client listeners: PLAINTEXT (the default for everything) and SASL_SSL (TLS with a
+# self-signed CA made here by keytool, SCRAM-SHA-512 user `k2` with a random password
+# kept in <dir>/sasl/k2.password, mode 600), for testing clients on the secure path.
+#
 #   scripts/kafka.sh install              fetch the jars into $K2_CACHE/kafka/lib (no-op when done)
 #   scripts/kafka.sh start                install if needed, format once, start, wait until healthy
 #   scripts/kafka.sh stop                 graceful stop (SIGTERM), SIGKILL after a timeout
@@ -14,13 +18,20 @@
 #   scripts/kafka.sh logs [N|-f]          tail the broker's server.log
 #   scripts/kafka.sh topics               list topics
 #   scripts/kafka.sh create-topic NAME [PARTITIONS]   (replication factor 1; ok if it exists)
-#   scripts/kafka.sh bootstrap            print host:port
+#   scripts/kafka.sh bootstrap            print host:port (PLAINTEXT)
+#   scripts/kafka.sh sasl-bootstrap       print host:port of the SASL_SSL listener
+#   scripts/kafka.sh sasl-config          print librdkafka client properties for SASL_SSL, one
+#                                         key=value a line, including sasl.password (a secret)
+#   scripts/kafka.sh sasl-java-config     print the path of a Java client properties file for
+#                                         SASL_SSL (for --command-config / --producer.config)
 #   scripts/kafka.sh classpath            print the classpath (to run other Kafka tools)
 #
 # Environment (all optional):
 #   K2_KAFKA_PORT             PLAINTEXT port                  (default 9092)
 #   K2_KAFKA_CONTROLLER_PORT  KRaft controller port           (default K2_KAFKA_PORT+1)
-#   K2_KAFKA_DIR              state: config, data, logs, pid  (default <repo>/var/kafka)
+#   K2_KAFKA_SASL_PORT        SASL_SSL port                   (default K2_KAFKA_PORT+2)
+#   K2_KAFKA_DIR              state: config, data, TLS and SASL files, logs, pid
+#                                                             (default <repo>/var/kafka)
 #   K2_KAFKA_LIB              jars, shared by all dirs        (default $K2_CACHE/kafka/lib)
 #   K2_CACHE                  download cache                  (default ~/.cache/k2)
 #   K2_KAFKA_HEAP             broker max heap                 (default 512m)
@@ -38,8 +49,12 @@ TOOLS_LOG4J="$SCRIPT_DIR/kafka/tools-log4j2.properties"
 PORT=${K2_KAFKA_PORT:-9092}
 [[ $PORT =~ ^[1-9][0-9]{0,4}$ ]] || { echo "kafka.sh: bad K2_KAFKA_PORT: $PORT" >&2; exit 1; }
 CTRL_PORT=${K2_KAFKA_CONTROLLER_PORT:-$((PORT + 1))}
+SASL_PORT=${K2_KAFKA_SASL_PORT:-$((PORT + 2))}
 HOST=127.0.0.1
 BOOTSTRAP="$HOST:$PORT"
+SASL_BOOTSTRAP="$HOST:$SASL_PORT"
+SCRAM_MECHANISM=SCRAM-SHA-512
+SCRAM_USER=k2
 HEAP=${K2_KAFKA_HEAP:-512m}
 START_TIMEOUT=${K2_KAFKA_START_TIMEOUT:-90}
 STOP_TIMEOUT=${K2_KAFKA_STOP_TIMEOUT:-30}
@@ -51,6 +66,10 @@ KDIR=$(abspath "${K2_KAFKA_DIR:-$REPO_ROOT/var/kafka}")
 CACHE=$(abspath "${K2_CACHE:-$HOME/.cache/k2}")
 LIB=$(abspath "${K2_KAFKA_LIB:-$CACHE/kafka/lib}")
 CONF="$KDIR/server.properties"
+TLS="$KDIR/tls"           # CA and broker keystore (made once by ensure_tls)
+SASL="$KDIR/sasl"         # the SCRAM user's password and client configs (mode 600)
+PASSWORD_FILE="$SASL/$SCRAM_USER.password"
+SCRAM_STAMP="$SASL/scram-user.stamp"
 DATA="$KDIR/data"
 LOGS="$KDIR/logs"
 PIDFILE="$KDIR/kafka.pid"
@@ -154,20 +173,43 @@ api_ok() {
 
 port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
-deep_ok() { # the admin client can fetch metadata (a JVM: ~2 s)
+# The SASL_SSL listener: a TLS handshake that verifies the broker's certificate
+# against our CA and 127.0.0.1 (as clients do), then the same ApiVersions request,
+# which Kafka answers before SASL authentication. ~0.4 s (the sleep keeps the
+# connection open for the answer). Without openssl: only that the port is open.
+sasl_ok() {
+    if ! command -v openssl >/dev/null 2>&1; then port_open "$SASL_PORT"; return; fi
+    [[ -s $TLS/ca.pem ]] || return 1
+    local out
+    # No pipefail verdict here: `head` may cut s_client off; the bytes decide.
+    out=$({ printf '\x00\x00\x00\x0c\x00\x12\x00\x00\x00\x00\x00\x2a\x00\x02k2'; sleep 0.4; } |
+        timeout 5 openssl s_client -quiet -no_ign_eof -connect "$SASL_BOOTSTRAP" -CAfile "$TLS/ca.pem" \
+            -verify_return_error -verify_ip "$HOST" 2>/dev/null | head -c 10 | od -An -tx1) || true
+    out=${out//[[:space:]]/}
+    [[ ${out:8:12} == 0000002a0000 ]]
+}
+
+deep_ok() { # the admin client can fetch metadata, on both listeners (JVMs: ~2 s each)
     TOOL_TIMEOUT=20 run_tool org.apache.kafka.tools.TopicCommand \
-        --bootstrap-server "$BOOTSTRAP" --list >/dev/null 2>&1
+        --bootstrap-server "$BOOTSTRAP" --list >/dev/null 2>&1 || return 1
+    # SASL_SSL: TLS verified against our CA and SCRAM-SHA-512 login as $SCRAM_USER.
+    TOOL_TIMEOUT=20 run_tool org.apache.kafka.tools.TopicCommand \
+        --bootstrap-server "$SASL_BOOTSTRAP" --command-config "$SASL/client.properties" --list >/dev/null 2>&1
 }
 
 cmd_status() {
     local pid
     if pid=$(our_pid); then
         if api_ok; then
-            if [[ ${1:-} == --deep ]] && ! deep_ok; then
-                echo "unhealthy: pid $pid answers ApiVersions on $BOOTSTRAP but the admin client cannot list topics"
+            if ! sasl_ok; then
+                echo "unhealthy: pid $pid answers on $BOOTSTRAP but not on SASL_SSL $SASL_BOOTSTRAP (TLS checked with $TLS/ca.pem; started by an older kafka.sh? try: $0 restart)"
                 return 1
             fi
-            echo "running: Kafka $KAFKA_VERSION pid $pid, healthy on $BOOTSTRAP (dir $KDIR)"
+            if [[ ${1:-} == --deep ]] && ! deep_ok; then
+                echo "unhealthy: pid $pid answers ApiVersions on $BOOTSTRAP and $SASL_BOOTSTRAP but the admin client cannot list topics on both (SASL_SSL as $SCRAM_USER)"
+                return 1
+            fi
+            echo "running: Kafka $KAFKA_VERSION pid $pid, healthy on $BOOTSTRAP (PLAINTEXT) and $SASL_BOOTSTRAP (SASL_SSL) (dir $KDIR)"
             return 0
         fi
         echo "unhealthy: pid $pid is running but $BOOTSTRAP does not answer Kafka requests (see: $0 logs)"
@@ -192,17 +234,31 @@ take_lock() {
 }
 
 write_config() {
-    cat >"$CONF.tmp" <<EOF
+    local storepass; storepass=$(<"$TLS/store.pass")
+    # umask 077: the file holds the keystore's password.
+    (umask 077 && cat >"$CONF.tmp") <<EOF
 # Written by scripts/kafka.sh on every start; edits here are overwritten.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$HOST:$CTRL_PORT
-listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CTRL_PORT
-advertised.listeners=PLAINTEXT://$HOST:$PORT
+listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CTRL_PORT,SASL_SSL://$HOST:$SASL_PORT
+advertised.listeners=PLAINTEXT://$HOST:$PORT,SASL_SSL://$HOST:$SASL_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
 log.dirs=$DATA
+
+# SASL_SSL: TLS with the keystore made by ensure_tls (no client certificates), then
+# SCRAM-SHA-512; the users live in the metadata log (added by StorageTool format
+# --add-scram, or at runtime by ensure_scram_user). No authorizer: every
+# authenticated user may do everything, as on PLAINTEXT.
+sasl.enabled.mechanisms=$SCRAM_MECHANISM
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$TLS/broker.p12
+ssl.keystore.password=$storepass
+ssl.key.password=$storepass
+ssl.client.auth=none
 
 # A single node: every internal topic has one replica.
 num.partitions=4
@@ -223,6 +279,97 @@ EOF
     mv "$CONF.tmp" "$CONF"
 }
 
+# ---------------------------------------------------------------- TLS and SCRAM
+
+random_secret() { # 24 characters of [A-Za-z0-9_-] (18 random bytes)
+    head -c 18 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'
+}
+
+keytool_bin() {
+    local j; j=$(java_bin)
+    if [[ -x ${j%/java}/keytool ]]; then printf '%s\n' "${j%/java}/keytool"; return; fi
+    command -v keytool >/dev/null 2>&1 || die "keytool not found (part of the JDK; needed once, for the TLS listener)"
+    command -v keytool
+}
+
+# A self-signed CA and the broker's keystore (PKCS12, EC P-256, 10 years, signed
+# by the CA), made once per broker dir with the JDK's keytool. SANs: IP 127.0.0.1
+# (Java clients, OpenSSL 3's SSL_set1_host as librdkafka calls it), DNS 127.0.0.1
+# (OpenSSL's plain host-name check, e.g. `s_client -verify_hostname 127.0.0.1`,
+# fails without it) and DNS localhost. Clients trust $TLS/ca.pem. The store password is random, in
+# $TLS/store.pass (mode 600), and reaches keytool through the environment only.
+ensure_tls() {
+    [[ -s $TLS/broker.p12 && -s $TLS/ca.pem && -s $TLS/store.pass ]] && return 0
+    local kt tmp="$TLS.tmp.$$" ktlog="$LOGS/keytool.log"
+    kt=$(keytool_bin)
+    rm -rf "$tmp"
+    (umask 077 && mkdir -p "$tmp" && random_secret >"$tmp/store.pass")
+    log "making a self-signed CA and the broker's TLS keystore in $TLS"
+    local -x K2_STOREPASS
+    K2_STOREPASS=$(<"$tmp/store.pass")
+    {
+        "$kt" -genkeypair -alias ca -keyalg EC -groupname secp256r1 -validity 3650 \
+            -dname "CN=K2 Stream local Kafka CA" -ext bc:c -ext ku:c=keyCertSign,cRLSign \
+            -storetype PKCS12 -keystore "$tmp/ca.p12" -storepass:env K2_STOREPASS &&
+        "$kt" -exportcert -rfc -alias ca -keystore "$tmp/ca.p12" -storepass:env K2_STOREPASS -file "$tmp/ca.pem" &&
+        "$kt" -genkeypair -alias broker -keyalg EC -groupname secp256r1 -validity 3650 \
+            -dname "CN=$HOST" -storetype PKCS12 -keystore "$tmp/broker.p12" -storepass:env K2_STOREPASS &&
+        "$kt" -certreq -alias broker -keystore "$tmp/broker.p12" -storepass:env K2_STOREPASS -file "$tmp/broker.csr" &&
+        "$kt" -gencert -rfc -alias ca -keystore "$tmp/ca.p12" -storepass:env K2_STOREPASS -validity 3650 \
+            -ext "SAN=ip:$HOST,dns:$HOST,dns:localhost" -ext ku:c=digitalSignature,keyAgreement -ext eku=serverAuth \
+            -infile "$tmp/broker.csr" -outfile "$tmp/broker.pem" &&
+        "$kt" -importcert -noprompt -alias ca -file "$tmp/ca.pem" -keystore "$tmp/broker.p12" -storepass:env K2_STOREPASS &&
+        "$kt" -importcert -noprompt -alias broker -file "$tmp/broker.pem" -keystore "$tmp/broker.p12" -storepass:env K2_STOREPASS
+    } >"$ktlog" 2>&1 8>&- 9>&- || { rm -rf "$tmp"; cat "$ktlog" >&2; die "keytool failed (output: $ktlog)"; }
+    rm -f "$tmp/broker.csr"
+    chmod 644 "$tmp/ca.pem"
+    rm -rf "$TLS"
+    mv "$tmp" "$TLS"
+}
+
+# The SCRAM user's password (made once per broker dir, never logged) and the
+# Java client config that carries it.
+ensure_credentials() {
+    if [[ ! -s $PASSWORD_FILE ]]; then
+        (umask 077 && mkdir -p "$SASL" && random_secret >"$PASSWORD_FILE.tmp" && mv "$PASSWORD_FILE.tmp" "$PASSWORD_FILE")
+    fi
+    chmod 700 "$SASL"
+    chmod 600 "$PASSWORD_FILE"
+    local pw; pw=$(<"$PASSWORD_FILE")
+    # For Kafka's Java clients and tools (--command-config, --producer.config, ...).
+    (umask 077 && cat >"$SASL/client.properties.tmp") <<EOF
+# Written by scripts/kafka.sh; SASL_SSL settings for Kafka's Java clients. Secret.
+security.protocol=SASL_SSL
+sasl.mechanism=$SCRAM_MECHANISM
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$SCRAM_USER" password="$pw";
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS/ca.pem
+EOF
+    mv "$SASL/client.properties.tmp" "$SASL/client.properties"
+}
+
+# What $SCRAM_STAMP holds once the user exists in this store with this password:
+# the store's directory.id (new at every format) and the password file's hash.
+scram_stamp() {
+    printf '%s %s\n' "$(sed -n 's/^directory\.id=//p' "$DATA/meta.properties" 2>/dev/null)" \
+        "$(sha256sum "$PASSWORD_FILE" | cut -d' ' -f1)"
+}
+
+# A store formatted before kafka.sh had SASL_SSL (or whose password file was
+# replaced) lacks the user. Re-formatting would delete its topics, so the user is
+# added to the running broker instead, over PLAINTEXT with Kafka's ConfigCommand
+# (AlterUserScramCredentials; idempotent). New stores get it at format time.
+ensure_scram_user() {
+    if [[ -f $SCRAM_STAMP && "$(cat "$SCRAM_STAMP")" == "$(scram_stamp)" ]]; then return 0; fi
+    log "adding SCRAM user $SCRAM_USER to the running broker (its store predates the user)"
+    local pw; pw=$(<"$PASSWORD_FILE")
+    run_tool org.apache.kafka.tools.ConfigCommand --bootstrap-server "$BOOTSTRAP" --alter \
+        --entity-type users --entity-name "$SCRAM_USER" \
+        --add-config "$SCRAM_MECHANISM=[iterations=8192,password=$pw]" >>"$LOGS/scram.log" 2>&1 \
+        || { tail -n 20 "$LOGS/scram.log" >&2; die "could not add SCRAM user $SCRAM_USER (see $LOGS/scram.log)"; }
+    scram_stamp >"$SCRAM_STAMP"
+}
+
 cluster_id() { # 16 random bytes in Kafka's Uuid form (base64url, 22 chars, no leading '-')
     local id
     while :; do
@@ -238,19 +385,25 @@ format_once() {
     local cid
     if [[ -s $KDIR/cluster.id ]]; then cid=$(<"$KDIR/cluster.id"); else cid=$(cluster_id); fi
     printf '%s\n' "$cid" >"$KDIR/cluster.id"
-    log "formatting KRaft store $DATA (cluster id $cid)"
-    run_tool kafka.tools.StorageTool format -t "$cid" -c "$CONF" --ignore-formatted >>"$LOGS/format.log" 2>&1 \
+    log "formatting KRaft store $DATA (cluster id $cid, SCRAM user $SCRAM_USER)"
+    local pw; pw=$(<"$PASSWORD_FILE")
+    run_tool kafka.tools.StorageTool format -t "$cid" -c "$CONF" --ignore-formatted \
+        --add-scram "$SCRAM_MECHANISM=[name=$SCRAM_USER,iterations=8192,password=$pw]" >>"$LOGS/format.log" 2>&1 \
         || { cat "$LOGS/format.log" >&2; die "formatting $DATA failed"; }
+    chmod 600 "$LOGS/format.log" # it lists the user's salted SCRAM keys
+    scram_stamp >"$SCRAM_STAMP"
 }
 
 cmd_start() {
-    check_port "$PORT"; check_port "$CTRL_PORT"
-    [[ $PORT != "$CTRL_PORT" ]] || die "K2_KAFKA_PORT and K2_KAFKA_CONTROLLER_PORT must differ"
+    check_port "$PORT"; check_port "$CTRL_PORT"; check_port "$SASL_PORT"
+    [[ $PORT != "$CTRL_PORT" && $PORT != "$SASL_PORT" && $CTRL_PORT != "$SASL_PORT" ]] \
+        || die "K2_KAFKA_PORT, K2_KAFKA_CONTROLLER_PORT and K2_KAFKA_SASL_PORT must differ"
     cmd_install quiet
     take_lock
     local pid
     if pid=$(our_pid); then
         if api_ok; then
+            sasl_ok || die "pid $pid runs without a working SASL_SSL listener on $SASL_BOOTSTRAP (started by an older kafka.sh?); run: $0 restart"
             log "already running (pid $pid)"
             echo "$BOOTSTRAP"
             return 0
@@ -262,15 +415,17 @@ cmd_start() {
     fi
     rm -f "$PIDFILE"
     local p
-    for p in "$PORT" "$CTRL_PORT"; do
+    for p in "$PORT" "$CTRL_PORT" "$SASL_PORT"; do
         if port_open "$p"; then
             if api_ok "$p"; then
                 die "a Kafka broker not started from $KDIR already answers on $HOST:$p"
             fi
-            die "port $p is in use by another process (set K2_KAFKA_PORT / K2_KAFKA_CONTROLLER_PORT)"
+            die "port $p is in use by another process (set K2_KAFKA_PORT / K2_KAFKA_CONTROLLER_PORT / K2_KAFKA_SASL_PORT)"
         fi
     done
     mkdir -p "$DATA" "$LOGS"
+    ensure_tls
+    ensure_credentials
     write_config
     format_once
 
@@ -302,17 +457,18 @@ cmd_start() {
         tail -n 10 "$LOGS/kafka.out" >&2 2>/dev/null || true
         die "Kafka did not become healthy within ${START_TIMEOUT}s"
     fi
-    log "started Kafka $KAFKA_VERSION (pid $pid) in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')s; bootstrap $BOOTSTRAP; logs $LOGS"
+    ensure_scram_user
+    log "started Kafka $KAFKA_VERSION (pid $pid) in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')s; bootstrap $BOOTSTRAP, SASL_SSL $SASL_BOOTSTRAP; logs $LOGS"
     echo "$BOOTSTRAP"
 }
 
-# Healthy = answers ApiVersions, and (when a log mark is given) has logged
-# "Kafka Server started" since the mark, i.e. it is also unfenced.
+# Healthy = answers ApiVersions on both client listeners, and (when a log mark is
+# given) has logged "Kafka Server started" since the mark, i.e. it is also unfenced.
 wait_healthy() {
     local pid=$1 mark=$2 deadline=$((SECONDS + START_TIMEOUT))
     while ((SECONDS < deadline)); do
         kill -0 "$pid" 2>/dev/null || { log "broker process $pid exited"; return 1; }
-        if api_ok; then
+        if api_ok && sasl_ok; then
             if [[ -z $mark ]] || tail -c +$((mark + 1)) "$LOGS/server.log" 2>/dev/null | grep -q 'Kafka Server started'; then
                 return 0
             fi
@@ -363,6 +519,21 @@ cmd_topics() {
     run_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" --list
 }
 
+need_credentials() {
+    [[ -s $PASSWORD_FILE && -s $TLS/ca.pem ]] || die "no SASL_SSL credentials in $KDIR yet (run: $0 start)"
+}
+
+cmd_sasl_config() { # librdkafka properties; prints the password: for tests and tools, never for logs
+    need_credentials
+    printf '%s\n' \
+        "bootstrap.servers=$SASL_BOOTSTRAP" \
+        "security.protocol=SASL_SSL" \
+        "sasl.mechanisms=$SCRAM_MECHANISM" \
+        "sasl.username=$SCRAM_USER" \
+        "sasl.password=$(<"$PASSWORD_FILE")" \
+        "ssl.ca.location=$TLS/ca.pem"
+}
+
 cmd_create_topic() {
     local name=${1:-} parts=${2:-4}
     [[ -n $name ]] || die "usage: $0 create-topic NAME [PARTITIONS]"
@@ -390,6 +561,9 @@ main() {
         topics) cmd_topics ;;
         create-topic) cmd_create_topic "$@" ;;
         bootstrap) echo "$BOOTSTRAP" ;;
+        sasl-bootstrap) echo "$SASL_BOOTSTRAP" ;;
+        sasl-config) cmd_sasl_config ;;
+        sasl-java-config) need_credentials; echo "$SASL/client.properties" ;;
         classpath) cmd_install quiet; classpath ;;
         help | -h | --help) usage ;;
         *) usage >&2; exit 2 ;;
