@@ -189,12 +189,17 @@ sasl_ok() {
     [[ ${out:8:12} == 0000002a0000 ]]
 }
 
+# SASL_SSL with a Java client: TLS verified against our CA, SCRAM-SHA-512 login as
+# $SCRAM_USER, then metadata (a JVM: ~2 s).
+sasl_login_ok() {
+    TOOL_TIMEOUT=20 run_tool org.apache.kafka.tools.TopicCommand \
+        --bootstrap-server "$SASL_BOOTSTRAP" --command-config "$SASL/client.properties" --list >/dev/null 2>&1
+}
+
 deep_ok() { # the admin client can fetch metadata, on both listeners (JVMs: ~2 s each)
     TOOL_TIMEOUT=20 run_tool org.apache.kafka.tools.TopicCommand \
         --bootstrap-server "$BOOTSTRAP" --list >/dev/null 2>&1 || return 1
-    # SASL_SSL: TLS verified against our CA and SCRAM-SHA-512 login as $SCRAM_USER.
-    TOOL_TIMEOUT=20 run_tool org.apache.kafka.tools.TopicCommand \
-        --bootstrap-server "$SASL_BOOTSTRAP" --command-config "$SASL/client.properties" --list >/dev/null 2>&1
+    sasl_login_ok
 }
 
 cmd_status() {
@@ -359,14 +364,34 @@ scram_stamp() {
 # replaced) lacks the user. Re-formatting would delete its topics, so the user is
 # added to the running broker instead, over PLAINTEXT with Kafka's ConfigCommand
 # (AlterUserScramCredentials; idempotent). New stores get it at format time.
+#
+# Kafka 4.4.0 bug, reproduced here on fresh stores: once any SCRAM user has been
+# deleted (a RemoveUserScramCredentialRecord in the metadata log), every later
+# restart comes up with NO SCRAM users at all, though the controller logs replaying
+# each record. A user deleted by someone, even another one, would therefore lock
+# $SCRAM_USER out at the next start: when this start's log shows such a replay,
+# the user is added again (a JVM and a login check, ~5 s; otherwise nothing runs).
 ensure_scram_user() {
-    if [[ -f $SCRAM_STAMP && "$(cat "$SCRAM_STAMP")" == "$(scram_stamp)" ]]; then return 0; fi
-    log "adding SCRAM user $SCRAM_USER to the running broker (its store predates the user)"
+    local mark=${1:-0} why
+    if ! [[ -f $SCRAM_STAMP && "$(cat "$SCRAM_STAMP")" == "$(scram_stamp)" ]]; then
+        why="its store predates the user"
+    elif tail -c +$((mark + 1)) "$LOGS/server.log" 2>/dev/null | grep -q 'Replayed RemoveUserScramCredentialRecord'; then
+        why="a SCRAM user was once deleted, and Kafka 4.4 then forgets all of them on restart"
+    else
+        return 0
+    fi
+    log "adding SCRAM user $SCRAM_USER to the running broker ($why)"
     local pw; pw=$(<"$PASSWORD_FILE")
     run_tool org.apache.kafka.tools.ConfigCommand --bootstrap-server "$BOOTSTRAP" --alter \
         --entity-type users --entity-name "$SCRAM_USER" \
         --add-config "$SCRAM_MECHANISM=[iterations=8192,password=$pw]" >>"$LOGS/scram.log" 2>&1 \
         || { tail -n 20 "$LOGS/scram.log" >&2; die "could not add SCRAM user $SCRAM_USER (see $LOGS/scram.log)"; }
+    # The broker learns the credential from the metadata log a moment later.
+    local deadline=$((SECONDS + 30))
+    until sasl_login_ok; do
+        ((SECONDS < deadline)) || die "SCRAM user $SCRAM_USER was added but cannot log in on $SASL_BOOTSTRAP"
+        sleep 1
+    done
     scram_stamp >"$SCRAM_STAMP"
 }
 
@@ -457,7 +482,7 @@ cmd_start() {
         tail -n 10 "$LOGS/kafka.out" >&2 2>/dev/null || true
         die "Kafka did not become healthy within ${START_TIMEOUT}s"
     fi
-    ensure_scram_user
+    ensure_scram_user "$logmark"
     log "started Kafka $KAFKA_VERSION (pid $pid) in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')s; bootstrap $BOOTSTRAP, SASL_SSL $SASL_BOOTSTRAP; logs $LOGS"
     echo "$BOOTSTRAP"
 }
