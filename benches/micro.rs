@@ -4,6 +4,7 @@
 //! cargo bench --bench micro                 # everything, ~2-3 minutes on 2 cores
 //! cargo bench --bench micro -- decode       # only the groups matching a filter
 //! cargo bench --bench micro -- join_memory  # bytes of interval-join state per live record and key
+//! cargo bench --bench micro -- dedup_memory # bytes of dedup state per live key
 //! ```
 //!
 //! | group               | what one iteration does                                                  |
@@ -14,6 +15,7 @@
 //! | `interval_join`     | a 1-worker dataflow joining Binance × Kraken trades by symbol, Δ = 500 ms |
 //! | `parquet_write`     | `TableWriter::write` of 100k trades into a local Iceberg table           |
 //! | `join_memory`       | filling a [`JoinState`] with trades; first prints its heap bytes per live record and per live key |
+//! | `dedup_memory`      | filling a [`DedupState`] with trades; first prints its heap bytes per live key (a trade id it remembers), for numbered trades and for plain ids |
 //!
 //! Every input comes from the deterministic [`Feed`] (the generator shared
 //! with `k2 produce` and the tests) and is generated once, outside the timed
@@ -27,8 +29,8 @@
 
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use k2::feed::{Feed, FeedConfig};
-use k2::operators::dedup::DedupStats;
-use k2::operators::{Dedup, IntervalJoin, JoinState, JoinStats};
+use k2::operators::dedup::{DedupState, DedupStats};
+use k2::operators::{Dedup, DedupId, DedupKey, DedupParams, IntervalJoin, JoinState, JoinStats};
 use k2::record::{Exchange, SourcePosition, Trade};
 use k2::sink::iceberg::writer::{CommitGroups, TableWriter};
 use k2::sink::iceberg::{JobCatalog, RowContext};
@@ -191,7 +193,6 @@ fn decode_all(exchange: Exchange, msgs: &[Vec<u8>], pos: &SourcePosition, out: &
 
 fn bench_dedup(c: &mut Criterion) {
     const MESSAGES_PER_EXCHANGE: usize = 40_000;
-    const TTL_MS: u64 = 60_000;
     // Both exchanges on one clock, 1 ms per message each: ~100k trades over
     // 40 s of event time, so a 60 s TTL keeps every key (as the 10 min TTL of
     // the default config does in a short run).
@@ -233,7 +234,7 @@ fn bench_dedup(c: &mut Criterion) {
                 let s = stats.clone();
                 timely::execute_directly(move |worker| {
                     worker.dataflow::<Time, _, _>(|scope| {
-                        replay(scope, batches).dedup(TTL_MS, s);
+                        replay(scope, batches).dedup(DedupParams::default(), s);
                     });
                 });
                 let passed = stats.passed.load(Ordering::Relaxed) as usize;
@@ -371,6 +372,7 @@ fn bench_parquet_write(c: &mut Criterion) {
         catalog.load("bronze_binance_trades").await.expect("load table")
     });
     let writer = TableWriter::<Trade> {
+        backpressure: Default::default(),
         name: "bronze_binance_trades".into(),
         table,
         job: "micro".into(),
@@ -567,12 +569,91 @@ fn bench_join_memory(c: &mut Criterion) {
     group.finish();
 }
 
+/// A record of the dedup memory benchmark: numbered (`stream`, `seq`) or by
+/// `id`, as a trade's message id is.
+struct Key {
+    stream: String,
+    seq: u64,
+    id: Option<String>,
+}
+
+impl DedupKey for Key {
+    fn dedup_id(&self) -> DedupId<'_> {
+        match &self.id {
+            Some(id) => DedupId::Id(id),
+            None => DedupId::Sequenced {
+                stream: &self.stream,
+                seq: self.seq,
+            },
+        }
+    }
+    fn event_us(&self) -> u64 {
+        T0_US as u64 + self.seq
+    }
+}
+
+/// A dedup state that has seen `per_stream` trades of each of `streams`
+/// symbols: by sequence number, or (`by_id`) by message id.
+fn fill_dedup_state(streams: usize, per_stream: u64, by_id: bool) -> DedupState {
+    let mut state = DedupState::default();
+    let params = DedupParams {
+        retention_us: u64::MAX / 2,
+        max_gaps: 100_000,
+    };
+    for s in 0..streams {
+        let stream = format!("binance:S{s:06}USDT");
+        for i in 0..per_stream {
+            let seq = 148_234_072 + i;
+            let id = by_id.then(|| format!("{stream}:{seq}"));
+            let key = Key {
+                stream: stream.clone(),
+                seq,
+                id,
+            };
+            assert!(state.observe(&key, &params).first);
+        }
+    }
+    state
+}
+
+fn bench_dedup_memory(c: &mut Criterion) {
+    let mut group = c.benchmark_group("dedup_memory");
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    let mut printed = false;
+    group.bench_function("fill_1k_streams_x_100", |b| {
+        if !printed {
+            printed = true;
+            // A live key is a trade id dedup would recognise as a repeat.
+            for (streams, per_stream) in [(1_000, 1_000), (100, 100_000), (10_000, 100)] {
+                for by_id in [false, true] {
+                    let (bytes, state) = heap_bytes(|| fill_dedup_state(streams, per_stream, by_id));
+                    let live = if by_id { state.ids() as u64 } else { state.numbers() };
+                    assert_eq!(live, streams as u64 * per_stream);
+                    eprintln!(
+                        "dedup_memory: {:<9} {streams:>6} streams x {per_stream:>6} trades: {:>8.1} MiB, {:>7.2} bytes per live key",
+                        if by_id { "by id" } else { "by number" },
+                        bytes as f64 / (1 << 20) as f64,
+                        bytes as f64 / live as f64,
+                    );
+                }
+            }
+        }
+        b.iter(|| fill_dedup_state(1_000, 100, false))
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_decode,
     bench_dedup,
     bench_interval_join,
     bench_parquet_write,
-    bench_join_memory
+    bench_join_memory,
+    bench_dedup_memory
 );
 criterion_main!(benches);

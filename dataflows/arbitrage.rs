@@ -28,7 +28,7 @@ const PREPARE: Option<fn(&k2::config::Config) -> Result<()>> = Some(prepare);
 /// record's timestamp is its arrival, where event-to-alert latency ends.
 pub fn prepare(config: &k2::config::Config) -> Result<()> {
     k2::sink::kafka::ensure_topic(
-        &config.kafka.brokers,
+        &config.kafka,
         &config.arbitrage.alerts_topic,
         4,
         &[("message.timestamp.type", "LogAppendTime")],
@@ -61,38 +61,45 @@ fn build<'scope>(ctx: &JobContext, scope: Scope<'scope, Time>) -> Result<()> {
 pub fn part<'scope>(ctx: &JobContext, source: &SourceStreams<'scope>) -> Result<Stream<'scope, Time, Vec<CommitItem>>> {
     let cfg = &ctx.config.arbitrage;
     let params = ArbitrageParams {
-        delta_ms: cfg.delta_ms,
+        delta_us: cfg.delta_ms * 1000,
         binance_fee_bps: cfg.fees_bps.binance,
         kraken_fee_bps: cfg.fees_bps.kraken,
         threshold_bps: cfg.threshold_bps,
     };
     let mut items: Vec<Stream<'scope, Time, Vec<CommitItem>>> = Vec::new();
 
+    // Dedup first, in Kafka order, then route late trades away: the first
+    // copy of a trade decides, whatever the layout.
+    let (trades, dedup_state) = source.trades.clone().dedup_checkpointed(
+        ctx.config.dedup.params(),
+        ctx.dedup_stats("arbitrage-dedup"),
+        ctx.state_checkpoint("arbitrage-dedup"),
+    );
+    items.push(dedup_state.map(CommitItem::from));
+    let mut sides = trades.partition(3, |t: Trade| {
+        let side = match (t.late, t.exchange) {
+            (true, _) => 2,
+            (false, Exchange::Binance) => 0,
+            (false, Exchange::Kraken) => 1,
+        };
+        (side, t)
+    });
+    let late = sides.pop().expect("three outputs");
+    let kraken = sides.pop().expect("three outputs");
+    let binance = sides.pop().expect("three outputs");
+
     // Late trades never enter the event-time operators.
     match cfg.late {
         LatePolicy::Table => items.push(
-            source
-                .late
-                .clone()
-                .write_iceberg(ctx.table_writer::<Trade>("late_trades"))
+            late.write_iceberg(ctx.table_writer::<Trade>("late_trades"))
                 .map(CommitItem::from),
         ),
         LatePolicy::Drop => {} // counted by the source (`late` in the run report)
     }
 
-    let (trades, dedup_state) = source.trades.clone().dedup_checkpointed(
-        ctx.config.dedup.ttl_ms,
-        ctx.dedup_stats("arbitrage-dedup"),
-        ctx.state_checkpoint("arbitrage-dedup"),
-    );
-    items.push(dedup_state.map(CommitItem::from));
-    let mut sides = trades.partition(2, |t: Trade| (if t.exchange == Exchange::Binance { 0 } else { 1 }, t));
-    let kraken = sides.pop().expect("two sides");
-    let binance = sides.pop().expect("two sides");
-
     // The join's state is the trades of the last Δ: log them per cut, and
     // start from the logged trades of the restored checkpoint.
-    let expiry = move |t: &Trade| ((t.event_us.max(0) / 1000) as u64).saturating_add(params.delta_ms + 1);
+    let expiry = move |t: &Trade| t.event_time().saturating_add(params.delta_us + 1);
     let (left_ckpt, right_ckpt) = (
         ctx.state_checkpoint("join-binance"),
         ctx.state_checkpoint("join-kraken"),
@@ -116,7 +123,7 @@ pub fn part<'scope>(ctx: &JobContext, source: &SourceStreams<'scope>) -> Result<
     );
     match cfg.kafka_sink {
         KafkaSinkMode::Immediate => {
-            alerts.publish_kafka(&ctx.config.kafka.brokers, &cfg.alerts_topic, ctx.kafka_stats.clone())?;
+            alerts.publish_kafka(&ctx.config.kafka, &cfg.alerts_topic, ctx.kafka_stats.clone())?;
         }
         KafkaSinkMode::Transactional => {
             items.push(

@@ -41,8 +41,8 @@ fn build<'scope>(ctx: &JobContext, scope: Scope<'scope, Time>) -> Result<()> {
 /// The bronze part of a job reading `source`: what it hands the committer.
 pub fn part<'scope>(ctx: &JobContext, source: &SourceStreams<'scope>) -> Stream<'scope, Time, Vec<CommitItem>> {
     // Bronze takes every valid trade, late or not.
-    let (trades, dedup_state) = source.trades.clone().concat(source.late.clone()).dedup_checkpointed(
-        ctx.config.dedup.ttl_ms,
+    let (trades, dedup_state) = source.trades.clone().dedup_checkpointed(
+        ctx.config.dedup.params(),
         ctx.dedup_stats("dedup"),
         ctx.state_checkpoint("dedup"),
     );

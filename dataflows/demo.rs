@@ -56,6 +56,9 @@ pub fn report_json(r: &RunReport) -> serde_json::Value {
         "dead_letters": r.dead_letters,
         "duplicates_removed": r.duplicates,
         "late": r.late,
+        "future": r.future,
+        "control": r.control,
+        "partitions_added": r.partitions_added,
         "pairs": r.pairs,
         "kafka_sent": r.kafka_sent,
         "snapshots": r.snapshots,
@@ -131,7 +134,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     let options = RunOptions {
         stop: stop.clone(),
         ready: Some(ready.clone()),
-        reset: None,
+        ..RunOptions::default()
     };
     let timely = TimelyArgs {
         workers: args.workers,

@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use timely::dataflow::channels::pact;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::vec::{Filter, Map};
 use timely::dataflow::operators::{CapabilitySet, Concat, OkErr};
 use timely::dataflow::{Scope, Stream};
 
@@ -44,16 +44,17 @@ pub const DIVERGENCE: Dataflow = Dataflow {
 
 fn build<'scope>(ctx: &JobContext, scope: Scope<'scope, Time>) -> Result<()> {
     let source = ctx.kafka_source(scope)?;
-    // `source.late` is left out: event-time operators must not see late trades.
     let (trades, dedup_state) = source.trades.clone().dedup_checkpointed(
-        ctx.config.dedup.ttl_ms,
+        ctx.config.dedup.params(),
         ctx.dedup_stats("divergence-dedup"),
         ctx.state_checkpoint("divergence-dedup"),
     );
+    // Late trades are left out: event-time operators must not see them.
+    let trades = trades.filter(|t: &Trade| !t.late);
     // The operator's state: the trades of the last Δ, and which of them it
     // compared. Log both per cut, and start from those of the restored cut.
-    let max_age_ms = ctx.config.arbitrage.delta_ms;
-    let expiry = move |event_us: i64| (event_us.max(0) / 1000) as u64 + max_age_ms + 1;
+    let max_age_us = ctx.config.arbitrage.delta_ms * 1000;
+    let expiry = move |event_us: i64| event_us.max(0) as u64 + max_age_us + 1;
     let (given_ckpt, done_ckpt) = (
         ctx.state_checkpoint("divergence-trades"),
         ctx.state_checkpoint("divergence-compared"),
@@ -104,14 +105,14 @@ fn divergence<'scope>(
     trades: Stream<'scope, Time, Vec<Trade>>,
     (given, done): Restored,
 ) -> Stream<'scope, Time, Vec<Out>> {
-    let (max_age_ms, threshold_bps) = (ctx.config.arbitrage.delta_ms, ctx.config.arbitrage.threshold_bps);
+    let (max_age_us, threshold_bps) = (ctx.config.arbitrage.delta_ms * 1000, ctx.config.arbitrage.threshold_bps);
     let (first_epoch, stop) = (ctx.first_epoch, ctx.stop.clone());
     let (index, peers) = (trades.scope().index(), trades.scope().peers());
     let done: HashSet<Key> = done.into_iter().map(|(_, key)| key).collect();
     // Logged entries expire at `event + Δ + 1`; those the restored cut's event
     // frontier had passed are dead, and their `done` keys may be gone already.
-    let frontier = ctx.restored.as_ref().and_then(|m| m.event_frontier_ms).unwrap_or(0);
-    let live = |t: &Trade| event_ms(t) + max_age_ms + 1 > frontier;
+    let frontier = ctx.restored.as_ref().and_then(|m| m.event_frontier_us).unwrap_or(0);
+    let live = |t: &Trade| t.event_time() + max_age_us + 1 > frontier;
     let mine = given
         .into_iter()
         .filter(|(_, t)| key_worker(&t.symbol, peers) == index && live(t));
@@ -144,12 +145,12 @@ fn divergence<'scope>(
             // No on-time trade below the frontier's event time can still come:
             // compare those, in event-time order.
             let horizon = event_frontier(frontier.frontier().iter());
-            while let Some(entry) = pending.first_entry().filter(|e| event_ms(&e.get().1) < horizon) {
+            while let Some(entry) = pending.first_entry().filter(|e| e.get().1.event_time() < horizon) {
                 let (key, (caps, t)) = entry.remove_entry();
                 let sides = history.entry(t.symbol.clone()).or_default();
                 let (own, other) = (t.exchange as usize, 1 - t.exchange as usize);
                 let last = sides[other].range(..&key).next_back().map(|(_, o)| o);
-                let fresh = last.filter(|o| t.event_us - o.event_us <= max_age_ms as i64 * 1000);
+                let fresh = last.filter(|o| t.event_us - o.event_us <= max_age_us as i64);
                 let mut session = output.session(&*caps);
                 if let Some(alert) = fresh.and_then(|o| alert(&t, o, threshold_bps)) {
                     session.give(Out::Alert(alert));
@@ -158,7 +159,7 @@ fn divergence<'scope>(
                 sides[own].insert(key, t);
             }
             // A trade more than Δ before the frontier is nobody's last price any more.
-            let expired = |t: &Trade| event_ms(t).saturating_add(max_age_ms) < horizon;
+            let expired = |t: &Trade| t.event_time().saturating_add(max_age_us) < horizon;
             for side in history.values_mut().flatten() {
                 while side.first_key_value().is_some_and(|(_, t)| expired(t)) {
                     side.pop_first();
@@ -188,8 +189,8 @@ fn alert(t: &Trade, other: &Trade, threshold_bps: f64) -> Option<Alert> {
         spread_millibps: (bps.abs() * 1000.0).round() as i64,
         binance_message_id: b.message_id.clone(),
         kraken_message_id: k.message_id.clone(),
-        binance_event_ms: b.event_us.div_euclid(1000),
-        kraken_event_ms: k.event_us.div_euclid(1000),
+        binance_event_us: b.event_us,
+        kraken_event_us: k.event_us,
         produce_ms: b.source.kafka_ts_ms.max(k.source.kafka_ts_ms),
         detected_us: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -199,8 +200,4 @@ fn alert(t: &Trade, other: &Trade, threshold_bps: f64) -> Option<Alert> {
 
 fn key(t: &Trade) -> Key {
     (t.event_us, t.message_id.clone())
-}
-
-fn event_ms(t: &Trade) -> u64 {
-    (t.event_us.max(0) / 1000) as u64
 }

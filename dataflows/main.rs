@@ -46,14 +46,18 @@ enum Command {
 
 #[derive(clap::Args)]
 struct CheckpointsArgs {
-    /// The job's name.
-    job: String,
-    /// Read the checkpoint folder from this config (default: .k2/checkpoints).
+    /// The job's name (default: `job.name` of the config).
+    job: Option<String>,
+    /// The job's config: its checkpoint folder, job name and catalog (default: the defaults).
     #[arg(long, short = 'c')]
     config: Option<PathBuf>,
     /// Print JSON, one manifest per line.
     #[arg(long)]
     json: bool,
+    /// Also check that every data file the tables' current snapshots
+    /// reference exists with its recorded size.
+    #[arg(long)]
+    verify: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -76,6 +80,10 @@ struct RunArgs {
     /// `latest`. Without it, a job always resumes from its last checkpoint.
     #[arg(long, value_name = "POSITION")]
     reset: Option<ResetPosition>,
+    /// Confirm a `--reset` of a job whose tables already hold rows (it says
+    /// what the reset does to them when refused).
+    #[arg(long, requires = "reset")]
+    yes: bool,
     #[command(flatten)]
     timely: TimelyArgs,
     /// Print help.
@@ -102,6 +110,9 @@ struct ClusterArgs {
     /// Discard the job's checkpoints on the first start (not on restarts).
     #[arg(long, value_name = "POSITION")]
     reset: Option<ResetPosition>,
+    /// Confirm a `--reset` of a job whose tables already hold rows.
+    #[arg(long, requires = "reset")]
+    yes: bool,
     /// First loopback port of the processes (default: free ports).
     #[arg(long)]
     base_port: Option<u16>,
@@ -126,10 +137,54 @@ fn main() {
         // Colours only for a terminal, not in log files and pipes.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    std::panic::set_hook(Box::new(one_line_panic));
     if let Err(e) = real_main() {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", chain(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes on one line, each cause once: K2's errors
+/// already show their source, and anyhow's chain would repeat it.
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// Panics as one line, without a backtrace. A timely communication thread
+/// panics when another process of the cluster dies: that is not a bug here,
+/// so it is said plainly and the process exits (the supervisor restarts the
+/// cluster from the last checkpoint).
+fn one_line_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let message = info
+        .payload()
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| info.payload().downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string());
+    let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
+    if thread.starts_with("timely") || message.contains("timely communication") {
+        eprintln!(
+            "error: lost the connection to another process of the cluster ({}); exiting",
+            message.lines().next().unwrap_or("")
+        );
+        std::process::exit(1);
+    }
+    let at = info
+        .location()
+        .map(|l| format!(" at {}:{}", l.file(), l.line()))
+        .unwrap_or_default();
+    eprintln!("error: thread `{thread}` failed{at}: {}", message.replace('\n', " "));
 }
 
 fn real_main() -> Result<()> {
@@ -147,6 +202,7 @@ fn real_main() -> Result<()> {
                     ResetPosition::Earliest => StartPosition::Earliest,
                     ResetPosition::Latest => StartPosition::Latest,
                 }),
+                reset_acknowledged: args.yes,
                 ..RunOptions::default()
             };
             let report = k2::launch::run(dataflow, config, &args.timely, options)?;
@@ -174,6 +230,12 @@ fn cluster(args: &ClusterArgs) -> Result<()> {
     registry::lookup(&args.dataflow)
         .ok_or_else(|| anyhow!("unknown dataflow `{}`; known:\n{}", args.dataflow, registry::listing()))?;
     let config = Config::load(&args.config)?;
+    if args.reset.is_some() && !args.yes {
+        anyhow::bail!(
+            "--reset discards the job's checkpoints; if its tables already hold rows, re-reading duplicates them \
+             (earliest) or skips what was not committed (latest). Add --yes to confirm"
+        );
+    }
     let spec = k2::launch::supervisor::ClusterSpec {
         program: std::env::current_exe().context("the k2 executable")?,
         dataflow: args.dataflow.clone(),
@@ -220,16 +282,19 @@ fn checkpoints(args: &CheckpointsArgs) -> Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    let dir = config.checkpoint.job_dir(&args.job);
+    let job = args.job.clone().unwrap_or_else(|| config.job.name.clone());
+    let dir = config.checkpoint.job_dir(&job);
     if !dir.exists() {
-        anyhow::bail!("no checkpoints of job `{}` in {}", args.job, dir.display());
+        anyhow::bail!("no checkpoints of job `{job}` in {}", dir.display());
     }
     let store = k2::checkpoint::ManifestStore::open(&dir)?;
     let epochs = store.epochs()?;
+    if args.verify {
+        return verify(&config, &store, &epochs);
+    }
     if !args.json {
         println!(
-            "job `{}`: {} checkpoints in {} (newest last)",
-            args.job,
+            "job `{job}`: {} checkpoints in {} (newest last)",
             epochs.len(),
             dir.display()
         );
@@ -263,6 +328,37 @@ fn checkpoints(args: &CheckpointsArgs) -> Result<()> {
                 tables.join(", ")
             }
         );
+    }
+    Ok(())
+}
+
+/// `k2 checkpoints --verify`: every data file of the tables' current
+/// snapshots (the tables the job's checkpoints name) exists, whole.
+fn verify(config: &Config, store: &k2::checkpoint::ManifestStore, epochs: &[u64]) -> Result<()> {
+    let mut tables = std::collections::BTreeSet::new();
+    for e in epochs {
+        tables.extend(store.read(*e)?.tables.into_keys());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut problems = Vec::new();
+    runtime.block_on(async {
+        let catalog = k2::sink::iceberg::JobCatalog::open(&config.iceberg).await?;
+        for table in &tables {
+            let (checked, bad) = k2::sink::iceberg::maintenance::verify_table(&catalog, table).await?;
+            println!(
+                "{}: {checked} data files checked, {} problems",
+                catalog.qualified(table),
+                bad.len()
+            );
+            problems.extend(bad.into_iter().map(|p| format!("{table}: {p}")));
+        }
+        anyhow::Ok(())
+    })?;
+    if !problems.is_empty() {
+        for p in &problems {
+            println!("  {p}");
+        }
+        anyhow::bail!("{} data files are missing or damaged", problems.len());
     }
     Ok(())
 }

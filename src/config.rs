@@ -160,8 +160,20 @@ pub struct KafkaConfig {
     pub topics: TopicsConfig,
     /// Most messages one worker polls per activation before yielding.
     pub poll_batch: usize,
+    /// librdkafka properties for every client of the job (consumers, the
+    /// alert producers, the admin client): the place for the security
+    /// settings, e.g. `"security.protocol" = "SASL_SSL"`.
+    pub client: BTreeMap<String, String>,
     /// Extra librdkafka consumer properties, passed through unchanged.
     pub consumer: BTreeMap<String, String>,
+    /// Replication factor of the topics K2 creates (the alerts topic).
+    pub replication_factor: i32,
+    /// How often a continuous job looks for partitions added to its topics,
+    /// ms: a new partition is read within about this long.
+    pub metadata_refresh_ms: u64,
+    /// How long a job waits at start for unreachable brokers before it gives
+    /// up, ms (it logs what it waits for meanwhile).
+    pub connect_timeout_ms: u64,
 }
 
 impl Default for KafkaConfig {
@@ -170,7 +182,11 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             topics: TopicsConfig::default(),
             poll_batch: 4096,
+            client: BTreeMap::new(),
             consumer: BTreeMap::new(),
+            replication_factor: 1,
+            metadata_refresh_ms: 5000,
+            connect_timeout_ms: 120_000,
         }
     }
 }
@@ -215,8 +231,20 @@ pub struct SourceConfig {
     /// A partition that is caught up and has shown nothing for this long stops
     /// holding the watermark back (see `source::kafka` for the policy).
     pub idle_timeout_ms: u64,
-    /// Where a job without a checkpoint starts: `earliest` or `latest`.
+    /// Where a job without a checkpoint starts: `earliest` or `latest`. It
+    /// applies to a partition only when the job sees it for the first time
+    /// and it existed before the job's first checkpoint; partitions added
+    /// later are always read from their first offset.
     pub start: StartPosition,
+    /// A trade whose event time lies more than this after its Kafka timestamp
+    /// never moves a watermark, ms; `future` says where it goes.
+    pub max_future_ms: u64,
+    /// `late`: bronze keeps such a trade, event-time operators treat it as
+    /// late; `dead_letter`: its message goes to `dead_letters` with the reason.
+    pub future: FuturePolicy,
+    /// Control messages (heartbeats, status, subscription responses): `skip`
+    /// (counted per kind) or `dead_letter` (also written to `dead_letters`).
+    pub control: ControlPolicy,
 }
 
 impl Default for SourceConfig {
@@ -225,8 +253,31 @@ impl Default for SourceConfig {
             max_out_of_orderness_ms: 2000,
             idle_timeout_ms: 2000,
             start: StartPosition::Earliest,
+            max_future_ms: 10_000,
+            future: FuturePolicy::Late,
+            control: ControlPolicy::Skip,
         }
     }
+}
+
+/// Where a trade dated beyond `source.max_future_ms` goes.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FuturePolicy {
+    /// Flagged late: bronze keeps it, event-time operators route it as late.
+    Late,
+    /// Its message goes to the dead letters, with the reason.
+    DeadLetter,
+}
+
+/// What happens to well-formed messages that carry no trade.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlPolicy {
+    /// Counted per kind, otherwise skipped.
+    Skip,
+    /// Counted, and written to the dead letters.
+    DeadLetter,
 }
 
 /// Where a fresh job starts reading.
@@ -239,17 +290,36 @@ pub enum StartPosition {
     Latest,
 }
 
-/// `[dedup]`.
+/// `[dedup]`: see `operators::dedup`. Trades are numbered per symbol by both
+/// exchanges, so their dedup is exact forever in memory per symbol; these
+/// settings bound the rest.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DedupConfig {
-    /// How long, in event time, a message id is remembered.
-    pub ttl_ms: u64,
+    /// How long, in event time of the on-time records, an id without a
+    /// sequence number is remembered, ms.
+    pub id_retention_ms: u64,
+    /// Most gaps kept per numbered stream (a gap is a run of missing trade
+    /// numbers); beyond it the oldest gap is closed.
+    pub max_gaps: usize,
 }
 
 impl Default for DedupConfig {
     fn default() -> Self {
-        DedupConfig { ttl_ms: 600_000 }
+        DedupConfig {
+            id_retention_ms: 600_000,
+            max_gaps: 100_000,
+        }
+    }
+}
+
+impl DedupConfig {
+    /// The operator's parameters.
+    pub fn params(&self) -> crate::operators::DedupParams {
+        crate::operators::DedupParams {
+            retention_us: self.id_retention_ms.saturating_mul(1000),
+            max_gaps: self.max_gaps,
+        }
     }
 }
 
@@ -344,21 +414,29 @@ pub const ENV_PREFIX: &str = "K2__";
 
 impl Config {
     /// Reads `path`, applies the process environment's overrides, validates.
+    /// Errors name the key, and the file and line or the environment
+    /// variable it came from.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io("read config", path, e))?;
-        Self::from_toml_with_env(&text, std::env::vars()).map_err(|e| match e {
-            Error::Config { key, message } => Error::config(key, format!("{message} (in {})", path.display())),
-            other => other,
-        })
+        Self::parse(&text, std::env::vars(), &path.display().to_string())
     }
 
     /// Parses `text`, applies overrides from `env` (only `K2__*` variables are
     /// read), validates.
     pub fn from_toml_with_env(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config> {
+        Self::parse(text, env, "the config")
+    }
+
+    fn parse(text: &str, env: impl IntoIterator<Item = (String, String)>, file: &str) -> Result<Config> {
         let mut value: toml::Table = toml::from_str(text).map_err(|e| {
-            let msg = e.message().to_string();
-            Error::config("<file>", msg)
+            let at = e
+                .span()
+                .map(|span| format!(" at line {}", line_of(text, span.start)))
+                .unwrap_or_default();
+            Error::config("<file>", format!("{}{at} of {file}", e.message().trim_end()))
         })?;
+        // Which keys the environment set, and by which variable.
+        let mut from_env: BTreeMap<String, String> = BTreeMap::new();
         for (name, raw) in env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
@@ -371,13 +449,56 @@ impl Config {
                 .ok()
                 .and_then(|mut t| t.remove("v"))
                 .unwrap_or(toml::Value::String(raw.clone()));
-            set_path(&mut value, &path, parsed).map_err(|m| Error::config(path.join("."), m))?;
+            let key = path.join(".");
+            set_path(&mut value, &path, parsed)
+                .map_err(|m| Error::config(&key, format!("{m} (from the environment variable {name})")))?;
+            from_env.insert(key, name);
         }
+        let origin = |key: &str, field: Option<&str>| -> String {
+            let full = match field {
+                Some(f) if !key.is_empty() => format!("{key}.{f}"),
+                Some(f) => f.to_string(),
+                None => key.to_string(),
+            };
+            if let Some(var) = from_env.get(&full).or_else(|| from_env.get(key)) {
+                return format!("from the environment variable {var}");
+            }
+            match find_line(text, &full) {
+                Some(line) => format!("{file} line {line}"),
+                None => file.to_string(),
+            }
+        };
         let config: Config = serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|e| {
             let key = e.path().to_string();
-            Error::config(key, e.into_inner().message().to_string())
+            let key = if key == "." { String::new() } else { key };
+            let message = e.into_inner().message().to_string();
+            // An unknown field is reported at its table: name the field's line.
+            let field = message
+                .strip_prefix("unknown field `")
+                .and_then(|m| m.split('`').next())
+                .map(str::to_string);
+            // The path may already end with the field.
+            let key = match &field {
+                Some(f) if key == *f || key.ends_with(&format!(".{f}")) => {
+                    key[..key.len() - f.len()].trim_end_matches('.').to_string()
+                }
+                _ => key,
+            };
+            let at = origin(&key, field.as_deref());
+            let named = match &field {
+                Some(f) if key.is_empty() => f.clone(),
+                Some(f) => format!("{key}.{f}"),
+                None => key,
+            };
+            Error::config(named, format!("{message} ({at})"))
         })?;
-        config.validate()?;
+        config.validate().map_err(|e| match e {
+            Error::Config { key, message } => {
+                let at = origin(&key, None);
+                Error::config(key, format!("{message} ({at})"))
+            }
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -413,6 +534,12 @@ impl Config {
         if self.kafka.poll_batch == 0 {
             return Err(Error::config("kafka.poll_batch", "must be > 0"));
         }
+        if self.kafka.replication_factor < 1 {
+            return Err(Error::config("kafka.replication_factor", "must be >= 1"));
+        }
+        if self.kafka.metadata_refresh_ms == 0 {
+            return Err(Error::config("kafka.metadata_refresh_ms", "must be > 0"));
+        }
         if self.kafka.topics.binance == self.kafka.topics.kraken {
             return Err(Error::config(
                 "kafka.topics.kraken",
@@ -440,6 +567,36 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The line that sets the dotted key `key` (`job.epoch_ms`): under its
+/// table's header, or as a dotted key. `None` when the file does not set it.
+fn find_line(text: &str, key: &str) -> Option<usize> {
+    let (table, name) = key.rsplit_once('.').unwrap_or(("", key));
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(header) = t.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            current = header.trim_matches(['[', ']']).trim().to_string();
+            continue;
+        }
+        let Some((k, _)) = t.split_once('=') else { continue };
+        let k = k.trim().trim_matches('"');
+        let full = if current.is_empty() {
+            k.to_string()
+        } else {
+            format!("{current}.{k}")
+        };
+        if full == key || (current == table && k == name) {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> std::result::Result<(), String> {
@@ -495,6 +652,34 @@ mod tests {
         assert_eq!(c.kafka.brokers, "h:1");
         let e = parse("", &[("K2__JOB__NOPE", "1")]).unwrap_err().to_string();
         assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn errors_say_where_the_value_came_from() {
+        let text = "[job]\nname = \"j\"\nepoch_ms = \"fast\"\n";
+        let e = Config::parse(text, [], "bronze.toml").unwrap_err().to_string();
+        assert!(
+            e.starts_with("config `job.epoch_ms`") && e.contains("bronze.toml line 3"),
+            "{e}"
+        );
+        let e = Config::parse("[job]\nepochs_ms = 5\n", [], "bronze.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`job.epochs_ms`") && e.contains("line 2"), "{e}");
+        let env = [("K2__JOB__EPOCH_MS".to_string(), "fast".to_string())];
+        let e = Config::parse("[job]\nepoch_ms = 5\n", env, "bronze.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("from the environment variable K2__JOB__EPOCH_MS"), "{e}");
+        assert!(!e.contains("bronze.toml"), "{e}");
+        let e = Config::parse("[job]\nepoch_ms = \n", [], "bronze.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2 of bronze.toml"), "{e}");
+        let e = Config::parse("[job]\nepoch_ms = 0\n", [], "bronze.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must be > 0") && e.contains("line 2"), "{e}");
     }
 
     #[test]

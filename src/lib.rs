@@ -6,12 +6,15 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod decimal;
 pub mod error;
 pub mod feed;
+pub mod kafka;
 pub mod launch;
 pub mod metrics;
 pub mod operators;
 pub mod record;
+pub mod retry;
 pub mod sink;
 pub mod source;
 pub mod time;

@@ -230,8 +230,8 @@ mod tests {
             spread_millibps: 667,
             binance_message_id: "binance:BTCUSDT:1".into(),
             kraken_message_id: "kraken:BTC/USDT:2".into(),
-            binance_event_ms: produce_ms - 3,
-            kraken_event_ms: produce_ms - 1,
+            binance_event_us: (produce_ms - 3) * 1000,
+            kraken_event_us: (produce_ms - 1) * 1000,
             produce_ms,
             detected_us: (produce_ms + 4) * 1000,
         }

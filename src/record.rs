@@ -7,49 +7,13 @@
 //!   `BTC/USD`), which is what Kraken v2 already sends. Binance's `BTCUSDT` is
 //!   split on a known list of quote assets. The exchange's own spelling is kept
 //!   in [`Trade::native_symbol`].
-//! * **Prices and quantities are exact decimals**: a [`Decimal`] is an `i128`
-//!   scaled by 10^18 (Iceberg `decimal(38, 18)`). Exchanges send decimal text
-//!   (Binance) or JSON numbers (Kraken) with up to 10 fractional digits for
-//!   micro-priced coins, so a fixed 8-digit scale would lose information, and
-//!   floats would not round-trip the exchange's own text. 18 digits covers every
-//!   listed instrument, and 20 integer digits covers every price.
+//! * **Prices and quantities are exact decimals** ([`Decimal`], Iceberg
+//!   `decimal(38, 18)`; see [`crate::decimal`] for why and for the range).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// Number of fractional digits carried by a [`Decimal`].
-pub const DECIMAL_SCALE: u32 = 18;
-
-/// An exact decimal: `value / 10^18`. See the module docs for why.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
-pub struct Decimal(pub i128);
-
-impl Decimal {
-    /// 10^18, the scale factor.
-    pub const ONE: i128 = 1_000_000_000_000_000_000;
-
-    /// The value as an `f64`, for analytics where exactness is not needed.
-    pub fn to_f64(self) -> f64 {
-        self.0 as f64 / Self::ONE as f64
-    }
-}
-
-impl fmt::Display for Decimal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let neg = self.0 < 0;
-        let abs = self.0.unsigned_abs();
-        let int = abs / Self::ONE as u128;
-        let frac = abs % Self::ONE as u128;
-        if neg {
-            write!(f, "-")?;
-        }
-        if frac == 0 {
-            return write!(f, "{int}");
-        }
-        let digits = format!("{frac:018}");
-        write!(f, "{int}.{}", digits.trim_end_matches('0'))
-    }
-}
+pub use crate::decimal::{DECIMAL_SCALE, Decimal};
 
 /// The exchanges K2 decodes natively.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -149,6 +113,19 @@ pub struct Trade {
     pub event_us: i64,
     /// Where the trade was read from.
     pub source: SourcePosition,
+    /// Late: below its partition's watermark when read, or dated too far
+    /// into the future (see [`crate::source::kafka::reader`]). Bronze tables
+    /// keep late trades; event-time operators route them away.
+    pub late: bool,
+}
+
+impl Trade {
+    /// The event time in µs since the Unix epoch, as event-time operators
+    /// compare it (times before 1970 count as 1970).
+    #[inline]
+    pub fn event_time(&self) -> u64 {
+        self.event_us.max(0) as u64
+    }
 }
 
 /// A message that could not be decoded: kept whole, with the reason.
@@ -188,10 +165,10 @@ pub struct Alert {
     pub binance_message_id: String,
     /// The Kraken trade's message id.
     pub kraken_message_id: String,
-    /// Binance trade time, ms.
-    pub binance_event_ms: i64,
-    /// Kraken trade time, ms.
-    pub kraken_event_ms: i64,
+    /// Binance trade time, µs.
+    pub binance_event_us: i64,
+    /// Kraken trade time, µs.
+    pub kraken_event_us: i64,
     /// Kafka produce time of the later of the two trades, ms: where the
     /// event-to-alert latency starts.
     pub produce_ms: i64,
@@ -233,8 +210,10 @@ impl Alert {
             "spread_bps": self.spread_bps(),
             "binance_message_id": self.binance_message_id,
             "kraken_message_id": self.kraken_message_id,
-            "binance_event_ms": self.binance_event_ms,
-            "kraken_event_ms": self.kraken_event_ms,
+            "binance_event_ms": self.binance_event_us.div_euclid(1000),
+            "kraken_event_ms": self.kraken_event_us.div_euclid(1000),
+            "binance_event_us": self.binance_event_us,
+            "kraken_event_us": self.kraken_event_us,
             "produce_ms": self.produce_ms,
             "detected_ms": self.detected_us / 1000,
         })
@@ -242,9 +221,9 @@ impl Alert {
     }
 }
 
-/// A BTC/USDT trade for unit tests: id, price as decimal text, event time.
+/// A BTC/USDT trade for unit tests: id, price as decimal text, event time (µs).
 #[cfg(test)]
-pub(crate) fn test_trade(exchange: Exchange, id: u64, price: &str, event_ms: i64) -> Trade {
+pub(crate) fn test_trade(exchange: Exchange, id: u64, price: &str, event_us: i64) -> Trade {
     Trade {
         message_id: format!("{exchange}:BTCUSDT:{id}"),
         exchange,
@@ -254,13 +233,14 @@ pub(crate) fn test_trade(exchange: Exchange, id: u64, price: &str, event_ms: i64
         price: crate::source::kafka::decode::parse_decimal(price).expect("a decimal"),
         quantity: Decimal(Decimal::ONE),
         side: Side::Buy,
-        event_us: event_ms * 1000,
+        event_us,
         source: SourcePosition {
             topic: 0,
             partition: 0,
             offset: id as i64,
-            kafka_ts_ms: event_ms + 5,
+            kafka_ts_ms: event_us / 1000 + 5,
             ingest_us: 0,
         },
+        late: false,
     }
 }

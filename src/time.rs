@@ -8,8 +8,8 @@
 //!   same rule on every worker), and a sink may commit epoch `e` once no element
 //!   of its input frontier has an epoch `<= e` (see [`epoch_complete`]).
 //! * [`Time::event`] decides *windows*, the way Flink's watermarks do. It is
-//!   the event-time watermark (milliseconds since the Unix epoch) under which a
-//!   record was emitted. An operator may forget state for event times `< W` once
+//!   the event-time watermark (microseconds since the Unix epoch, the
+//!   precision Kraken sends) under which a record was emitted. An operator may forget state for event times `< W` once
 //!   every frontier element has an event part `>= W` (see [`event_frontier`]).
 //!
 //! The order is the product order: `a <= b` iff both parts are `<=`. Frontiers
@@ -26,12 +26,12 @@ use timely::PartialOrder;
 use timely::order::Empty;
 use timely::progress::timestamp::{PathSummary, Refines, Timestamp};
 
-/// A dataflow timestamp: `(epoch, event-time watermark in ms)`.
+/// A dataflow timestamp: `(epoch, event-time watermark in µs)`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 pub struct Time {
     /// The consistency epoch.
     pub epoch: u64,
-    /// The event-time watermark, ms since the Unix epoch.
+    /// The event-time watermark, µs since the Unix epoch.
     pub event: u64,
 }
 

@@ -612,14 +612,14 @@ fn read_trades(brokers: &str, topic: &str, exchange: k2::record::Exchange) -> Ve
 }
 
 /// The pairs and alerts a join that drops nothing must emit on these topics,
-/// by brute force with K2's `detect`. Event times in ms, as both K2's join and
-/// Flink's compare them (Kraken's µs cut to ms).
+/// by brute force with K2's `detect`. Event times in µs, as K2's join
+/// compares them.
 fn oracle(brokers: &str, topics: &(String, String), plan: &Plan) -> Value {
     use k2::record::{Exchange, Trade};
     use std::collections::HashMap;
     let t = Instant::now();
     let params = k2::operators::ArbitrageParams {
-        delta_ms: plan.delta_ms,
+        delta_us: plan.delta_ms * 1000,
         binance_fee_bps: 2.0,
         kraken_fee_bps: 5.0,
         threshold_bps: plan.threshold_bps,
@@ -631,21 +631,18 @@ fn oracle(brokers: &str, topics: &(String, String), plan: &Plan) -> Value {
     for t in read_trades(brokers, &topics.1, Exchange::Kraken) {
         by_symbol.entry(t.symbol.clone()).or_default().1.push(t);
     }
-    let delta = plan.delta_ms as i64;
+    let delta = plan.delta_ms as i64 * 1000;
     let (mut pairs, mut alerts) = (0u64, 0u64);
     for (_, (mut b, mut k)) in by_symbol {
         b.sort_by_key(|t| t.event_us);
         k.sort_by_key(|t| t.event_us);
         let mut lo = 0;
         for bt in &b {
-            let be = bt.event_us.div_euclid(1000);
-            while lo < k.len() && k[lo].event_us.div_euclid(1000) < be - delta {
+            let be = bt.event_us;
+            while lo < k.len() && k[lo].event_us < be - delta {
                 lo += 1;
             }
-            for kt in k[lo..]
-                .iter()
-                .take_while(|kt| kt.event_us.div_euclid(1000) <= be + delta)
-            {
+            for kt in k[lo..].iter().take_while(|kt| kt.event_us <= be + delta) {
                 pairs += 1;
                 alerts += k2::operators::arbitrage::detect(bt, kt, &params).is_some() as u64;
             }

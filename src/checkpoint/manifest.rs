@@ -33,20 +33,25 @@ pub struct Manifest {
     pub created_ms: i64,
     /// Next offset per topic and partition at the end of the cut.
     pub offsets: BTreeMap<String, BTreeMap<i32, i64>>,
-    /// Largest event time (ms) read per topic and partition before those
+    /// Largest event time (µs) read per topic and partition before those
     /// offsets: lateness decisions continue from it after a restart.
     #[serde(default)]
-    pub max_event_ms: BTreeMap<String, BTreeMap<i32, i64>>,
+    pub max_event_us: BTreeMap<String, BTreeMap<i32, i64>>,
+    /// Kafka timestamp (ms) of the last message read per topic and partition
+    /// (at offset − 1): recovery checks the broker still has that message.
+    #[serde(default)]
+    pub last_ts_ms: BTreeMap<String, BTreeMap<i32, i64>>,
     /// Operator state needed to resume: every live snapshot file.
     pub state: Vec<StateFile>,
     /// Records of transactional Kafka sinks in the cut, published after the
     /// manifest (and again by recovery if that did not happen).
     #[serde(default)]
     pub kafka: Vec<crate::sink::kafka::KafkaBatch>,
-    /// The committer's event-time frontier when it took the cut, ms: how far
+    /// The committer's event-time frontier when it took the cut, µs: how far
     /// event time had progressed (watermarks, idleness) over the whole job.
+    /// A final cut records the last finite frontier before the input ended.
     #[serde(default)]
-    pub event_frontier_ms: Option<u64>,
+    pub event_frontier_us: Option<u64>,
     /// The cut's new files per table (tables without rows in it are absent).
     pub tables: BTreeMap<String, TableCommit>,
     /// Workers of the instance that wrote it (state is re-partitioned on restore).
@@ -176,10 +181,11 @@ mod tests {
             epoch,
             created_ms: 0,
             offsets: BTreeMap::from([("t".to_string(), BTreeMap::from([(0, 5), (3, 7)]))]),
-            max_event_ms: BTreeMap::new(),
+            max_event_us: BTreeMap::new(),
+            last_ts_ms: BTreeMap::new(),
             state: vec![],
             kafka: vec![],
-            event_frontier_ms: None,
+            event_frontier_us: None,
             tables: BTreeMap::new(),
             workers: 2,
         }

@@ -15,11 +15,13 @@
 //! files written with rename-for-atomicity, so an object store with
 //! conditional puts can replace it.
 
+pub mod backpressure;
 pub mod fault;
 pub mod fence;
 pub mod manifest;
 pub mod state;
 
+pub use backpressure::Backpressure;
 pub use fence::{Fence, JobLock};
 pub use manifest::{Manifest, ManifestStore, TableCommit};
 pub use state::StateFile;

@@ -1,13 +1,28 @@
-//! Operator-state snapshot files.
+//! Operator-state files.
 //!
-//! Stateful operators checkpoint *deltas*: at the end of each commit group a
-//! worker writes the entries it added in that group (JSON lines, fsynced) and
-//! reports a [`StateFile`] to the committer, which lists every still-live
-//! delta in the manifest. A delta is live until all its entries have expired
-//! in event time (`max_expiry`), so a checkpoint costs what changed, not the
-//! whole state. Restoring reads all live deltas and keeps the entries whose
-//! key routes to the worker, which also re-partitions state when the number
-//! of workers changes.
+//! Stateful operators checkpoint in one of two ways ([`StateKind`]):
+//!
+//! * **Deltas**: at the end of each commit group a worker writes the entries
+//!   it added in that group and reports a [`StateFile`] to the committer,
+//!   which lists every still-live delta in the manifest. A delta is live until
+//!   all its entries have expired in event time (`max_expiry`, µs), so a
+//!   checkpoint costs what changed, not the whole state. Restoring reads all
+//!   live deltas and keeps the entries whose key routes to the worker, which
+//!   also re-partitions state when the number of workers changes.
+//! * **Snapshots**: a worker writes its whole state (small state, such as
+//!   dedup's per-stream sequence ranges, or live window aggregates), at the
+//!   first commit group of a run and whenever it changed. A snapshot is
+//!   *authoritative* for the keys its worker owns in its run: a key absent
+//!   from it is gone. The newest snapshot of a worker replaces its older
+//!   ones, and once every worker of a run has written one, the snapshots of
+//!   older runs are dropped. Until then restore takes each key from the
+//!   newest run whose owner of that key wrote a snapshot
+//!   ([`restore_snapshots`]), so a rescaled run that crashed half-way
+//!   restores neither a stale nor a resurrected entry.
+//!
+//! Files are binary: a format version byte, then the entries as one
+//! [`postcard`] sequence. A file of another version is refused with a clear
+//! error, never misread.
 //!
 //! Operators write deltas with [`StateStore::write_in_background`]: the
 //! serialization and the fsync happen on a thread of their own while the
@@ -17,9 +32,12 @@
 use crate::error::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
-use std::io::{BufRead, Write};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// The format version of state files written by this build.
+pub const STATE_FORMAT: u8 = 1;
 
 /// A state delta being written on a background thread.
 #[derive(Debug)]
@@ -34,12 +52,12 @@ impl BackgroundWrite {
     }
 }
 
-/// Runs `encode`, then writes and fsyncs its bytes as the delta of `target`
-/// (store, operator, worker, group, run id) on a thread of its own, retrying
-/// every second until it succeeds; then activates `wake`.
+/// Runs `encode`, then writes and fsyncs its bytes as the file `file`
+/// describes, on a thread of its own, retrying with backoff until it
+/// succeeds; then activates `wake`.
 fn background<F>(
-    target: (StateStore, String, usize, u64, String),
-    max_expiry: u64,
+    store: StateStore,
+    file: StateFile,
     wake: timely::scheduling::SyncActivator,
     encode: F,
 ) -> BackgroundWrite
@@ -47,21 +65,22 @@ where
     F: FnOnce() -> (Vec<u8>, u64) + Send + 'static,
 {
     let (tx, rx) = std::sync::mpsc::channel();
-    let (store, operator, worker, group, run_id) = target;
     std::thread::Builder::new()
         .name("k2-state-writer".into())
         .spawn(move || {
             let (bytes, entries) = encode();
+            let mut delays = crate::retry::backoff(std::time::Duration::from_millis(200), std::time::Duration::from_secs(30));
             loop {
-                match store.write_encoded(&operator, worker, group, &run_id, &bytes, entries, max_expiry) {
+                match store.write_bytes(file.clone(), &bytes, entries) {
                     Ok(file) => {
                         let _ = tx.send(file);
                         let _ = wake.activate();
                         return;
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, group, operator, "writing state failed; retrying in 1 s");
-                        std::thread::sleep(std::time::Duration::from_secs(1));
+                        let wait = delays.next().unwrap_or(std::time::Duration::from_secs(30));
+                        tracing::error!(error = %e, group = file.group, operator = file.operator, "writing state failed; retrying in {wait:?}");
+                        std::thread::sleep(wait);
                     }
                 }
             }
@@ -70,22 +89,43 @@ where
     BackgroundWrite { rx }
 }
 
-/// One snapshot file of one operator on one worker.
+/// How a state file relates to the others of its operator (module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateKind {
+    /// Entries added in one commit group; live until `max_expiry`.
+    #[default]
+    Delta,
+    /// The worker's whole state; replaces its older snapshots.
+    Snapshot,
+}
+
+/// One state file of one operator on one worker.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct StateFile {
     /// The operator's name in the dataflow, e.g. `dedup`.
     pub operator: String,
     /// The worker that wrote it.
     pub worker: usize,
+    /// The number of workers of the run that wrote it.
+    #[serde(default)]
+    pub workers: usize,
+    /// The generation (run) that wrote it.
+    #[serde(default)]
+    pub generation: u64,
     /// The commit group it belongs to.
     pub group: u64,
+    /// Delta or snapshot.
+    #[serde(default)]
+    pub kind: StateKind,
     /// Path relative to the job's checkpoint folder.
     pub path: String,
     /// Entries in the file.
     pub entries: u64,
     /// Size in bytes.
     pub bytes: u64,
-    /// Event time (ms) from which none of its entries is live any more.
+    /// Event time (µs) from which none of a delta's entries is live any more
+    /// (`u64::MAX` for snapshots).
     pub max_expiry: u64,
 }
 
@@ -94,14 +134,107 @@ pub struct StateFile {
 pub struct StateCheckpoint {
     /// The operator's name, unique in the dataflow (e.g. `dedup`).
     pub operator: String,
-    /// Where to write deltas.
+    /// Where to write state files.
     pub store: StateStore,
     /// The commit-group rule of the job.
     pub groups: crate::sink::iceberg::CommitGroups,
     /// A per-run token for file names.
     pub run_id: String,
-    /// Live deltas of the restored checkpoint (all operators; filter by name).
+    /// This run's generation.
+    pub generation: u64,
+    /// Live state files of the restored checkpoint (all operators; filter by name).
     pub restore: Vec<StateFile>,
+}
+
+impl StateCheckpoint {
+    /// The description of a file this operator is about to write on `worker`
+    /// (of `workers`) for `group`; the store fills in path, size and count.
+    pub fn file(&self, worker: usize, workers: usize, group: u64, kind: StateKind, max_expiry: u64) -> StateFile {
+        StateFile {
+            operator: self.operator.clone(),
+            worker,
+            workers,
+            generation: self.generation,
+            group,
+            kind,
+            path: String::new(),
+            entries: 0,
+            bytes: 0,
+            max_expiry,
+        }
+    }
+
+    /// The restored files of this operator.
+    pub fn restored(&self) -> impl Iterator<Item = &StateFile> {
+        self.restore.iter().filter(|f| f.operator == self.operator)
+    }
+}
+
+/// The entries of the restored snapshots of `ckpt`'s operator that `worker`
+/// (of `peers`) owns now, each key taken from the newest run whose owner of
+/// the key wrote a snapshot (see the module docs). `hash` is the hash the
+/// operator routes keys by.
+pub fn restore_snapshots<K, V>(
+    ckpt: &StateCheckpoint,
+    worker: usize,
+    peers: usize,
+    hash: impl Fn(&K) -> u64,
+) -> Result<Vec<(K, V)>>
+where
+    K: DeserializeOwned,
+    V: DeserializeOwned,
+{
+    let files: Vec<&StateFile> = ckpt.restored().filter(|f| f.kind == StateKind::Snapshot).collect();
+    // Per generation: its worker count and which of its workers wrote one.
+    let mut runs: BTreeMap<u64, (usize, BTreeSet<usize>)> = BTreeMap::new();
+    for f in &files {
+        let run = runs.entry(f.generation).or_insert((f.workers.max(1), BTreeSet::new()));
+        run.1.insert(f.worker);
+    }
+    let mut out = Vec::new();
+    for f in files {
+        for (key, value) in ckpt.store.read::<(K, V)>(f)? {
+            let h = hash(&key);
+            if route(h, f.workers.max(1)) != f.worker || route(h, peers) != worker {
+                continue;
+            }
+            // A newer run whose owner of this key wrote a snapshot is the authority.
+            let superseded = runs
+                .range(f.generation + 1..)
+                .any(|(_, (n, wrote))| wrote.contains(&route(h, *n)));
+            if !superseded {
+                out.push((key, value));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Keeps the live set of state files of a job current as new files arrive:
+/// snapshots replace their worker's older ones, and a run whose every worker
+/// wrote a snapshot retires the older runs' snapshots (module docs).
+pub fn add_live(live: &mut Vec<StateFile>, new: StateFile) {
+    if new.kind == StateKind::Snapshot {
+        live.retain(|f| {
+            !(f.kind == StateKind::Snapshot
+                && f.operator == new.operator
+                && f.generation == new.generation
+                && f.worker == new.worker
+                && f.group <= new.group)
+        });
+        let (op, generation, workers) = (new.operator.clone(), new.generation, new.workers);
+        live.push(new);
+        let wrote: BTreeSet<usize> = live
+            .iter()
+            .filter(|f| f.kind == StateKind::Snapshot && f.operator == op && f.generation == generation)
+            .map(|f| f.worker)
+            .collect();
+        if wrote.len() >= workers {
+            live.retain(|f| !(f.kind == StateKind::Snapshot && f.operator == op && f.generation < generation));
+        }
+    } else {
+        live.push(new);
+    }
 }
 
 /// Where a job's state files live.
@@ -118,122 +251,83 @@ impl StateStore {
         }
     }
 
-    /// `entries` as JSON lines, the format of delta files.
+    /// `entries` in the format of state files: the version byte, then one
+    /// postcard sequence.
     pub fn encode<T: Serialize>(entries: &[T]) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(entries.len() * 48);
-        for e in entries {
-            serde_json::to_writer(&mut bytes, e).expect("state entries serialize");
-            bytes.push(b'\n');
-        }
+        let mut bytes = vec![STATE_FORMAT];
+        postcard::to_io(entries, &mut bytes).expect("state entries serialize");
         bytes
     }
 
-    /// Writes `entries` as one delta file and describes it.
-    pub fn write<T: Serialize>(
-        &self,
-        operator: &str,
-        worker: usize,
-        group: u64,
-        run_id: &str,
-        entries: &[T],
-        max_expiry: u64,
-    ) -> Result<StateFile> {
-        let bytes = Self::encode(entries);
-        self.write_encoded(
-            operator,
-            worker,
-            group,
-            run_id,
-            &bytes,
-            entries.len() as u64,
-            max_expiry,
-        )
+    /// Writes `entries` as the file `file` describes, and completes its description.
+    pub fn write<T: Serialize>(&self, file: StateFile, entries: &[T]) -> Result<StateFile> {
+        self.write_bytes(file, &Self::encode(entries), entries.len() as u64)
     }
 
-    /// Writes `bytes` ([`StateStore::encode`]d `entries` entries) as one delta
-    /// file, fsynced, and describes it.
-    #[allow(clippy::too_many_arguments)]
-    pub fn write_encoded(
-        &self,
-        operator: &str,
-        worker: usize,
-        group: u64,
-        run_id: &str,
-        bytes: &[u8],
-        entries: u64,
-        max_expiry: u64,
-    ) -> Result<StateFile> {
-        let rel = format!("state/{operator}-g{group}-w{worker}-{run_id}.jsonl");
+    /// Writes `bytes` ([`StateStore::encode`]d `entries` entries) as the
+    /// file `file` describes, fsynced, and completes its description.
+    pub fn write_bytes(&self, mut file: StateFile, bytes: &[u8], entries: u64) -> Result<StateFile> {
+        let kind = match file.kind {
+            StateKind::Delta => "d",
+            StateKind::Snapshot => "s",
+        };
+        let rel = format!(
+            "state/{}-g{}-w{}-{kind}-{}.bin",
+            file.operator, file.group, file.worker, file.generation
+        );
         let path = self.job_dir.join(&rel);
         let dir = path.parent().expect("state folder");
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
-        let mut file = std::fs::File::create(&path).map_err(|e| Error::io("create", &path, e))?;
-        file.write_all(bytes).map_err(|e| Error::io("write", &path, e))?;
-        file.sync_all().map_err(|e| Error::io("fsync", &path, e))?;
-        Ok(StateFile {
-            operator: operator.to_string(),
-            worker,
-            group,
-            path: rel,
-            entries,
-            bytes: bytes.len() as u64,
-            max_expiry,
-        })
+        let mut f = std::fs::File::create(&path).map_err(|e| Error::io("create", &path, e))?;
+        f.write_all(bytes).map_err(|e| Error::io("write", &path, e))?;
+        f.sync_all().map_err(|e| Error::io("fsync", &path, e))?;
+        file.path = rel;
+        file.entries = entries;
+        file.bytes = bytes.len() as u64;
+        Ok(file)
     }
 
     /// Like [`StateStore::write`], on a thread of its own: serializes and
-    /// fsyncs `entries` without holding up the worker, retrying every second
+    /// fsyncs `entries` without holding up the worker, retrying with backoff
     /// if it fails (the job's next cut waits for it, as it must), and
     /// activates `wake` when done.
-    #[allow(clippy::too_many_arguments)]
     pub fn write_in_background<T: Serialize + Send + 'static>(
         &self,
-        operator: &str,
-        worker: usize,
-        group: u64,
-        run_id: &str,
+        file: StateFile,
         entries: Vec<T>,
-        max_expiry: u64,
         wake: timely::scheduling::SyncActivator,
     ) -> BackgroundWrite {
-        let target = (self.clone(), operator.to_string(), worker, group, run_id.to_string());
-        background(target, max_expiry, wake, move || {
+        background(self.clone(), file, wake, move || {
             (Self::encode(&entries), entries.len() as u64)
         })
     }
 
-    /// Like [`StateStore::write_encoded`], on a thread of its own (see
+    /// Like [`StateStore::write_bytes`], on a thread of its own (see
     /// [`StateStore::write_in_background`]): for entries that borrow from the
     /// operator's state, encoded on the worker.
-    #[allow(clippy::too_many_arguments)]
-    pub fn write_encoded_in_background(
+    pub fn write_bytes_in_background(
         &self,
-        operator: &str,
-        worker: usize,
-        group: u64,
-        run_id: &str,
+        file: StateFile,
         bytes: Vec<u8>,
         entries: u64,
-        max_expiry: u64,
         wake: timely::scheduling::SyncActivator,
     ) -> BackgroundWrite {
-        let target = (self.clone(), operator.to_string(), worker, group, run_id.to_string());
-        background(target, max_expiry, wake, move || (bytes, entries))
+        background(self.clone(), file, wake, move || (bytes, entries))
     }
 
     /// Reads the entries of `file`.
     pub fn read<T: DeserializeOwned>(&self, file: &StateFile) -> Result<Vec<T>> {
         let path = self.job_dir.join(&file.path);
-        let f = std::fs::File::open(&path).map_err(|e| Error::io("open state file", &path, e))?;
-        let mut out = Vec::with_capacity(file.entries as usize);
-        for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-            let line = line.map_err(|e| Error::io("read", &path, e))?;
-            out.push(
-                serde_json::from_str(&line)
-                    .map_err(|e| Error::Checkpoint(format!("{} line {}: {e}", path.display(), i + 1)))?,
-            );
+        let bytes = std::fs::read(&path).map_err(|e| Error::io("read state file", &path, e))?;
+        match bytes.first() {
+            Some(&STATE_FORMAT) => postcard::from_bytes(&bytes[1..])
+                .map_err(|e| Error::Checkpoint(format!("{} is corrupt: {e}", path.display()))),
+            Some(&v) => Err(Error::Checkpoint(format!(
+                "{} has state format {v}; this build reads format {STATE_FORMAT}",
+                path.display()
+            ))),
+            None => Err(Error::Checkpoint(format!("{} is empty", path.display()))),
         }
-        Ok(out)
     }
 
     /// Removes state files that `keep` does not list. With `up_to_group`,
@@ -284,22 +378,33 @@ pub fn route(hash: u64, peers: usize) -> usize {
 mod tests {
     use super::*;
 
+    fn ckpt(dir: &Path, generation: u64) -> StateCheckpoint {
+        StateCheckpoint {
+            operator: "dedup".into(),
+            store: StateStore::new(dir),
+            groups: crate::sink::iceberg::CommitGroups {
+                epoch_ms: 100,
+                commit_interval_ms: 100,
+            },
+            run_id: "r".into(),
+            generation,
+            restore: vec![],
+        }
+    }
+
     #[test]
     fn deltas_round_trip_and_prune() {
         let dir = std::env::temp_dir().join(format!("k2-state-{}", uuid::Uuid::new_v4().simple()));
+        let c = ckpt(&dir, 1);
         let store = StateStore::new(&dir);
         let a = store
             .write(
-                "dedup",
-                0,
-                7,
-                "r1",
+                c.file(0, 2, 7, StateKind::Delta, 12),
                 &[("k1".to_string(), 10u64), ("k2".to_string(), 12)],
-                12,
             )
             .unwrap();
         let b = store
-            .write("dedup", 1, 9, "r1", &[("k3".to_string(), 20u64)], 20)
+            .write(c.file(1, 2, 9, StateKind::Delta, 20), &[("k3".to_string(), 20u64)])
             .unwrap();
         assert_eq!(a.entries, 2);
         let back: Vec<(String, u64)> = store.read(&a).unwrap();
@@ -320,17 +425,77 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_state_file_names_file_and_line() {
+    fn a_corrupt_or_foreign_state_file_is_refused_by_name() {
         let dir = std::env::temp_dir().join(format!("k2-state-bad-{}", uuid::Uuid::new_v4().simple()));
-        let store = StateStore::new(&dir);
-        let f = store
-            .write("dedup", 0, 1, "r", &[("k".to_string(), 1u64), ("j".to_string(), 2)], 2)
+        let c = ckpt(&dir, 1);
+        let f = c
+            .store
+            .write(
+                c.file(0, 1, 1, StateKind::Delta, 2),
+                &[("k".to_string(), 1u64), ("j".to_string(), 2)],
+            )
             .unwrap();
         let path = dir.join(&f.path);
-        let text = std::fs::read_to_string(&path).unwrap();
-        std::fs::write(&path, text.replace("\"j\"", "j")).unwrap();
-        let err = store.read::<(String, u64)>(&f).unwrap_err().to_string();
-        assert!(err.contains("line 2"), "{err}");
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+        let err = c.store.read::<(String, u64)>(&f).unwrap_err().to_string();
+        assert!(err.contains("is corrupt") && err.contains(&f.path), "{err}");
+        let mut other = bytes.clone();
+        other[0] = 9;
+        std::fs::write(&path, &other).unwrap();
+        let err = c.store.read::<(String, u64)>(&f).unwrap_err().to_string();
+        assert!(err.contains("state format 9"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Snapshots: a worker's newest replaces its older ones; a complete run
+    /// retires older runs; restore takes each key from the newest run whose
+    /// owner wrote, so a half-rescaled run neither loses nor resurrects keys.
+    #[test]
+    fn snapshots_replace_retire_and_restore_by_the_newest_owner() {
+        let dir = std::env::temp_dir().join(format!("k2-state-snap-{}", uuid::Uuid::new_v4().simple()));
+        let hash = |k: &u64| *k;
+        // Run 1, two workers: worker w owns the keys k with k % 2 == w.
+        let run1 = ckpt(&dir, 1);
+        let mut live = Vec::new();
+        let w = |c: &StateCheckpoint, worker, workers, group, entries: &[(u64, &str)]| {
+            let entries: Vec<(u64, String)> = entries.iter().map(|(k, v)| (*k, v.to_string())).collect();
+            c.store
+                .write(c.file(worker, workers, group, StateKind::Snapshot, u64::MAX), &entries)
+                .unwrap()
+        };
+        add_live(&mut live, w(&run1, 0, 2, 1, &[(0, "a"), (2, "old")]));
+        add_live(&mut live, w(&run1, 1, 2, 1, &[(1, "b"), (3, "c")]));
+        add_live(&mut live, w(&run1, 0, 2, 2, &[(0, "a"), (2, "b2"), (4, "d")]));
+        assert_eq!(live.len(), 2, "the newer snapshot of worker 0 replaced its older one");
+        // Run 2, three workers (k % 3): only worker 0 wrote before a crash.
+        // It owns 0 and 3: 3 moved from run 1's worker 1 and was deleted; 0 was updated.
+        let run2 = ckpt(&dir, 2);
+        add_live(&mut live, w(&run2, 0, 3, 5, &[(0, "a2"), (6, "new")]));
+        assert_eq!(live.len(), 3, "run 1 stays until every worker of run 2 wrote");
+        let restored = StateCheckpoint {
+            restore: live.clone(),
+            ..ckpt(&dir, 3)
+        };
+        let mut all: Vec<(u64, String)> = (0..1)
+            .flat_map(|worker| restore_snapshots::<u64, String>(&restored, worker, 1, hash).unwrap())
+            .collect();
+        all.sort();
+        let want: Vec<(u64, String)> = [(0, "a2"), (1, "b"), (2, "b2"), (4, "d"), (6, "new")]
+            .iter()
+            .map(|(k, v)| (*k, v.to_string()))
+            .collect();
+        assert_eq!(all, want, "3 is gone (run 2's owner deleted it), 0 is run 2's");
+        // On four workers each key lands once.
+        let mut four: Vec<(u64, String)> = (0..4)
+            .flat_map(|worker| restore_snapshots::<u64, String>(&restored, worker, 4, hash).unwrap())
+            .collect();
+        four.sort();
+        assert_eq!(four, want);
+        // Run 2 completes: run 1's snapshots are retired.
+        add_live(&mut live, w(&run2, 1, 3, 5, &[(1, "b")]));
+        add_live(&mut live, w(&run2, 2, 3, 5, &[(2, "b2")]));
+        assert!(live.iter().all(|f| f.generation == 2), "{live:?}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -30,10 +30,13 @@ use crate::error::{Error, Result};
 use crate::operators::dedup::DedupStats;
 use crate::record::{DeadLetter, Trade};
 use crate::sink::iceberg::committer::{CommitSpec, CommitStats};
-use crate::sink::iceberg::committer::{commit_manifest, newest_epoch, prune_checkpoints};
+use crate::sink::iceberg::committer::{commit_manifest, prune_checkpoints};
+use crate::sink::iceberg::maintenance;
 use crate::sink::iceberg::writer::TableWriter;
 use crate::sink::iceberg::{CommitGroups, CommitItem, JobCatalog, RowContext, TableRow};
-use crate::source::kafka::{SourcePlan, SourceSpec, SourceStats, SourceStreams, StopSignal, kafka_source};
+use crate::source::kafka::{
+    PartitionWatch, Resume, SourcePlan, SourceSpec, SourceStats, SourceStreams, StopSignal, kafka_source,
+};
 use crate::time::Time;
 use iceberg::table::Table;
 use rdkafka::ClientConfig;
@@ -81,6 +84,8 @@ pub struct RunOptions {
     /// Start afresh from this position, discarding the job's checkpoints.
     /// Only ever on explicit request (`k2 run --reset`).
     pub reset: Option<StartPosition>,
+    /// The user confirmed a reset of a job whose tables hold rows (`--yes`).
+    pub reset_acknowledged: bool,
 }
 
 /// Shared by every worker of a process: configuration, plan, tables, stats.
@@ -101,6 +106,8 @@ pub struct JobContext {
     pub runtime: tokio::runtime::Handle,
     /// Stop requests.
     pub stop: StopSignal,
+    /// Stalled sinks pause the sources.
+    pub backpressure: crate::checkpoint::Backpressure,
     /// Source counters.
     pub source_stats: Arc<SourceStats>,
     /// The counters of every dedup operator (see [`JobContext::dedup_stats`]).
@@ -121,10 +128,11 @@ pub struct JobContext {
     pub fence: Fence,
     /// The checkpoint this run resumed from, if any.
     pub restored: Option<Manifest>,
-    /// Offsets of the restored checkpoint by topic index.
-    pub restored_offsets: Offsets,
-    /// Per-partition largest event times of the restored checkpoint.
-    pub restored_watermarks: BTreeMap<(u16, i32), u64>,
+    /// Where the sources resumed, by topic index (offsets, watermarks, last
+    /// Kafka timestamps), from the restored checkpoint.
+    pub resume: Resume,
+    /// Partitions added while the job runs (continuous jobs).
+    pub watch: Option<PartitionWatch>,
     /// Workers over the whole cluster.
     pub workers: usize,
     /// Processes in the cluster.
@@ -161,16 +169,23 @@ impl JobContext {
 
     /// The Kafka source for this worker's share of the partitions.
     pub fn kafka_source<'scope>(&self, scope: Scope<'scope, Time>) -> Result<SourceStreams<'scope>> {
+        let source = &self.config.source;
         let spec = SourceSpec {
             client: self.consumer_config(),
             partitions: self.plan.for_worker(scope.index(), scope.peers()),
+            watch: self.watch.clone(),
+            worker: (scope.index(), scope.peers()),
             epoch_ms: self.config.job.epoch_ms,
             first_epoch: self.first_epoch,
-            max_out_of_orderness_ms: self.config.source.max_out_of_orderness_ms,
-            idle_timeout_ms: self.config.source.idle_timeout_ms,
+            max_out_of_orderness_ms: source.max_out_of_orderness_ms,
+            idle_timeout_ms: source.idle_timeout_ms,
+            max_future_ms: source.max_future_ms,
+            future: source.future,
+            control: source.control,
             bounded: self.config.job.mode == RunMode::Bounded,
             poll_batch: self.config.kafka.poll_batch,
             stop: self.stop.clone(),
+            backpressure: self.backpressure.clone(),
             stats: self.source_stats.clone(),
         };
         kafka_source(scope, spec)
@@ -193,6 +208,7 @@ impl JobContext {
                 topics: self.topic_names(),
             },
             runtime: self.runtime.clone(),
+            backpressure: self.backpressure.clone(),
             rows: PhantomData,
         }
     }
@@ -204,6 +220,7 @@ impl JobContext {
             store: StateStore::new(&self.job_dir),
             groups: self.groups(),
             run_id: self.run_id.clone(),
+            generation: self.fence.generation,
             restore: self.restored.as_ref().map(|m| m.state.clone()).unwrap_or_default(),
         }
     }
@@ -237,10 +254,12 @@ impl JobContext {
             fence: self.fence.clone(),
             keep_manifests: self.config.checkpoint.keep,
             restored_state: self.restored.as_ref().map(|m| m.state.clone()).unwrap_or_default(),
-            restored_offsets: self.restored_offsets.clone(),
-            restored_watermarks: self.restored_watermarks.clone(),
+            restored_offsets: self.resume.offsets.clone(),
+            restored_watermarks: self.resume.watermarks.clone(),
+            restored_last_ts: self.resume.last_ts_ms.clone(),
+            restored_event_frontier: self.restored.as_ref().and_then(|m| m.event_frontier_us),
             workers: self.workers,
-            kafka_brokers: self.config.kafka.brokers.clone(),
+            kafka: self.config.kafka.clone(),
         };
         crate::sink::iceberg::commit(items, spec);
     }
@@ -248,8 +267,8 @@ impl JobContext {
 
 /// librdkafka consumer settings for `config`.
 pub fn consumer_config(config: &Config) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.kafka.brokers)
+    let mut c = crate::kafka::client_config(&config.kafka);
+    c
         // `assign` needs some group id, though K2 never joins the group; it
         // is also where monitoring tools look for lag.
         .set("group.id", format!("k2-{}", config.job.name))
@@ -295,8 +314,15 @@ pub struct RunReport {
     pub dead_letters: u64,
     /// Duplicates removed by dedup.
     pub duplicates: u64,
-    /// Trades that arrived late (below their partition's watermark).
+    /// Trades flagged late (below their partition's watermark, or dated too
+    /// far into the future).
     pub late: u64,
+    /// Trades dated more than `source.max_future_ms` after their Kafka timestamp.
+    pub future: u64,
+    /// Control messages (heartbeats, status, responses, ...) by kind.
+    pub control: BTreeMap<&'static str, u64>,
+    /// Partitions added to the topics while the job ran, and read.
+    pub partitions_added: u64,
     /// Pairs found by the interval join.
     pub pairs: u64,
     /// Records sent by immediate Kafka sinks.
@@ -344,40 +370,50 @@ pub type Offsets = BTreeMap<(u16, i32), i64>;
 /// Where a run starts: the checkpoint it resumes from, or nothing.
 struct Recovery {
     manifest: Option<Manifest>,
-    offsets: Offsets,
-    watermarks: BTreeMap<(u16, i32), u64>,
+    resume: Resume,
 }
 
-/// Recovery, before any worker starts: roll the newest cut forward into every
-/// table that lacks it, check its state files, remove orphans, expire
-/// snapshots. See `src/sink/iceberg/DESIGN.md`.
+/// Recovery, before any worker starts: check that the newest cut and the
+/// tables agree, roll the cut forward into every table that lacks it (after
+/// checking its files), check its state files, remove orphans. See
+/// `src/sink/iceberg/DESIGN.md`.
 async fn recover(
     config: &Config,
     catalog: &JobCatalog,
     tables: &[String],
     job_dir: &std::path::Path,
     fence: &Fence,
-    reset: Option<StartPosition>,
+    reset: Option<(StartPosition, bool)>,
 ) -> Result<Recovery> {
     let job = &config.job.name;
     let manifests = ManifestStore::open(job_dir)?;
     let state = StateStore::new(job_dir);
-    if let Some(position) = reset {
+    // Each table's newest cut of this job: (epoch, commit id, rows).
+    let mut newest = BTreeMap::new();
+    for name in tables {
+        let table = catalog.load(name).await?;
+        if let Some(cut) = newest_cut(&table, job) {
+            newest.insert(name.clone(), cut);
+        }
+    }
+    if let Some((position, acknowledged)) = reset {
+        if !newest.is_empty() && !acknowledged {
+            return Err(Error::Checkpoint(reset_warning(job, position, &newest)));
+        }
         tracing::warn!(job = %job, ?position, "--reset: discarding the job's checkpoints and starting afresh");
         manifests.clear()?;
         state.prune(&Default::default(), None)?;
         return Ok(Recovery::of(config, None));
     }
     let Some(manifest) = manifests.latest()? else {
-        for name in tables {
-            let table = catalog.load(name).await?;
-            if let Some(epoch) = newest_epoch(&table, job) {
-                return Err(Error::Checkpoint(format!(
-                    "table `{name}` holds data of job `{job}` up to epoch {epoch}, but {} has no checkpoint; \
-                     to start afresh anyway (re-reading may duplicate rows) use --reset earliest|latest",
-                    job_dir.display()
-                )));
-            }
+        if let Some((name, cut)) = newest.iter().next() {
+            return Err(Error::Checkpoint(format!(
+                "table `{name}` holds data of job `{job}` up to epoch {}, but {} has no checkpoint: the \
+                 checkpoints were lost. Resuming without them would read every message again and duplicate the \
+                 rows. Restore the checkpoint folder, or start afresh anyway with --reset earliest|latest",
+                cut.epoch,
+                job_dir.display()
+            )));
         }
         return Ok(Recovery::of(config, None));
     };
@@ -388,11 +424,55 @@ async fn recover(
             manifest.job
         )));
     }
+    // The tables must not be ahead of the newest checkpoint: that means
+    // manifests were lost (deleted, or restored from an old backup), and
+    // resuming from the older cut would write its later data twice.
+    for (name, cut) in &newest {
+        let expected = crate::sink::iceberg::committer::commit_id(job, name, cut.epoch);
+        if cut.epoch > manifest.epoch {
+            return Err(Error::Checkpoint(format!(
+                "table `{name}` holds job `{job}`'s data up to epoch {}, but the newest checkpoint in {} is epoch \
+                 {}: checkpoints were lost (deleted, or restored from an old backup). Resuming from epoch {} \
+                 would write the data of the later epochs a second time. Restore the lost manifests, or start \
+                 afresh with --reset earliest|latest --yes",
+                cut.epoch,
+                job_dir.display(),
+                manifest.epoch,
+                manifest.epoch
+            )));
+        }
+        if cut.commit_id != expected {
+            return Err(Error::Checkpoint(format!(
+                "table `{name}`'s newest snapshot of job `{job}` (epoch {}) has commit id {}, not {expected}: it \
+                 was written by another job or a different table of the same name. Refusing to resume",
+                cut.epoch, cut.commit_id
+            )));
+        }
+    }
     // Roll forward: a crash between the manifest and the Iceberg commits.
+    // First check that the cut's files are there, whole.
+    for (name, tc) in &manifest.tables {
+        if newest.get(name).is_some_and(|cut| cut.epoch >= manifest.epoch) {
+            continue;
+        }
+        let table = catalog.load(name).await?;
+        let files = tc.data_files.iter().filter_map(|json| {
+            let v: serde_json::Value = serde_json::from_str(json).ok()?;
+            Some((v["file_path"].as_str()?.to_string(), v["file_size_in_bytes"].as_u64()?))
+        });
+        let problems = maintenance::check_files(&table, files).await;
+        if !problems.is_empty() {
+            return Err(Error::Checkpoint(format!(
+                "the checkpoint of epoch {} must still be committed to `{name}`, but its data files are damaged: {}",
+                manifest.epoch,
+                problems.join("; ")
+            )));
+        }
+    }
     let rolled = commit_manifest(catalog, tables, &manifest, Some(fence))
         .await
         .map_err(Error::Checkpoint)?;
-    crate::sink::iceberg::committer::publish_kafka(&config.kafka.brokers, &manifest)?;
+    crate::sink::iceberg::committer::publish_kafka(&config.kafka, &manifest)?;
     for table in rolled.keys() {
         tracing::info!(
             table,
@@ -411,22 +491,33 @@ async fn recover(
         }
     }
     // Hygiene: files of crashed runs that no checkpoint references.
-    let live: std::collections::HashSet<String> = manifests
+    let kept: Vec<Manifest> = manifests
         .epochs()?
         .into_iter()
         .filter_map(|e| manifests.read(e).ok())
-        .flat_map(|m| m.state.into_iter().map(|s: StateFile| s.path))
+        .collect();
+    let live: std::collections::HashSet<String> = kept
+        .iter()
+        .flat_map(|m| m.state.iter().map(|s: &StateFile| s.path.clone()))
         .collect();
     let removed = state.prune(&live, None)?;
+    let keep_data: std::collections::HashSet<String> = kept
+        .iter()
+        .flat_map(|m| m.tables.values().flat_map(|t| t.data_files.iter()))
+        .filter_map(|json| {
+            let v: serde_json::Value = serde_json::from_str(json).ok()?;
+            Some(v["file_path"].as_str()?.to_string())
+        })
+        .collect();
     let mut orphans = 0;
     for name in tables {
-        orphans += remove_orphan_files(catalog, name, job).await?;
+        orphans += maintenance::remove_orphans(catalog, name, job, &keep_data).await?;
     }
     if removed + orphans > 0 {
         tracing::info!(
             state_files = removed,
             data_files = orphans,
-            "recovery: removed files no checkpoint references"
+            "recovery: removed files no checkpoint and no retained snapshot references"
         );
     }
     tracing::info!(
@@ -437,15 +528,76 @@ async fn recover(
     Ok(Recovery::of(config, Some(manifest)))
 }
 
+/// A table's newest cut of one job, from its retained snapshots.
+struct TableCut {
+    epoch: u64,
+    commit_id: String,
+    rows: u64,
+}
+
+fn newest_cut(table: &Table, job: &str) -> Option<TableCut> {
+    let snapshot = table
+        .metadata()
+        .snapshots()
+        .filter(|s| s.summary().additional_properties.get("k2.job").map(String::as_str) == Some(job))
+        .filter_map(|s| {
+            let epoch: u64 = s.summary().additional_properties.get("k2.epoch")?.parse().ok()?;
+            Some((epoch, s))
+        })
+        .max_by_key(|(epoch, _)| *epoch)?;
+    let props = &snapshot.1.summary().additional_properties;
+    let current = table.metadata().current_snapshot()?.summary();
+    Some(TableCut {
+        epoch: snapshot.0,
+        commit_id: props.get("k2.commit-id").cloned().unwrap_or_default(),
+        rows: current
+            .additional_properties
+            .get("total-records")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0),
+    })
+}
+
+/// What `--reset` would do to tables that already hold the job's rows.
+fn reset_warning(job: &str, position: StartPosition, newest: &BTreeMap<String, TableCut>) -> String {
+    let tables: Vec<String> = newest
+        .iter()
+        .map(|(name, cut)| format!("`{name}` ({} rows, up to epoch {})", cut.rows, cut.epoch))
+        .collect();
+    let effect = match position {
+        StartPosition::Earliest => {
+            "re-reads every message Kafka still retains and appends it again: the rows already in the tables \
+             will be there twice"
+        }
+        StartPosition::Latest => {
+            "starts at the end of every partition: the rows already in the tables stay, and every message \
+             produced since the last checkpoint is skipped"
+        }
+    };
+    format!(
+        "--reset {}: job `{job}` already has rows in {}. Discarding its checkpoints {effect}. The tables themselves \
+         are not changed. If that is what you want, run again with --yes",
+        match position {
+            StartPosition::Earliest => "earliest",
+            StartPosition::Latest => "latest",
+        },
+        tables.join(", ")
+    )
+}
+
 impl Recovery {
-    /// Resuming from `manifest`: its offsets and watermarks by topic index.
+    /// Resuming from `manifest`: its offsets, watermarks and last Kafka
+    /// timestamps by topic index.
     fn of(config: &Config, manifest: Option<Manifest>) -> Recovery {
         let topics: Vec<String> = config.kafka.topics.list().into_iter().map(|(_, t)| t).collect();
-        let mut offsets = Offsets::new();
-        let mut watermarks = BTreeMap::new();
+        let mut resume = Resume {
+            checkpointed: manifest.is_some(),
+            ..Resume::default()
+        };
         if let Some(manifest) = &manifest {
+            let index = |topic: &str| topics.iter().position(|t| t == topic).map(|i| i as u16);
             for (topic, parts) in &manifest.offsets {
-                let Some(index) = topics.iter().position(|t| t == topic) else {
+                let Some(t) = index(topic) else {
                     tracing::warn!(
                         topic,
                         "the checkpoint has offsets of a topic the config no longer reads"
@@ -453,88 +605,30 @@ impl Recovery {
                     continue;
                 };
                 for (p, o) in parts {
-                    offsets.insert((index as u16, *p), *o);
+                    resume.offsets.insert((t, *p), *o);
                 }
             }
-            for (topic, parts) in &manifest.max_event_ms {
-                if let Some(index) = topics.iter().position(|t| t == topic) {
-                    for (p, ms) in parts {
-                        watermarks.insert((index as u16, *p), *ms as u64);
+            for (topic, parts) in &manifest.max_event_us {
+                if let Some(t) = index(topic) {
+                    for (p, us) in parts {
+                        resume.watermarks.insert((t, *p), *us as u64);
+                    }
+                }
+            }
+            for (topic, parts) in &manifest.last_ts_ms {
+                if let Some(t) = index(topic) {
+                    for (p, ts) in parts {
+                        resume.last_ts_ms.insert((t, *p), *ts);
                     }
                 }
             }
         }
-        Recovery {
-            manifest,
-            offsets,
-            watermarks,
-        }
+        Recovery { manifest, resume }
     }
 }
 
-/// Removes this job's data files that the table does not reference.
-async fn remove_orphan_files(catalog: &JobCatalog, name: &str, job: &str) -> Result<usize> {
-    let table = catalog.load(name).await?;
-    let ice = |e| Error::iceberg(catalog.qualified(name), "list referenced files", e);
-    let mut referenced = std::collections::HashSet::new();
-    if let Some(snapshot) = table.metadata().current_snapshot() {
-        let bytes = table
-            .file_io()
-            .new_input(snapshot.manifest_list())
-            .map_err(ice)?
-            .read()
-            .await
-            .map_err(ice)?;
-        let list =
-            iceberg::spec::ManifestList::parse_with_version(&bytes, table.metadata().format_version()).map_err(ice)?;
-        for mf in list.entries() {
-            let manifest = mf.load_manifest(table.file_io()).await.map_err(ice)?;
-            for entry in manifest.entries() {
-                referenced.insert(entry.file_path().trim_start_matches("file://").to_string());
-            }
-        }
-    }
-    let data_dir = std::path::PathBuf::from(table.metadata().location().trim_start_matches("file://")).join("data");
-    let mut removed = 0;
-    let mut stack = vec![data_dir];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let ours = entry.file_name().to_string_lossy().starts_with(&format!("{job}-"));
-            if ours && !referenced.contains(path.to_string_lossy().as_ref()) && std::fs::remove_file(&path).is_ok() {
-                removed += 1;
-            }
-        }
-    }
-    Ok(removed)
-}
-
-/// Expires old snapshots of `name` by the configured policy.
-async fn expire_snapshots(catalog: &JobCatalog, name: &str, config: &Config) -> Result<()> {
-    use iceberg::transaction::{ApplyTransactionAction, Transaction};
-    let table = catalog.load(name).await?;
-    let keep = config.iceberg.min_snapshots_to_keep.max(1);
-    if table.metadata().snapshots().len() <= keep {
-        return Ok(());
-    }
-    let cutoff = chrono::Utc::now().timestamp_millis() - config.iceberg.max_snapshot_age_ms as i64;
-    let tx = Transaction::new(&table);
-    let tx = tx
-        .expire_snapshots()
-        .expire_older_than_ms(cutoff)
-        .retain_last(keep)
-        .apply(tx)
-        .map_err(|e| Error::iceberg(catalog.qualified(name), "expire snapshots", e))?;
-    tx.commit(catalog.catalog.as_ref())
-        .await
-        .map_err(|e| Error::iceberg(catalog.qualified(name), "expire snapshots", e))?;
-    Ok(())
-}
+/// How long a job waits at start for a busy catalog before giving up.
+const CATALOG_WAIT: Duration = Duration::from_secs(120);
 
 /// How long the processes of a cluster wait for each other before timely
 /// starts (the leader may be recovering).
@@ -589,14 +683,23 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         )?)
     };
     let (catalog, tables, fence, recovery, plan) = handle.block_on(async {
-        let catalog = JobCatalog::open(&config.iceberg).await?;
+        // A catalog that is busy (a locked SQLite file, a restarting server)
+        // is waited for, as commits wait for it mid-run.
+        let catalog = crate::retry::retry_async("opening the catalog", CATALOG_WAIT, || {
+            JobCatalog::open(&config.iceberg)
+        })
+        .await?;
         let mut tables = BTreeMap::new();
         for (name, kind) in dataflow.tables {
-            let table = match kind {
-                TableKind::Trades => catalog.ensure_table::<Trade>(name).await?,
-                TableKind::DeadLetters => catalog.ensure_table::<DeadLetter>(name).await?,
-                TableKind::Alerts => catalog.ensure_table::<crate::record::Alert>(name).await?,
-            };
+            let table =
+                crate::retry::retry_async(&format!("creating or loading table `{name}`"), CATALOG_WAIT, || async {
+                    match kind {
+                        TableKind::Trades => catalog.ensure_table::<Trade>(name).await,
+                        TableKind::DeadLetters => catalog.ensure_table::<DeadLetter>(name).await,
+                        TableKind::Alerts => catalog.ensure_table::<crate::record::Alert>(name).await,
+                    }
+                })
+                .await?;
             tables.insert(name.to_string(), table);
         }
         if let Some(agreed) = agreed {
@@ -618,9 +721,10 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
             return Result::Ok((catalog, tables, fence, recovery, agreed.plan));
         }
         let fence = Fence::take(&job_dir, &config.job.name)?;
-        let recovery = recover(&config, &catalog, &table_order, &job_dir, &fence, options.reset).await?;
+        let reset = options.reset.map(|p| (p, options.reset_acknowledged));
+        let recovery = recover(&config, &catalog, &table_order, &job_dir, &fence, reset).await?;
         for name in &table_order {
-            if let Err(e) = expire_snapshots(&catalog, name, &config).await {
+            if let Err(e) = maintenance::expire_snapshots(&catalog, name, &config).await {
                 tracing::warn!(error = %e, "snapshot expiry failed; will retry at the next start");
             }
         }
@@ -628,9 +732,9 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
             &consumer_config(&config),
             &config.kafka.topics.list(),
             config.source.start,
-            &recovery.offsets,
-            &recovery.watermarks,
+            &recovery.resume,
             config.job.mode == RunMode::Bounded,
+            Duration::from_millis(config.kafka.connect_timeout_ms),
         )?;
         if timely.processes > 1 {
             let agreement = handshake::Agreement {
@@ -654,6 +758,14 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         ready.store(true, Ordering::SeqCst);
     }
 
+    let watch = (config.job.mode == RunMode::Continuous).then(|| {
+        PartitionWatch::start(
+            consumer_config(&config),
+            config.kafka.topics.list(),
+            &plan,
+            Duration::from_millis(config.kafka.metadata_refresh_ms),
+        )
+    });
     let ctx = Arc::new(JobContext {
         config,
         plan,
@@ -663,6 +775,7 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
         runtime: handle.clone(),
         stop: stop.clone(),
+        backpressure: Default::default(),
         source_stats: Default::default(),
         dedup_counters: Default::default(),
         join_stats: Default::default(),
@@ -673,8 +786,8 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         job_dir: job_dir.clone(),
         fence,
         restored: recovery.manifest,
-        restored_offsets: recovery.offsets,
-        restored_watermarks: recovery.watermarks,
+        resume: recovery.resume,
+        watch,
         workers: timely.total_workers(),
         processes: timely.processes,
     });
@@ -712,7 +825,13 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
             u64::MAX,
         );
     }
+    if let Some(watch) = &ctx.watch {
+        watch.stop();
+    }
     if let Some(e) = worker_error {
+        return Err(Error::Other(e));
+    }
+    if let Some(e) = ctx.stop.failure() {
         return Err(Error::Other(e));
     }
     let stats = ctx.commit_stats.lock().expect("stats");
@@ -740,6 +859,9 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
             .max()
             .unwrap_or(0),
         late: ctx.source_stats.late.load(Ordering::Relaxed),
+        future: ctx.source_stats.future.load(Ordering::Relaxed),
+        control: ctx.source_stats.control_counts(),
+        partitions_added: ctx.source_stats.partitions_added.load(Ordering::Relaxed),
         pairs: ctx.join_stats.pairs.load(Ordering::Relaxed),
         kafka_sent: ctx.kafka_stats.sent.load(Ordering::Relaxed),
         snapshots: stats.snapshots,

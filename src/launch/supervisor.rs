@@ -14,6 +14,7 @@
 use crate::checkpoint::ManifestStore;
 use crate::error::{Error, Result};
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -157,7 +158,8 @@ pub fn supervise(spec: &ClusterSpec, stop: Arc<AtomicBool>) -> Result<ClusterRep
             }
             // Discarding checkpoints is for the first start only.
             if let (Some(position), 0) = (&spec.reset, restarts) {
-                cmd.args(["--reset", position]);
+                // The supervisor's own --reset was confirmed (or refused) by the user.
+                cmd.args(["--reset", position, "--yes"]);
             }
             // Own process group: a terminal's Ctrl-C reaches the supervisor
             // only, which then asks each process to stop exactly once.
@@ -194,9 +196,26 @@ pub fn supervise(spec: &ClusterSpec, stop: Arc<AtomicBool>) -> Result<ClusterRep
             }
             Watched::Died(index, status) => {
                 restarts += 1;
+                // The first death seen may be a process that exited because
+                // its peer died: give the others a moment, and report every
+                // death, a signal first (the cause, usually).
+                std::thread::sleep(Duration::from_millis(300));
+                let mut deaths: Vec<(usize, ExitStatus)> = vec![(index, status)];
+                for m in &mut members {
+                    if m.index != index
+                        && let Ok(Some(s)) = m.child.try_wait()
+                    {
+                        m.exit = Some(s);
+                        deaths.push((m.index, s));
+                    }
+                }
+                deaths.sort_by_key(|(_, s)| s.signal().is_none());
+                let why: Vec<String> = deaths
+                    .iter()
+                    .map(|(i, s)| format!("process {i}: {}", describe(s)))
+                    .collect();
                 tracing::warn!(
-                    process = index,
-                    status = %describe(&status),
+                    deaths = %why.join(", "),
                     restart = restarts,
                     "cluster: a process died and timely cannot continue without it; \
                      stopping the others and restarting all from the newest checkpoint"

@@ -23,8 +23,8 @@ use timely::dataflow::operators::vec::Map;
 /// What makes a pair an opportunity.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ArbitrageParams {
-    /// Largest event-time distance of a pair, ms.
-    pub delta_ms: u64,
+    /// Largest event-time distance of a pair, µs.
+    pub delta_us: u64,
     /// Binance taker fee, bps.
     pub binance_fee_bps: f64,
     /// Kraken taker fee, bps.
@@ -67,8 +67,8 @@ pub fn detect(binance: &Trade, kraken: &Trade, p: &ArbitrageParams) -> Option<Al
         spread_millibps: (spread_bps * 1000.0).round() as i64,
         binance_message_id: binance.message_id.clone(),
         kraken_message_id: kraken.message_id.clone(),
-        binance_event_ms: binance.event_us.div_euclid(1000),
-        kraken_event_ms: kraken.event_us.div_euclid(1000),
+        binance_event_us: binance.event_us,
+        kraken_event_us: kraken.event_us,
         produce_ms: binance.source.kafka_ts_ms.max(kraken.source.kafka_ts_ms),
         detected_us: 0,
     })
@@ -103,7 +103,7 @@ impl<'scope> Arbitrage<'scope> for Stream<'scope, Time, Vec<Trade>> {
         restore: &[JoinState<String, Trade, Trade>],
         stats: Arc<JoinStats>,
     ) -> Stream<'scope, Time, Vec<Alert>> {
-        self.interval_join_with(kraken, params.delta_ms, restore, stats, move |b: &Trade, k: &Trade| {
+        self.interval_join_with(kraken, params.delta_us, restore, stats, move |b: &Trade, k: &Trade| {
             detect(b, k, &params)
         })
         .flat_map(|alert| alert)
@@ -121,7 +121,7 @@ mod tests {
     use crate::record::test_trade as trade;
 
     const P: ArbitrageParams = ArbitrageParams {
-        delta_ms: 500,
+        delta_us: 500_000,
         binance_fee_bps: 2.0,
         kraken_fee_bps: 5.0,
         threshold_bps: 1.0,
@@ -132,7 +132,7 @@ mod tests {
         // Buy Binance at 100.00, sell Kraken at 100.20: 20 bps gross, 7 bps of fees.
         let a = detect(
             &trade(Exchange::Binance, 1, "100.00", 0),
-            &trade(Exchange::Kraken, 2, "100.20", 10),
+            &trade(Exchange::Kraken, 2, "100.20", 10_000),
             &P,
         )
         .unwrap();
@@ -147,7 +147,7 @@ mod tests {
         // The other way round: buy Kraken.
         let b = detect(
             &trade(Exchange::Binance, 1, "100.20", 0),
-            &trade(Exchange::Kraken, 2, "100.00", 10),
+            &trade(Exchange::Kraken, 2, "100.00", 10_000),
             &P,
         )
         .unwrap();

@@ -1,25 +1,44 @@
-//! Dedup by key, with a time-to-live in event time.
+//! Dedup by message identity, exact whatever the timestamps.
 //!
-//! Exchanges and collectors re-send messages (redundant collectors, producer
-//! retries). `dedup` passes the first occurrence of each key through at once
-//! and drops a repeat whose event time is within the TTL of the first one's.
-//! The decision depends on the records only, so every run and every number of
-//! workers decides alike. A key is forgotten once the input frontier's event
-//! time passes the first occurrence's event time plus the TTL: an on-time
-//! record from then on is no repeat within the TTL (see [`crate::time`]).
+//! Exchanges and collectors re-send messages: redundant collectors, producer
+//! retries, a Kraken resubscribe snapshot, a feed handler re-sending its
+//! buffer after a reconnect. `dedup` passes the first occurrence of each
+//! record at once and drops every later one, and **no single record can
+//! shorten what it remembers**: a trade dated in the year 3000, or a partition
+//! that went idle while the wall clock moved on, never makes it forget.
 //!
-//! Records are routed to workers by a hash of the key, so all occurrences of a
-//! key meet at one worker whatever the number of workers.
+//! Two kinds of identity ([`DedupId`]):
 //!
-//! With [`DedupCheckpointed::dedup_checkpointed`] the state is part of the
-//! job's checkpoints as deltas (see [`crate::checkpoint::state`]): the keys
-//! first seen in a commit group are written when the frontier passes the
-//! group, and the cut cannot commit before they are.
+//! * **Sequenced**: the record is number `seq` of a stream, as both exchanges
+//!   number trades per symbol. Per stream, dedup keeps the set of numbers seen
+//!   as disjoint ranges `[start, end)`: one range when the feed is complete,
+//!   one more per gap. That is exact at any age, in memory proportional to
+//!   the streams (symbols) and gaps, not to the messages. A stream with more
+//!   than `max_gaps` gaps has its oldest gap closed (its numbers then count
+//!   as seen); that is counted in [`DedupStats::gaps_closed`] and logged.
+//! * **Id**: an opaque id, for sources without sequences. Dedup remembers a
+//!   128-bit fingerprint (xxh3) of each id for `retention` of event time
+//!   *as shown by the on-time records it has processed*: late records (which
+//!   include trades dated too far into the future) and the wall clock never
+//!   move that horizon, so a replay after a quiet spell is still caught.
+//!
+//! **Which copy is kept.** Records are routed by their stream (or id), and
+//! all copies of a record reach their worker in the order they were read.
+//! Keyed producers put every copy of a trade in one partition, so the copy
+//! kept is the first in Kafka order, the least `(topic, partition, offset)`,
+//! on any number of workers and processes, and across restarts.
+//!
+//! **State in checkpoints** ([`DedupCheckpointed::dedup_checkpointed`]): the
+//! sequence ranges as a snapshot per worker (written when they changed in a
+//! commit group), the ids as deltas of the ids added per group (live until
+//! their retention passes). See [`crate::checkpoint::state`].
 
-use crate::checkpoint::state::{BackgroundWrite, StateCheckpoint, StateFile, StateStore, route};
-use crate::time::{Time, epoch_complete, event_frontier, stamp_time};
-use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{BTreeMap, HashMap};
+use crate::checkpoint::state::{
+    BackgroundWrite, StateCheckpoint, StateFile, StateKind, StateStore, restore_snapshots, route,
+};
+use crate::time::{Time, epoch_complete, stamp_time};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -31,20 +50,60 @@ use timely::dataflow::operators::CapabilitySet;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
-/// What dedup needs to know about a record.
-pub trait DedupKey {
-    /// The identity of the record: equal keys are duplicates.
-    fn dedup_key(&self) -> &str;
-    /// The record's own event time, ms since the Unix epoch.
-    fn event_ms(&self) -> u64;
+/// The identity a record is deduplicated by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DedupId<'a> {
+    /// Number `seq` of the stream `stream` (e.g. `binance:BTCUSDT`).
+    Sequenced {
+        /// The stream: numbers are unique within it.
+        stream: &'a str,
+        /// The record's number in the stream.
+        seq: u64,
+    },
+    /// An opaque id, remembered for the retention.
+    Id(&'a str),
 }
 
-impl DedupKey for crate::record::Trade {
-    fn dedup_key(&self) -> &str {
-        &self.message_id
+impl DedupId<'_> {
+    /// What records are routed by: the stream, or the id.
+    fn route_key(&self) -> &str {
+        match self {
+            DedupId::Sequenced { stream, .. } => stream,
+            DedupId::Id(id) => id,
+        }
     }
-    fn event_ms(&self) -> u64 {
-        (self.event_us.max(0) / 1000) as u64
+}
+
+/// What dedup needs to know about a record.
+pub trait DedupKey {
+    /// The identity of the record: equal identities are duplicates.
+    fn dedup_id(&self) -> DedupId<'_>;
+    /// The record's own event time, µs since the Unix epoch.
+    fn event_us(&self) -> u64;
+    /// Whether the record is late (then its event time moves no retention).
+    fn is_late(&self) -> bool {
+        false
+    }
+}
+
+/// Trades are number `trade_id` of the stream `{exchange}:{native symbol}`,
+/// the message id without its last part.
+impl DedupKey for crate::record::Trade {
+    fn dedup_id(&self) -> DedupId<'_> {
+        let stream = self
+            .message_id
+            .rsplit_once(':')
+            .map_or(self.message_id.as_str(), |(stream, _)| stream);
+        DedupId::Sequenced {
+            stream,
+            seq: self.trade_id,
+        }
+    }
+    fn event_us(&self) -> u64 {
+        self.event_time()
+    }
+    fn is_late(&self) -> bool {
+        self.late
     }
 }
 
@@ -55,54 +114,75 @@ pub struct DedupStats {
     pub passed: AtomicU64,
     /// Records dropped as duplicates.
     pub dropped: AtomicU64,
-    /// Keys forgotten because their TTL passed.
+    /// Ids forgotten because their retention passed.
     pub evicted: AtomicU64,
+    /// Gaps closed because a stream had more than `max_gaps`.
+    pub gaps_closed: AtomicU64,
+    /// Gauge: sequenced streams held, over all workers.
+    pub streams: AtomicU64,
+    /// Gauge: ranges held, over all streams and workers.
+    pub ranges: AtomicU64,
+    /// Gauge: ids held, over all workers.
+    pub ids: AtomicU64,
 }
 
-/// Drops repeated records, remembering keys for `ttl_ms` of event time.
+/// How long and how much dedup remembers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DedupParams {
+    /// Retention of [`DedupId::Id`] ids, µs of event time.
+    pub retention_us: u64,
+    /// Most gaps kept per sequenced stream.
+    pub max_gaps: usize,
+}
+
+impl Default for DedupParams {
+    fn default() -> Self {
+        DedupParams {
+            retention_us: 600_000_000,
+            max_gaps: 100_000,
+        }
+    }
+}
+
+/// Drops repeated records; see the module docs.
 pub trait Dedup<'scope, D> {
-    /// Passes the first record of each key, drops the rest. `stats` counts both.
+    /// Passes the first record of each identity, drops the rest. `stats`
+    /// counts both.
     ///
     /// # Examples
     /// ```
-    /// use k2::operators::{Dedup, DedupKey};
+    /// use k2::operators::{Dedup, DedupId, DedupKey};
     /// use k2::time::Time;
     /// use timely::dataflow::operators::{Inspect, vec::ToStream};
     ///
     /// #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
     /// struct Msg(String, u64);
     /// impl DedupKey for Msg {
-    ///     fn dedup_key(&self) -> &str { &self.0 }
-    ///     fn event_ms(&self) -> u64 { self.1 }
+    ///     fn dedup_id(&self) -> DedupId<'_> { DedupId::Sequenced { stream: &self.0, seq: self.1 } }
+    ///     fn event_us(&self) -> u64 { self.1 }
     /// }
     ///
     /// timely::execute_directly(|worker| {
     ///     worker.dataflow::<Time, _, _>(|scope| {
-    ///         vec![Msg("a".into(), 1), Msg("b".into(), 2), Msg("a".into(), 3)]
+    ///         vec![Msg("a".into(), 1), Msg("b".into(), 1), Msg("a".into(), 1), Msg("a".into(), 2)]
     ///             .to_stream(scope)
-    ///             .dedup(60_000, Default::default())
-    ///             .inspect(|m| assert_ne!((m.0.as_str(), m.1), ("a", 3)));
+    ///             .dedup(Default::default(), Default::default())
+    ///             .inspect(|m| assert!(m.0 == "b" || m.1 == 2 || m.1 == 1));
     ///     });
     /// });
     /// ```
-    fn dedup(self, ttl_ms: u64, stats: Arc<DedupStats>) -> Stream<'scope, Time, Vec<D>>;
-}
-
-/// The stable hash that routes a key to its worker: the same in every
-/// process of a cluster (a fixed seed), and fast (foldhash).
-pub fn hash_key(key: &str) -> u64 {
-    foldhash::fast::FixedState::with_seed(0x6b32_5f64_6564_7570).hash_one(key)
+    fn dedup(self, params: DedupParams, stats: Arc<DedupStats>) -> Stream<'scope, Time, Vec<D>>;
 }
 
 /// Dedup with its state in the job's checkpoints.
 pub trait DedupCheckpointed<'scope, D> {
-    /// Like [`Dedup::dedup`], and also writes, at the end of each commit group,
-    /// the keys added in it as a state delta; the second stream reports the
-    /// deltas to the committer. Keys of `ckpt.restore` whose hash routes to
-    /// this worker are loaded first.
+    /// Like [`Dedup::dedup`], and also writes its state per commit group (see
+    /// the module docs); the second stream reports the files to the
+    /// committer. The state of `ckpt.restore` that routes to this worker is
+    /// loaded first.
     fn dedup_checkpointed(
         self,
-        ttl_ms: u64,
+        params: DedupParams,
         stats: Arc<DedupStats>,
         ckpt: StateCheckpoint,
     ) -> (Stream<'scope, Time, Vec<D>>, Stream<'scope, Time, Vec<StateFile>>);
@@ -112,8 +192,8 @@ impl<'scope, D> Dedup<'scope, D> for Stream<'scope, Time, Vec<D>>
 where
     D: DedupKey + timely::ExchangeData,
 {
-    fn dedup(self, ttl_ms: u64, stats: Arc<DedupStats>) -> Stream<'scope, Time, Vec<D>> {
-        build(self, ttl_ms, stats, None).0
+    fn dedup(self, params: DedupParams, stats: Arc<DedupStats>) -> Stream<'scope, Time, Vec<D>> {
+        build(self, params, stats, None).0
     }
 }
 
@@ -123,26 +203,255 @@ where
 {
     fn dedup_checkpointed(
         self,
-        ttl_ms: u64,
+        params: DedupParams,
         stats: Arc<DedupStats>,
         ckpt: StateCheckpoint,
     ) -> (Stream<'scope, Time, Vec<D>>, Stream<'scope, Time, Vec<StateFile>>) {
-        build(self, ttl_ms, stats, Some(ckpt))
+        build(self, params, stats, Some(ckpt))
     }
 }
 
-/// One checkpointed entry: a key and the event time at which it expires.
-type Entry = (String, u64);
+/// The stable hash that routes a stream or id to its worker: the same in
+/// every process of a cluster (a fixed seed), and fast (foldhash).
+pub fn hash_key(key: &str) -> u64 {
+    foldhash::fast::FixedState::with_seed(0x6b32_5f64_6564_7570).hash_one(key)
+}
 
-/// A key held once and shared by the map, the expiry index and the delta.
-type Key = Rc<str>;
+/// The 128-bit fingerprint an id is remembered by: collisions among a
+/// billion ids have a probability of about 10^-21.
+fn fingerprint(id: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(id.as_bytes())
+}
 
-/// Keys added in one commit group, with the capability to report them.
-type Delta = (CapabilitySet<Time>, Vec<(Key, u64)>);
+/// The numbers seen of one sequenced stream, as disjoint `[start, end)` ranges.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeqSet {
+    ranges: BTreeMap<u64, u64>,
+}
+
+impl SeqSet {
+    /// Adds `seq`; false if it was there already.
+    pub fn insert(&mut self, seq: u64) -> bool {
+        let next = seq.saturating_add(1);
+        let mut start = seq;
+        if let Some((&s, e)) = self.ranges.range_mut(..=seq).next_back() {
+            if seq < *e {
+                return false;
+            }
+            if seq == *e {
+                // The common case: the stream goes on where it was.
+                start = s;
+            }
+        }
+        // Join the range that starts right after, if any.
+        let end = self.ranges.remove(&next).unwrap_or(next);
+        self.ranges.insert(start, end);
+        true
+    }
+
+    /// Whether `seq` was seen.
+    pub fn contains(&self, seq: u64) -> bool {
+        self.ranges.range(..=seq).next_back().is_some_and(|(_, &e)| seq < e)
+    }
+
+    /// Closes the oldest gaps until at most `max_gaps` remain; returns how
+    /// many were closed.
+    pub fn limit_gaps(&mut self, max_gaps: usize) -> usize {
+        let mut closed = 0;
+        while self.ranges.len() > max_gaps + 1 {
+            let (s1, _) = self.ranges.pop_first().expect("ranges");
+            let (_, e2) = self.ranges.pop_first().expect("ranges");
+            self.ranges.insert(s1, e2);
+            closed += 1;
+        }
+        closed
+    }
+
+    /// The ranges, in order.
+    pub fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.ranges.iter().map(|(s, e)| (*s, *e))
+    }
+
+    /// Number of ranges.
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// True when nothing was seen.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    fn union(&mut self, ranges: &[(u64, u64)]) {
+        for &(s, e) in ranges {
+            // Rare (restores only): number by number is simple and exact.
+            let mut x = s;
+            while x < e {
+                if let Some((&rs, &re)) = self.ranges.range(..=x).next_back()
+                    && x < re
+                {
+                    let _ = rs;
+                    x = re;
+                    continue;
+                }
+                self.insert(x);
+                x += 1;
+            }
+        }
+    }
+}
+
+/// Ids remembered for a retention, by fingerprint.
+#[derive(Debug, Default)]
+struct IdSet {
+    expiry: HashMap<u128, u64, foldhash::fast::RandomState>,
+    /// Earliest expiry first.
+    order: BinaryHeap<Reverse<(u64, u128)>>,
+}
+
+impl IdSet {
+    /// Adds `id` to expire at `expiry`; false if it is there already.
+    fn insert(&mut self, id: u128, expiry: u64) -> bool {
+        match self.expiry.entry(id) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(expiry);
+                self.order.push(Reverse((expiry, id)));
+                true
+            }
+        }
+    }
+
+    /// Forgets ids whose expiry is below `horizon`; returns how many.
+    fn evict(&mut self, horizon: u64) -> usize {
+        let mut n = 0;
+        while let Some(&Reverse((expiry, id))) = self.order.peek() {
+            if expiry >= horizon {
+                break;
+            }
+            self.order.pop();
+            if self.expiry.get(&id) == Some(&expiry) {
+                self.expiry.remove(&id);
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// One stream's numbers seen, and its name (shared with the group logs).
+#[derive(Default)]
+struct StreamSeen {
+    name: Rc<str>,
+    seen: SeqSet,
+}
+
+/// What one worker of a dedup remembers (public for the memory benchmark).
+#[derive(Default)]
+pub struct DedupState {
+    /// What the records processed so far have shown.
+    streams: HashMap<Rc<str>, StreamSeen, foldhash::fast::RandomState>,
+    /// The streams as of the last commit group written: a snapshot must hold
+    /// exactly the numbers of the groups its cut covers, not those of later
+    /// groups already processed (a restore from the cut re-reads them).
+    committed: HashMap<Rc<str>, SeqSet, foldhash::fast::RandomState>,
+    ids: IdSet,
+    /// The largest event time of an on-time record seen: the id horizon.
+    max_event_us: u64,
+}
+
+/// What [`DedupState::observe`] found, and what a checkpoint must log.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// True for the first occurrence.
+    pub first: bool,
+    /// A sequence number first seen, with its stream.
+    seq: Option<(Rc<str>, u64)>,
+    /// An id first seen.
+    id: Option<IdEntry>,
+    /// Gaps closed and ids evicted on the way.
+    closed: usize,
+    evicted: usize,
+}
+
+impl DedupState {
+    /// Decides whether `record` is a first occurrence, and remembers it.
+    pub fn observe<D: DedupKey>(&mut self, record: &D, params: &DedupParams) -> Observed {
+        let mut out = Observed::default();
+        match record.dedup_id() {
+            DedupId::Sequenced { stream, seq } => {
+                let s = match self.streams.get_mut(stream) {
+                    Some(s) => s,
+                    None => {
+                        let name: Rc<str> = Rc::from(stream);
+                        self.streams.entry(name.clone()).or_insert(StreamSeen {
+                            name,
+                            seen: SeqSet::default(),
+                        })
+                    }
+                };
+                out.first = s.seen.insert(seq);
+                if out.first {
+                    out.closed = s.seen.limit_gaps(params.max_gaps);
+                    out.seq = Some((s.name.clone(), seq));
+                }
+            }
+            DedupId::Id(id) => {
+                // Forget what the retention has passed first, so that the
+                // decision depends on the order of the records alone, not on
+                // how they were batched.
+                out.evicted = self.ids.evict(self.max_event_us.saturating_sub(params.retention_us));
+                let expiry = record.event_us().saturating_add(params.retention_us);
+                let fp = fingerprint(id);
+                out.first = self.ids.insert(fp, expiry);
+                if out.first {
+                    out.id = Some((hash_key(id), fp, expiry));
+                }
+            }
+        }
+        if !record.is_late() {
+            self.max_event_us = self.max_event_us.max(record.event_us());
+        }
+        out
+    }
+
+    /// Streams held.
+    pub fn streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Ids held (for sources without sequence numbers).
+    pub fn ids(&self) -> usize {
+        self.ids.expiry.len()
+    }
+
+    /// Sequence numbers remembered, over all streams (ranges summed).
+    pub fn numbers(&self) -> u64 {
+        self.streams
+            .values()
+            .flat_map(|s| s.seen.ranges())
+            .map(|(a, b)| b - a)
+            .sum()
+    }
+}
+
+/// An id in a delta file: its routing hash, fingerprint and expiry.
+type IdEntry = (u64, u128, u64);
+
+/// A commit group's pending checkpoint work: the capability to report it,
+/// the numbers and the ids first seen in it.
+struct Group {
+    caps: CapabilitySet<Time>,
+    seqs: Vec<(Rc<str>, u64)>,
+    ids: Vec<IdEntry>,
+}
+
+/// A snapshot entry: a stream and its ranges.
+type StreamEntry = (String, Vec<(u64, u64)>);
 
 fn build<'scope, D>(
     stream: Stream<'scope, Time, Vec<D>>,
-    ttl_ms: u64,
+    params: DedupParams,
     stats: Arc<DedupStats>,
     ckpt: Option<StateCheckpoint>,
 ) -> (Stream<'scope, Time, Vec<D>>, Stream<'scope, Time, Vec<StateFile>>)
@@ -152,34 +461,24 @@ where
     let scope = stream.scope();
     let (index, peers) = (scope.index(), scope.peers());
     let mut builder = OperatorBuilder::new("Dedup".to_string(), scope);
-    let mut input = builder.new_input(stream, Exchange::new(|d: &D| hash_key(d.dedup_key())));
+    let mut input = builder.new_input(stream, Exchange::new(|d: &D| hash_key(d.dedup_id().route_key())));
     let (data_out, data) = builder.new_output::<Vec<D>>();
     let (state_out, state) = builder.new_output::<Vec<StateFile>>();
     let mut data_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<D>>> = OutputBuilder::from(data_out);
     let mut state_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<StateFile>>> = OutputBuilder::from(state_out);
 
-    // key -> expiry (event ms); expiry -> keys, for eviction in order.
-    let mut seen: HashMap<Key, u64, foldhash::fast::RandomState> = HashMap::default();
-    let mut expiries: BTreeMap<u64, Vec<Key>> = BTreeMap::new();
+    let mut st = DedupState::default();
     if let Some(ckpt) = &ckpt {
-        for file in ckpt.restore.iter().filter(|f| f.operator == ckpt.operator) {
-            let entries: Vec<Entry> = match ckpt.store.read(file) {
-                Ok(e) => e,
-                Err(e) => panic!("cannot restore dedup state: {e}"),
-            };
-            for (key, expiry) in entries {
-                if route(hash_key(&key), peers) == index && !seen.contains_key(key.as_str()) {
-                    let key: Key = key.into();
-                    expiries.entry(expiry).or_default().push(key.clone());
-                    seen.insert(key, expiry);
-                }
-            }
+        let restored = restore(ckpt, index, peers, &mut st);
+        if let Err(e) = restored {
+            panic!("cannot restore dedup state: {e}");
         }
     }
-    // Keys added per commit group, with capabilities to report their delta.
-    let mut deltas: BTreeMap<u64, Delta> = BTreeMap::new();
-
-    // Deltas being written, with the capabilities to report them.
+    let mut gauges = update_gauges(&stats, &st, (0, 0, 0));
+    // The first group of a run writes a snapshot even if nothing changed, so
+    // that the run's snapshots soon retire the older runs' (see checkpoint::state).
+    let mut snapshot_written = false;
+    let mut groups: BTreeMap<u64, Group> = BTreeMap::new();
     let mut writing: Vec<(CapabilitySet<Time>, BackgroundWrite)> = Vec::new();
     let wake = scope
         .worker()
@@ -188,83 +487,93 @@ where
     builder.build(move |_caps| {
         move |frontiers| {
             let frontier = frontiers[0].frontier();
-            input.for_each_stamp(|cap, data| {
+            // In arrival order: `for_each_stamp` sorts messages by stamp with
+            // an unstable sort, which may swap two messages of one stamp, and
+            // with them which copy of a record comes first.
+            input.for_each(|cap, data| {
                 let time = stamp_time(cap.stamp().iter());
                 let mut data_out = data_out.activate();
                 let mut session = data_out.session(&cap);
-                // This stamp's delta: one lookup per batch, not per record.
-                let mut delta = match (&ckpt, time) {
+                // This stamp's group: one lookup per batch, not per record.
+                let mut group = match (&ckpt, time) {
                     (Some(ckpt), Some(time)) => {
-                        let delta = deltas
-                            .entry(ckpt.groups.group_of(time.epoch))
-                            .or_insert_with(|| (CapabilitySet::new(), Vec::new()));
-                        if delta.1.is_empty() {
-                            delta.0.insert(cap.delayed(&time, 1));
+                        let g = groups.entry(ckpt.groups.group_of(time.epoch)).or_insert_with(|| Group {
+                            caps: CapabilitySet::new(),
+                            seqs: Vec::new(),
+                            ids: Vec::new(),
+                        });
+                        if g.caps.is_empty() {
+                            g.caps.insert(cap.delayed(&time, 1));
                         }
-                        Some(&mut delta.1)
+                        Some(g)
                     }
                     _ => None,
                 };
-                let (mut passed, mut dropped) = (0, 0);
-                for batch in data {
-                    for record in batch.drain(..) {
-                        let event = record.event_ms();
-                        let expiry = event.saturating_add(ttl_ms);
-                        // A repeat within the TTL of the first occurrence, in
-                        // event time: decided by the records alone, never by
-                        // how far the frontier happens to have moved.
-                        let key = match seen.entry(record.dedup_key().into()) {
-                            MapEntry::Occupied(e) if event <= *e.get() => {
-                                dropped += 1;
-                                continue;
-                            }
-                            MapEntry::Occupied(mut e) => {
-                                e.insert(expiry);
-                                e.key().clone()
-                            }
-                            MapEntry::Vacant(v) => {
-                                let key = v.key().clone();
-                                v.insert(expiry);
-                                key
-                            }
-                        };
-                        if let Some(delta) = delta.as_mut() {
-                            delta.push((key.clone(), expiry));
+                let (mut passed, mut dropped, mut closed, mut evicted) = (0, 0, 0, 0);
+                {
+                    for record in data.drain(..) {
+                        let o = st.observe(&record, &params);
+                        if o.closed > 0 && closed == 0 {
+                            tracing::warn!(
+                                max_gaps = params.max_gaps,
+                                "dedup: a stream has too many gaps in its sequence numbers; closing the oldest (numbers in them now count as seen)"
+                            );
                         }
-                        expiries.entry(expiry).or_default().push(key);
-                        passed += 1;
-                        session.give(record);
+                        closed += o.closed;
+                        evicted += o.evicted;
+                        if let Some(g) = group.as_mut() {
+                            g.seqs.extend(o.seq);
+                            g.ids.extend(o.id);
+                        }
+                        let first = o.first;
+                        if first {
+                            passed += 1;
+                            session.give(record);
+                        } else {
+                            dropped += 1;
+                        }
                     }
                 }
                 stats.passed.fetch_add(passed, Ordering::Relaxed);
                 stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+                stats.gaps_closed.fetch_add(closed as u64, Ordering::Relaxed);
+                stats.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
             });
-            // Write the deltas of groups the frontier has passed, off the
-            // worker thread; report each once it is durable.
+            gauges = update_gauges(&stats, &st, gauges);
+
+            // Write the state of groups the frontier has passed, off the
+            // worker thread; report each file once it is durable.
             if let Some(ckpt) = &ckpt {
-                while let Some(entry) = deltas.first_entry() {
+                while let Some(entry) = groups.first_entry() {
                     if !epoch_complete(frontier.iter(), *entry.key()) {
                         break;
                     }
-                    let (group, (caps, entries)) = entry.remove_entry();
-                    if entries.is_empty() {
-                        continue; // Only repeats in this group: nothing to keep.
+                    let (group, g) = entry.remove_entry();
+                    if !g.seqs.is_empty() || !snapshot_written {
+                        snapshot_written = true;
+                        for (name, seq) in &g.seqs {
+                            let set = st.committed.entry(name.clone()).or_default();
+                            set.insert(*seq);
+                            set.limit_gaps(params.max_gaps);
+                        }
+                        let mut entries: Vec<(&str, Vec<(u64, u64)>)> = st
+                            .committed
+                            .iter()
+                            .map(|(s, set)| (&**s, set.ranges().collect()))
+                            .collect();
+                        entries.sort_unstable();
+                        let file = ckpt.file(index, peers, group, StateKind::Snapshot, u64::MAX);
+                        let bytes = StateStore::encode(&entries);
+                        let write = ckpt
+                            .store
+                            .write_bytes_in_background(file, bytes, entries.len() as u64, wake.clone());
+                        writing.push((g.caps.clone(), write));
                     }
-                    let max_expiry = entries.iter().map(|(_, x)| *x).max().unwrap_or(0);
-                    // Encoded here, from the shared keys (no copy of each); the
-                    // file write and fsync go to a thread of their own.
-                    let rows: Vec<(&str, u64)> = entries.iter().map(|(k, x)| (&**k, *x)).collect();
-                    let write = ckpt.store.write_encoded_in_background(
-                        &ckpt.operator,
-                        index,
-                        group,
-                        &ckpt.run_id,
-                        StateStore::encode(&rows),
-                        rows.len() as u64,
-                        max_expiry,
-                        wake.clone(),
-                    );
-                    writing.push((caps, write));
+                    if !g.ids.is_empty() {
+                        let max_expiry = g.ids.iter().map(|(_, _, x)| *x).max().unwrap_or(0);
+                        let file = ckpt.file(index, peers, group, StateKind::Delta, max_expiry);
+                        writing.push((g.caps, ckpt.store.write_in_background(file, g.ids, wake.clone())));
+                    }
                 }
                 writing.retain(|(caps, write)| match write.done() {
                     Some(file) => {
@@ -274,26 +583,54 @@ where
                     None => true,
                 });
             }
-            // Forget keys whose expiry the event-time frontier has passed: an
-            // on-time record from now on has a later event time, so it would
-            // not be a repeat within the TTL anyway.
-            let horizon = event_frontier(frontier.iter());
-            while let Some(entry) = expiries.first_entry() {
-                if *entry.key() >= horizon {
-                    break;
-                }
-                let (expiry, keys) = entry.remove_entry();
-                for k in keys {
-                    // The key may have been seen again since, with a later expiry.
-                    if seen.get(&k) == Some(&expiry) {
-                        seen.remove(&k);
-                        stats.evicted.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
         }
     });
     (data, state)
+}
+
+/// Loads the restored state of this worker (see the module docs).
+fn restore(ckpt: &StateCheckpoint, index: usize, peers: usize, st: &mut DedupState) -> crate::error::Result<()> {
+    let streams: Vec<StreamEntry> = restore_snapshots(ckpt, index, peers, |s: &String| hash_key(s))?;
+    for (stream, ranges) in streams {
+        let name: Rc<str> = Rc::from(stream.as_str());
+        st.committed.entry(name.clone()).or_default().union(&ranges);
+        st.streams
+            .entry(name.clone())
+            .or_insert(StreamSeen {
+                name,
+                seen: SeqSet::default(),
+            })
+            .seen
+            .union(&ranges);
+    }
+    for file in ckpt.restored().filter(|f| f.kind == StateKind::Delta) {
+        for (hash, fp, expiry) in ckpt.store.read::<IdEntry>(file)? {
+            if route(hash, peers) == index {
+                st.ids.insert(fp, expiry);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Moves the shared gauges by this worker's change since `before`.
+fn update_gauges(stats: &DedupStats, st: &DedupState, before: (usize, usize, usize)) -> (usize, usize, usize) {
+    let now = (
+        st.streams.len(),
+        st.streams.values().map(|s| s.seen.len()).sum::<usize>(),
+        st.ids.expiry.len(),
+    );
+    let mv = |gauge: &AtomicU64, b: usize, a: usize| {
+        if a > b {
+            gauge.fetch_add((a - b) as u64, Ordering::Relaxed);
+        } else if b > a {
+            gauge.fetch_sub((b - a) as u64, Ordering::Relaxed);
+        }
+    };
+    mv(&stats.streams, before.0, now.0);
+    mv(&stats.ranges, before.1, now.1);
+    mv(&stats.ids, before.2, now.2);
+    now
 }
 
 #[cfg(test)]
@@ -301,70 +638,110 @@ mod tests {
     use super::*;
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
-    use std::collections::HashSet;
+    use std::collections::{BTreeSet, HashSet};
     use std::sync::Mutex;
     use timely::dataflow::operators::Inspect;
     use timely::dataflow::operators::generic::operator::source;
 
+    /// A test record: a stream and number (or an id), an event time, its
+    /// position in the input (the "Kafka order"), and whether it is late.
     #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
     struct Rec {
-        key: String,
-        event: u64,
+        stream: String,
         seq: u64,
+        /// Sequenced or by id.
+        by_id: bool,
+        event: u64,
+        pos: u64,
+        late: bool,
     }
     impl DedupKey for Rec {
-        fn dedup_key(&self) -> &str {
-            &self.key
+        fn dedup_id(&self) -> DedupId<'_> {
+            if self.by_id {
+                DedupId::Id(&self.stream)
+            } else {
+                DedupId::Sequenced {
+                    stream: &self.stream,
+                    seq: self.seq,
+                }
+            }
         }
-        fn event_ms(&self) -> u64 {
+        fn event_us(&self) -> u64 {
             self.event
         }
+        fn is_late(&self) -> bool {
+            self.late
+        }
     }
 
-    /// A random input: keys from a small space (so duplicates are common),
-    /// split into per-worker batches at increasing times.
-    fn input(seed: u64, n: usize) -> Vec<(Time, Rec)> {
+    /// A random input of a few "partitions", each a stream set of its own
+    /// (as keyed Kafka partitions are): sequences mostly in order with
+    /// re-sends, gaps, very old replays and trades dated far in the future.
+    fn input(seed: u64, n: usize) -> Vec<Rec> {
         let mut rng = SmallRng::seed_from_u64(seed);
-        let keys = rng.random_range(1..n as u64 / 2 + 2);
-        (0..n as u64)
-            .map(|seq| {
-                let t = Time::new(seq / 7, seq);
-                (
-                    t,
-                    Rec {
-                        key: format!("k{}", rng.random_range(0..keys)),
-                        event: seq,
-                        seq,
-                    },
-                )
-            })
-            .collect()
+        let streams = rng.random_range(1..6);
+        let mut next = vec![1_000u64; streams];
+        let mut out: Vec<Rec> = Vec::new();
+        for pos in 0..n as u64 {
+            let s = rng.random_range(0..streams);
+            let event = 1_000_000 + pos * 1_000;
+            let roll = rng.random_range(0..100);
+            let seq = if roll < 10 && next[s] > 1_000 {
+                // A re-send of a recent one.
+                rng.random_range(next[s].saturating_sub(20).max(1_000)..next[s])
+            } else if roll < 13 && next[s] > 1_000 {
+                // A replay from long ago.
+                rng.random_range(1_000..next[s])
+            } else if roll < 16 {
+                // A gap: some numbers skipped (maybe filled in later).
+                next[s] += rng.random_range(2..50);
+                next[s] - 1
+            } else {
+                next[s] += 1;
+                next[s] - 1
+            };
+            let future = rng.random_range(0..100) == 0;
+            out.push(Rec {
+                stream: format!("s{s}"),
+                seq,
+                by_id: false,
+                event: if future { u64::MAX / 4 } else { event },
+                pos,
+                late: future,
+            });
+        }
+        out
     }
 
-    /// The sequential model: the first record of each key, in input order.
-    fn oracle(input: &[(Time, Rec)]) -> Vec<Rec> {
+    /// The sequential model: the first record of each identity, in input order.
+    fn oracle(input: &[Rec]) -> Vec<Rec> {
         let mut seen = HashSet::new();
         let mut out: Vec<Rec> = input
             .iter()
-            .filter(|(_, r)| seen.insert(r.key.clone()))
-            .map(|(_, r)| r.clone())
+            .filter(|r| seen.insert((r.stream.clone(), r.seq, r.by_id)))
+            .cloned()
             .collect();
         out.sort();
         out
     }
 
-    /// Runs dedup on `workers` threads. Each worker feeds the records whose
-    /// key hashes to it, in input order, so "first" is well defined whatever
-    /// the routing: this mirrors Kafka, where one key stays in one partition.
-    fn run(workers: usize, data: Vec<(Time, Rec)>, ttl: u64) -> Vec<Rec> {
+    /// Runs dedup on `workers` threads. Each worker feeds the records of the
+    /// streams it "reads" (a partition), in input order, a few per activation.
+    fn run(workers: usize, data: Vec<Rec>, params: DedupParams) -> Vec<Rec> {
+        run_with(workers, data, params, 3)
+    }
+
+    /// [`run`] with `per_activation` records per source activation: with one,
+    /// many messages of one stamp queue up at dedup, as they do in a job.
+    fn run_with(workers: usize, data: Vec<Rec>, params: DedupParams, per_activation: usize) -> Vec<Rec> {
         let out = Arc::new(Mutex::new(Vec::new()));
         let out2 = out.clone();
         let data = Arc::new(data);
         timely::execute(timely::Config::process(workers), move |worker| {
             let (index, peers) = (worker.index(), worker.peers());
-            let mine: Vec<(Time, Rec)> = data
+            let mine: Vec<Rec> = data
                 .iter()
-                .filter(|(_, r)| (hash_key(&r.key) as usize / 3) % peers == index)
+                .filter(|r| (hash_key(&r.stream) as usize / 7) % peers == index)
                 .cloned()
                 .collect();
             let out = out2.clone();
@@ -376,19 +753,18 @@ mod tests {
                     let mut pos = 0;
                     move |output| {
                         if let Some(c) = cap.as_mut() {
-                            // A few records per activation, to interleave with other workers.
-                            for _ in 0..3 {
+                            for _ in 0..per_activation {
                                 if pos == mine.len() {
                                     break;
                                 }
-                                let (t, r) = mine[pos].clone();
-                                c.downgrade(&t);
+                                let r = mine[pos].clone();
+                                // Workers' stamps differ (as their watermarks
+                                // do), so dedup's queue mixes stamps.
+                                c.downgrade(&Time::new(r.pos / 200, index as u64));
                                 pos += 1;
-                                if r.key.is_empty() {
-                                    // A pause: let progress reach dedup before going on.
-                                    break;
-                                }
-                                output.session(&*c).give(r);
+                                // One message per record: many messages of
+                                // one stamp queue up at dedup, as in a job.
+                                output.session(&*c).give_container(&mut vec![r]);
                             }
                             if pos == mine.len() {
                                 cap = None;
@@ -398,7 +774,7 @@ mod tests {
                         }
                     }
                 })
-                .dedup(ttl, Default::default())
+                .dedup(params, Default::default())
                 .inspect(move |r: &Rec| out.lock().unwrap().push(r.clone()));
             });
         })
@@ -409,13 +785,14 @@ mod tests {
     }
 
     #[test]
-    fn matches_sequential_oracle_on_1_2_4_workers() {
+    fn matches_the_sequential_oracle_on_1_2_4_workers() {
         for seed in 0..24 {
-            let data = input(seed, 300);
+            let data = input(seed, 400);
             let expected = oracle(&data);
             for workers in [1, 2, 4] {
+                let per_activation = [1, 3, 64][seed as usize % 3];
                 assert_eq!(
-                    run(workers, data.clone(), u64::MAX / 2),
+                    run_with(workers, data.clone(), DedupParams::default(), per_activation),
                     expected,
                     "seed {seed}, {workers} workers"
                 );
@@ -424,25 +801,112 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_forgotten_after_the_ttl() {
-        // Empty keys are pauses in the input (see `run`).
-        // "a" at event 0 with a TTL of 10 is forgotten once the frontier's
-        // event time reaches 10, so "a" at event 50 passes again; "b" repeats
-        // within its TTL and is dropped.
-        let rec = |key: &str, event| Rec {
-            key: key.into(),
+    fn no_timestamp_makes_it_forget() {
+        // A trade of the year 3000 (flagged late by the source), then a quiet
+        // spell, then a replay of everything: every replayed copy is dropped.
+        let mut data: Vec<Rec> = (0..50)
+            .map(|i| Rec {
+                stream: "binance:BTCUSDT".into(),
+                seq: 100 + i,
+                by_id: false,
+                event: 1_000_000 + i,
+                pos: i,
+                late: false,
+            })
+            .collect();
+        data.push(Rec {
+            stream: "binance:BTCUSDT".into(),
+            seq: 150,
+            by_id: false,
+            event: 32_503_680_000_000_000,
+            pos: 50,
+            late: true,
+        });
+        let replay: Vec<Rec> = data
+            .iter()
+            .map(|r| Rec {
+                pos: r.pos + 1_000,
+                ..r.clone()
+            })
+            .collect();
+        data.extend(replay);
+        let got = run(
+            1,
+            data.clone(),
+            DedupParams {
+                retention_us: 1,
+                max_gaps: 10,
+            },
+        );
+        assert_eq!(got.len(), 51);
+        assert!(got.iter().all(|r| r.pos < 1_000), "a replayed copy passed");
+    }
+
+    #[test]
+    fn ids_are_kept_for_the_retention_of_on_time_event_time() {
+        let rec = |id: &str, event: u64, pos: u64, late: bool| Rec {
+            stream: id.into(),
+            seq: 0,
+            by_id: true,
             event,
-            seq: event,
+            pos,
+            late,
         };
         let data = vec![
-            (Time::new(0, 0), rec("a", 0)),
-            (Time::new(0, 0), rec("b", 0)),
-            (Time::new(1, 5), rec("b", 5)),
+            rec("a", 0, 0, false),
+            // Far in the future but late: it moves no horizon.
+            rec("z", 1_000_000, 1, true),
+            rec("a", 5, 2, false),
+            rec("b", 50, 3, false),
+            // The on-time horizon is now 50 - 10 = 40 > a's expiry 10.
+            rec("a", 60, 4, false),
         ];
-        let mut data = data;
-        data.extend((0..5).map(|_| (Time::new(2, 50), rec("", 50))));
-        data.push((Time::new(2, 50), rec("a", 50)));
-        let got: Vec<(String, u64)> = run(1, data, 10).into_iter().map(|r| (r.key, r.event)).collect();
-        assert_eq!(got, vec![("a".into(), 0), ("a".into(), 50), ("b".into(), 0)]);
+        let got: Vec<(String, u64)> = run(
+            1,
+            data,
+            DedupParams {
+                retention_us: 10,
+                max_gaps: 10,
+            },
+        )
+        .into_iter()
+        .map(|r| (r.stream, r.pos))
+        .collect();
+        let got: BTreeSet<(String, u64)> = got.into_iter().collect();
+        let want: BTreeSet<(String, u64)> = [("a", 0), ("z", 1), ("b", 3), ("a", 4)]
+            .iter()
+            .map(|(s, p)| (s.to_string(), *p))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn sequence_sets_are_exact_and_bounded() {
+        let mut s = SeqSet::default();
+        let mut model = BTreeSet::new();
+        let mut rng = SmallRng::seed_from_u64(5);
+        for _ in 0..20_000 {
+            let x = rng.random_range(0..3_000u64);
+            assert_eq!(s.insert(x), model.insert(x), "{x}");
+        }
+        for x in 0..3_100 {
+            assert_eq!(s.contains(x), model.contains(&x), "{x}");
+        }
+        // Gaps: 0, 2, 4, ... 18 are 10 ranges; keep at most 3 gaps.
+        let mut g = SeqSet::default();
+        for x in (0..20).step_by(2) {
+            g.insert(x);
+        }
+        assert_eq!(g.len(), 10);
+        assert_eq!(g.limit_gaps(3), 6);
+        assert_eq!(
+            g.ranges().collect::<Vec<_>>(),
+            vec![(0, 13), (14, 15), (16, 17), (18, 19)]
+        );
+        assert!(g.contains(5), "a closed gap counts as seen");
+        let mut u = SeqSet::default();
+        u.union(&[(5, 9), (20, 22)]);
+        u.union(&[(8, 12)]);
+        assert_eq!(u.ranges().collect::<Vec<_>>(), vec![(5, 12), (20, 22)]);
     }
 }

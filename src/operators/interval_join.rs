@@ -71,8 +71,8 @@ pub trait JoinSide {
     type Key: Hash + Eq + Clone + 'static;
     /// The record's join key: records meet only with equal keys.
     fn join_key(&self) -> &Self::Key;
-    /// The record's own event time, ms since the Unix epoch.
-    fn event_ms(&self) -> u64;
+    /// The record's own event time, µs since the Unix epoch.
+    fn event_us(&self) -> u64;
 }
 
 /// Trades join by normalized symbol (`BTC/USDT`) at their exchange event time.
@@ -81,8 +81,8 @@ impl JoinSide for crate::record::Trade {
     fn join_key(&self) -> &String {
         &self.symbol
     }
-    fn event_ms(&self) -> u64 {
-        (self.event_us.max(0) / 1000) as u64
+    fn event_us(&self) -> u64 {
+        self.event_time()
     }
 }
 
@@ -367,13 +367,13 @@ where
     /// Stores a left record that arrived at `time`, without joining it.
     pub fn insert_left(&mut self, time: Time, record: L) {
         let slot = self.left.slot(record.join_key());
-        self.left.insert(slot, record.event_ms(), time, record);
+        self.left.insert(slot, record.event_us(), time, record);
     }
 
     /// Stores a right record that arrived at `time`, without joining it.
     pub fn insert_right(&mut self, time: Time, record: R) {
         let slot = self.right.slot(record.join_key());
-        self.right.insert(slot, record.event_ms(), time, record);
+        self.right.insert(slot, record.event_us(), time, record);
     }
 
     /// Records stored, over both sides: the measure of state size.
@@ -410,7 +410,7 @@ where
 /// Joins two streams by key within ±Δ of event time.
 pub trait IntervalJoin<'scope, L: JoinSide>: Sized {
     /// Emits `emit(l, r)` once for every pair of a record `l` of `self` and `r`
-    /// of `other` with equal keys and event times at most `delta_ms` apart, as
+    /// of `other` with equal keys and event times at most `delta_us` apart, as
     /// soon as the second of the two arrives, at the join of their times.
     ///
     /// Shorthand for [`interval_join_with`](Self::interval_join_with) with no
@@ -424,13 +424,13 @@ pub trait IntervalJoin<'scope, L: JoinSide>: Sized {
     /// use timely::dataflow::operators::{Inspect, vec::ToStream};
     ///
     /// #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-    /// struct Tick { symbol: String, ms: u64 }
+    /// struct Tick { symbol: String, us: u64 }
     /// impl JoinSide for Tick {
     ///     type Key = String;
     ///     fn join_key(&self) -> &String { &self.symbol }
-    ///     fn event_ms(&self) -> u64 { self.ms }
+    ///     fn event_us(&self) -> u64 { self.us }
     /// }
-    /// let tick = |symbol: &str, ms| Tick { symbol: symbol.into(), ms };
+    /// let tick = |symbol: &str, us| Tick { symbol: symbol.into(), us };
     ///
     /// let pairs = Arc::new(Mutex::new(Vec::new()));
     /// let sink = pairs.clone();
@@ -439,7 +439,7 @@ pub trait IntervalJoin<'scope, L: JoinSide>: Sized {
     ///         let binance = vec![tick("BTC/USDT", 1_000), tick("ETH/USDT", 1_000)].to_stream(scope);
     ///         let kraken = vec![tick("BTC/USDT", 1_040), tick("BTC/USDT", 2_000)].to_stream(scope);
     ///         binance
-    ///             .interval_join(kraken, 50, |b: &Tick, k: &Tick| (b.ms, k.ms))
+    ///             .interval_join(kraken, 50, |b: &Tick, k: &Tick| (b.us, k.us))
     ///             .inspect(move |pair| sink.lock().unwrap().push(*pair));
     ///     });
     /// });
@@ -448,7 +448,7 @@ pub trait IntervalJoin<'scope, L: JoinSide>: Sized {
     fn interval_join<R, O, F>(
         self,
         other: Stream<'scope, Time, Vec<R>>,
-        delta_ms: u64,
+        delta_us: u64,
         emit: F,
     ) -> Stream<'scope, Time, Vec<O>>
     where
@@ -456,7 +456,7 @@ pub trait IntervalJoin<'scope, L: JoinSide>: Sized {
         O: 'static,
         F: FnMut(&L, &R) -> O + 'static,
     {
-        self.interval_join_with(other, delta_ms, &[], Default::default(), emit)
+        self.interval_join_with(other, delta_us, &[], Default::default(), emit)
     }
 
     /// [`interval_join`](Self::interval_join), starting from `restore`, with
@@ -468,7 +468,7 @@ pub trait IntervalJoin<'scope, L: JoinSide>: Sized {
     fn interval_join_with<R, O, F>(
         self,
         other: Stream<'scope, Time, Vec<R>>,
-        delta_ms: u64,
+        delta_us: u64,
         restore: &[JoinState<L::Key, L, R>],
         stats: Arc<JoinStats>,
         emit: F,
@@ -523,7 +523,7 @@ where
                     for batch in data {
                         n.left += batch.len();
                         for l in batch.drain(..) {
-                            let event = l.event_ms();
+                            let event = l.event_us();
                             n.late += usize::from(event < least_event);
                             for r in state.right.probe(l.join_key(), event, delta) {
                                 pending.push((time.join(&r.time), emit(&l, &r.record)));
@@ -543,7 +543,7 @@ where
                     for batch in data {
                         n.right += batch.len();
                         for r in batch.drain(..) {
-                            let event = r.event_ms();
+                            let event = r.event_us();
                             n.late += usize::from(event < least_event);
                             for l in state.left.probe(r.join_key(), event, delta) {
                                 pending.push((time.join(&l.time), emit(&l.record, &r)));
@@ -671,7 +671,7 @@ mod tests {
         fn join_key(&self) -> &String {
             &self.key
         }
-        fn event_ms(&self) -> u64 {
+        fn event_us(&self) -> u64 {
             self.event
         }
     }
@@ -915,6 +915,39 @@ mod tests {
                 assert_eq!(out.mistimed, vec![]);
                 assert_eq!(out.stats.evicted.load(Ordering::Relaxed), 4);
             }
+        }
+    }
+
+    /// Event times in µs, as Kraken sends them: with Δ = 20 ms, pairs exactly
+    /// Δ apart and Δ − 1 µs apart join, Δ + 1 µs apart do not (a join that
+    /// compared milliseconds would also pair up to Δ + 999 µs).
+    #[test]
+    fn microsecond_event_times_pair_within_exactly_delta() {
+        let t = 1_695_628_177_708_706u64;
+        let delta = 20_000;
+        let left = vec![(Time::new(0, t), Some(rec(1, "BTC/USD", t)))];
+        let right: Vec<Step> = [
+            (2, t + delta - 1),
+            (3, t + delta),
+            (4, t + delta + 1),
+            (5, t - delta - 1),
+            (6, t - delta),
+            (7, t - delta + 1),
+            (8, t + delta + 999),
+        ]
+        .into_iter()
+        .map(|(id, event)| (Time::new(0, t - delta - 1), Some(rec(id, "BTC/USD", event))))
+        .collect();
+        for workers in [1, 2, 4] {
+            let (l, r) = (left.clone(), right.clone());
+            let out = run(workers, delta, Vec::new(), move |index, _| {
+                if index == 0 {
+                    (l.clone(), r.clone(), 2)
+                } else {
+                    (Vec::new(), Vec::new(), 1)
+                }
+            });
+            assert_eq!(out.pairs, vec![(1, 2), (1, 3), (1, 6), (1, 7)], "{workers} workers");
         }
     }
 

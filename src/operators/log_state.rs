@@ -7,7 +7,7 @@
 //! in event time (`event + ttl`). Restoring an operator is then re-inserting
 //! the records of the live deltas: see [`read_logged`].
 
-use crate::checkpoint::state::{BackgroundWrite, StateCheckpoint, StateFile};
+use crate::checkpoint::state::{BackgroundWrite, StateCheckpoint, StateFile, StateKind};
 use crate::time::{Time, epoch_complete, stamp_time};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -23,7 +23,7 @@ type Pending<D> = (CapabilitySet<Time>, Vec<(Time, D)>, u64);
 /// Writes the records of a stream as state deltas.
 pub trait LogState<'scope, D> {
     /// Logs every record with its time under `ckpt.operator`; a record expires
-    /// at `expiry(record)` (event ms).
+    /// at `expiry(record)` (event µs).
     fn log_state<F>(self, ckpt: StateCheckpoint, expiry: F) -> Stream<'scope, Time, Vec<StateFile>>
     where
         F: Fn(&D) -> u64 + 'static;
@@ -38,7 +38,7 @@ where
         F: Fn(&D) -> u64 + 'static,
     {
         let scope = self.scope();
-        let index = scope.index();
+        let (index, peers) = (scope.index(), scope.peers());
         self.unary_frontier(Pipeline, &format!("LogState({})", ckpt.operator), move |_cap, info| {
             let wake = scope.worker().sync_activator_for(info.address.to_vec());
             let mut pending: BTreeMap<u64, Pending<D>> = BTreeMap::new();
@@ -66,15 +66,8 @@ where
                         break;
                     }
                     let (group, (caps, records, max_expiry)) = entry.remove_entry();
-                    let write = ckpt.store.write_in_background(
-                        &ckpt.operator,
-                        index,
-                        group,
-                        &ckpt.run_id,
-                        records,
-                        max_expiry,
-                        wake.clone(),
-                    );
+                    let file = ckpt.file(index, peers, group, StateKind::Delta, max_expiry);
+                    let write = ckpt.store.write_in_background(file, records, wake.clone());
                     writing.push((caps, write));
                 }
                 writing.retain(|(caps, write)| match write.done() {

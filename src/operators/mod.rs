@@ -11,6 +11,6 @@ pub mod interval_join;
 pub mod log_state;
 
 pub use arbitrage::{Arbitrage, ArbitrageParams};
-pub use dedup::{Dedup, DedupCheckpointed, DedupKey};
+pub use dedup::{Dedup, DedupCheckpointed, DedupId, DedupKey, DedupParams};
 pub use interval_join::{IntervalJoin, JoinSide, JoinState, JoinStats, key_hash, key_worker};
 pub use log_state::{LogState, read_logged};

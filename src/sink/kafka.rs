@@ -14,14 +14,15 @@
 //!   visible per commit. The fixed `transactional.id` lets Kafka itself fence
 //!   a zombie producer of an older instance.
 
+use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
+use crate::kafka::{Quiet, client_config};
 use crate::time::{Time, epoch_complete, stamp_time};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -69,16 +70,15 @@ pub struct KafkaSinkStats {
 
 /// Creates `topic` unless it exists. Alert topics use `LogAppendTime`, so a
 /// record's timestamp is its arrival time, which latency is measured to.
-pub fn ensure_topic(brokers: &str, topic: &str, partitions: i32, configs: &[(&str, &str)]) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
+pub fn ensure_topic(kafka: &KafkaConfig, topic: &str, partitions: i32, configs: &[(&str, &str)]) -> Result<()> {
+    let admin: AdminClient<Quiet> = client_config(kafka)
+        .create_with_context(Quiet)
         .map_err(|e| Error::kafka("create admin client", e))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::Other(format!("runtime: {e}")))?;
-    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(kafka.replication_factor));
     for (k, v) in configs {
         new = new.set(k, v);
     }
@@ -100,7 +100,7 @@ pub fn ensure_topic(brokers: &str, topic: &str, partitions: i32, configs: &[(&st
 /// Sending records to Kafka from a dataflow.
 pub trait PublishKafka<'scope, D> {
     /// Immediate mode: sends every record at once from its worker.
-    fn publish_kafka(self, brokers: &str, topic: &str, stats: Arc<KafkaSinkStats>) -> Result<()>;
+    fn publish_kafka(self, kafka: &KafkaConfig, topic: &str, stats: Arc<KafkaSinkStats>) -> Result<()>;
     /// Transactional mode: groups records per commit group for the committer.
     fn stage_kafka(
         self,
@@ -110,14 +110,13 @@ pub trait PublishKafka<'scope, D> {
 }
 
 impl<'scope, D: ToKafka + timely::ExchangeData> PublishKafka<'scope, D> for Stream<'scope, Time, Vec<D>> {
-    fn publish_kafka(self, brokers: &str, topic: &str, stats: Arc<KafkaSinkStats>) -> Result<()> {
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+    fn publish_kafka(self, kafka: &KafkaConfig, topic: &str, stats: Arc<KafkaSinkStats>) -> Result<()> {
+        let producer: BaseProducer<Quiet> = client_config(kafka)
             // Retries never duplicate a record on their own.
             .set("enable.idempotence", "true")
             // Alerts are latency-sensitive: send without waiting for a batch.
             .set("linger.ms", "0")
-            .create()
+            .create_with_context(Quiet)
             .map_err(|e| Error::kafka("create alert producer", e))?;
         let topic = topic.to_string();
         self.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
@@ -203,32 +202,30 @@ impl<'scope, D: ToKafka + timely::ExchangeData> PublishKafka<'scope, D> for Stre
 /// Publishes a cut's records in one Kafka transaction, with a marker offset
 /// that records the cut's epoch atomically (see the module docs).
 pub struct TxnPublisher {
-    producer: BaseProducer,
-    marker: BaseConsumer,
+    producer: BaseProducer<Quiet>,
+    marker: BaseConsumer<Quiet>,
     marker_topic: String,
 }
 
 impl TxnPublisher {
     /// A transactional producer for `job` whose marker lives on `marker_topic`.
-    pub fn new(brokers: &str, job: &str, marker_topic: &str) -> Result<TxnPublisher> {
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+    pub fn new(kafka: &KafkaConfig, job: &str, marker_topic: &str) -> Result<TxnPublisher> {
+        let producer: BaseProducer<Quiet> = client_config(kafka)
             // One id per job: a new instance's init fences an old zombie.
             .set("transactional.id", format!("k2-{job}-kafka-sink"))
             .set("enable.idempotence", "true")
             .set("linger.ms", "0")
-            .create()
+            .create_with_context(Quiet)
             .map_err(|e| Error::kafka("create transactional producer", e))?;
         producer
             .init_transactions(TIMEOUT)
             .map_err(|e| Error::kafka("init Kafka transactions", e))?;
-        let marker: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+        let marker: BaseConsumer<Quiet> = client_config(kafka)
             // The group that holds the marker offset; nobody consumes with it.
             .set("group.id", format!("k2-{job}-kafka-sink"))
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
-            .create()
+            .create_with_context(Quiet)
             .map_err(|e| Error::kafka("create marker consumer", e))?;
         Ok(TxnPublisher {
             producer,

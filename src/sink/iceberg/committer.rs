@@ -23,9 +23,10 @@
 use super::catalog::JobCatalog;
 use super::writer::{CommitGroups, StagedFiles};
 use crate::checkpoint::manifest::{Manifest, ManifestStore, TableCommit};
-use crate::checkpoint::state::{StateFile, StateStore};
+use crate::checkpoint::state::{StateFile, StateStore, add_live};
 use crate::checkpoint::{Fence, fault};
 use crate::sink::kafka::{KafkaBatch, TxnPublisher};
+use crate::source::kafka::OffsetReport;
 use crate::time::{Time, event_frontier};
 use hdrhistogram::Histogram;
 use iceberg::spec::deserialize_data_file_from_json;
@@ -39,21 +40,6 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
-
-/// Source progress: the next offset of a partition when an epoch closed.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct OffsetReport {
-    /// The epoch that closed.
-    pub epoch: u64,
-    /// Topic index in the job's topic list.
-    pub topic: u16,
-    /// Partition.
-    pub partition: i32,
-    /// The next offset to read: everything before it is in epochs `<= epoch`.
-    pub next_offset: i64,
-    /// The largest event time read so far from the partition, ms.
-    pub max_event_ms: Option<u64>,
-}
 
 /// Everything the committer consumes.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -159,12 +145,16 @@ pub struct CommitSpec {
     pub restored_state: Vec<StateFile>,
     /// Offsets of the restored checkpoint.
     pub restored_offsets: BTreeMap<(u16, i32), i64>,
-    /// Per-partition largest event times of the restored checkpoint.
+    /// Per-partition largest event times (µs) of the restored checkpoint.
     pub restored_watermarks: BTreeMap<(u16, i32), u64>,
+    /// Per-partition Kafka timestamps of the last messages read, of the restored checkpoint.
+    pub restored_last_ts: BTreeMap<(u16, i32), i64>,
+    /// The event-time frontier of the restored checkpoint, µs.
+    pub restored_event_frontier: Option<u64>,
     /// Workers of this instance, recorded in manifests.
     pub workers: usize,
-    /// Brokers of transactional Kafka sinks.
-    pub kafka_brokers: String,
+    /// The Kafka settings of transactional Kafka sinks.
+    pub kafka: crate::config::KafkaConfig,
 }
 
 /// One cut to commit.
@@ -173,9 +163,10 @@ struct Cut {
     files: BTreeMap<String, Vec<StagedFiles>>,
     offsets: BTreeMap<(u16, i32), i64>,
     watermarks: BTreeMap<(u16, i32), u64>,
+    last_ts: BTreeMap<(u16, i32), i64>,
     state: Vec<StateFile>,
     kafka: Vec<KafkaBatch>,
-    event_frontier_ms: Option<u64>,
+    event_frontier_us: Option<u64>,
 }
 
 /// A deterministic id for one table's commit of one cut.
@@ -214,6 +205,11 @@ pub fn commit<'scope>(items: Stream<'scope, Time, Vec<CommitItem>>, spec: Commit
             let mut live_state: Vec<StateFile> = spec.restored_state.clone();
             let mut current = spec.restored_offsets.clone();
             let mut watermarks = spec.restored_watermarks.clone();
+            let mut last_ts = spec.restored_last_ts.clone();
+            // The last finite event-time frontier: a final cut (empty
+            // frontier) records it, not "unknown", so that a restore knows
+            // which state its pruned logs had already expired.
+            let mut last_horizon = spec.restored_event_frontier;
             move |(input, frontier), _output| {
                 input.for_each_stamp(|_cap, data| {
                     for batch in data {
@@ -246,12 +242,23 @@ pub fn commit<'scope>(items: Stream<'scope, Time, Vec<CommitItem>>, spec: Commit
                         last.map(|e| spec.groups.group_of(e))
                     }
                     Some(0) => None,
-                    // The newest group with files or state that the frontier has passed.
+                    // The newest group the frontier has passed with files,
+                    // state, or offsets that moved (a cut of only duplicates
+                    // or control messages still records how far it read).
                     Some(e) => {
                         let f = files.range(..e).next_back().map(|(g, _)| *g);
                         let s = states.range(..e).next_back().map(|(g, _)| *g);
                         let k = kafka.range(..e).next_back().map(|(g, _)| *g);
-                        f.max(s).max(k)
+                        let moved = reports
+                            .range(..e)
+                            .filter(|(_, rs)| {
+                                rs.iter()
+                                    .any(|r| current.get(&(r.topic, r.partition)) != Some(&r.next_offset))
+                            })
+                            .map(|(epoch, _)| spec.groups.group_of(*epoch))
+                            .filter(|g| *g < e)
+                            .max();
+                        f.max(s).max(k).max(moved)
                     }
                 };
                 if let Some(label) = label {
@@ -265,25 +272,36 @@ pub fn commit<'scope>(items: Stream<'scope, Time, Vec<CommitItem>>, spec: Commit
                         .collect();
                     for r in std::mem::replace(&mut reports, later_reports).into_values().flatten() {
                         current.insert((r.topic, r.partition), r.next_offset);
-                        if let Some(ms) = r.max_event_ms {
-                            watermarks.insert((r.topic, r.partition), ms);
+                        if let Some(us) = r.max_event_us {
+                            watermarks.insert((r.topic, r.partition), us);
+                        }
+                        if let Some(ts) = r.last_ts_ms {
+                            last_ts.insert((r.topic, r.partition), ts);
                         }
                     }
-                    live_state.extend(std::mem::replace(&mut states, later_states).into_values().flatten());
+                    for file in std::mem::replace(&mut states, later_states).into_values().flatten() {
+                        add_live(&mut live_state, file);
+                    }
                     // Deltas whose every entry has expired are dead: the
                     // operators have evicted them, and so would a restore.
                     let horizon = event_frontier(frontier.iter());
-                    live_state.retain(|s| s.max_expiry > horizon || horizon == u64::MAX);
+                    if horizon != u64::MAX {
+                        last_horizon = Some(horizon);
+                    }
+                    if let Some(h) = last_horizon {
+                        live_state.retain(|s| s.max_expiry > h);
+                    }
                     let mut by_table: BTreeMap<String, Vec<StagedFiles>> = BTreeMap::new();
                     for s in std::mem::replace(&mut files, later_files).into_values().flatten() {
                         by_table.entry(s.table.clone()).or_default().push(s);
                     }
                     let cut = Cut {
-                        event_frontier_ms: (horizon != u64::MAX).then_some(horizon),
+                        event_frontier_us: last_horizon,
                         epoch: label,
                         files: by_table,
                         offsets: current.clone(),
                         watermarks: watermarks.clone(),
+                        last_ts: last_ts.clone(),
                         state: live_state.clone(),
                         kafka: cut_kafka,
                     };
@@ -349,19 +367,20 @@ fn commit_cut(spec: &CommitSpec, cut: &Cut) -> Result<(), String> {
         epoch: cut.epoch,
         created_ms: chrono::Utc::now().timestamp_millis(),
         offsets: named_offsets(&spec.topics, &cut.offsets),
-        max_event_ms: named_offsets(
+        max_event_us: named_offsets(
             &spec.topics,
             &cut.watermarks.iter().map(|(k, v)| (*k, *v as i64)).collect(),
         ),
+        last_ts_ms: named_offsets(&spec.topics, &cut.last_ts),
         state: cut.state.clone(),
         kafka: cut.kafka.clone(),
-        event_frontier_ms: cut.event_frontier_ms,
+        event_frontier_us: cut.event_frontier_us,
         tables,
         workers: spec.workers,
     };
     spec.manifests.write(&manifest).map_err(|e| e.to_string())?;
     fault::point("after-manifest");
-    publish_kafka(&spec.kafka_brokers, &manifest).map_err(|e| e.to_string())?;
+    publish_kafka(&spec.kafka, &manifest).map_err(|e| e.to_string())?;
 
     let committed = spec.runtime.block_on(commit_manifest(
         &spec.catalog,
@@ -393,7 +412,7 @@ fn commit_cut(spec: &CommitSpec, cut: &Cut) -> Result<(), String> {
 }
 
 /// Publishes the manifest's transactional Kafka records unless already there.
-pub fn publish_kafka(brokers: &str, manifest: &Manifest) -> crate::error::Result<()> {
+pub fn publish_kafka(kafka: &crate::config::KafkaConfig, manifest: &Manifest) -> crate::error::Result<()> {
     let Some(first) = manifest.kafka.first() else {
         return Ok(());
     };
@@ -403,7 +422,7 @@ pub fn publish_kafka(brokers: &str, manifest: &Manifest) -> crate::error::Result
     PUBLISHER.with(|p| {
         let mut p = p.borrow_mut();
         if p.is_none() {
-            *p = Some(TxnPublisher::new(brokers, &manifest.job, &first.topic)?);
+            *p = Some(TxnPublisher::new(kafka, &manifest.job, &first.topic)?);
         }
         let published = p.as_ref().expect("publisher").publish(manifest.epoch, &manifest.kafka);
         if published.is_err() {
@@ -455,6 +474,7 @@ pub async fn commit_manifest(
             ("k2.commit-id".to_string(), tc.commit_id.clone()),
         ]);
         let mut attempt = 0u32;
+        let mut delays = crate::retry::backoff(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             if let Some(f) = fence {
                 f.check().map_err(|e| e.to_string())?;
@@ -471,7 +491,7 @@ pub async fn commit_manifest(
                 }
                 Err(e) if attempt < 8 => {
                     attempt += 1;
-                    let wait = Duration::from_millis(100 << attempt.min(6));
+                    let wait = delays.next().unwrap_or(Duration::from_secs(10));
                     tracing::warn!(table, epoch = manifest.epoch, error = %e, "commit failed; retrying in {wait:?}");
                     tokio::time::sleep(wait).await;
                 }

@@ -8,10 +8,11 @@
 
 pub mod catalog;
 pub mod committer;
+pub mod maintenance;
 pub mod schema;
 pub mod writer;
 
 pub use catalog::JobCatalog;
-pub use committer::{CommitItem, CommitStats, OffsetReport, commit};
+pub use committer::{CommitItem, CommitStats, commit};
 pub use schema::{RowContext, TableRow};
 pub use writer::{CommitGroups, StagedFiles, WriteIceberg};

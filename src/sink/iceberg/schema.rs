@@ -262,7 +262,7 @@ impl TableRow for Alert {
         10
     }
     fn partition_day(&self) -> i32 {
-        day_of_us(self.binance_event_ms * 1000)
+        day_of_us(self.binance_event_us)
     }
     fn produce_ms(&self) -> i64 {
         self.produce_ms
@@ -292,8 +292,8 @@ impl TableRow for Alert {
             spread.append_value(r.spread_bps());
             bid.append_value(&r.binance_message_id);
             kid.append_value(&r.kraken_message_id);
-            bt.append_value(r.binance_event_ms * 1000);
-            kt.append_value(r.kraken_event_ms * 1000);
+            bt.append_value(r.binance_event_us);
+            kt.append_value(r.kraken_event_us);
             pt.append_value(r.produce_ms * 1000);
             dt.append_value(r.detected_us);
         }

@@ -9,12 +9,15 @@
 //! group complete while any worker still has rows for it.
 //!
 //! The rows stay in memory until the group is staged: a write that fails
-//! keeps them and the capability, and the whole group is written again a
-//! second later (a failed attempt's files are orphans, removed at the next
-//! recovery). The job may stall on a full disk, but it never commits a group
-//! without its rows.
+//! keeps them and the capability, deletes the files the attempt began, and
+//! the whole group is written again after an exponential backoff (capped at
+//! 30 s; the log says the real wait). Meanwhile the writer holds a
+//! [`Stall`](crate::checkpoint::backpressure::Stall), and the sources stop
+//! reading, so memory stays bounded. The job may stall on a full disk, but it
+//! never commits a group without its rows.
 
 use super::schema::{RowContext, TableRow};
+use crate::checkpoint::backpressure::{Backpressure, Stall};
 use crate::time::{Time, epoch_complete, stamp_time};
 use iceberg::spec::{DataFile, DataFileFormat, Literal, PartitionKey, Struct, serialize_data_file_to_json};
 use iceberg::table::Table;
@@ -29,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::CapabilitySet;
@@ -93,6 +96,8 @@ pub struct TableWriter<R> {
     pub ctx: RowContext,
     /// Runtime that drives iceberg's async writers.
     pub runtime: tokio::runtime::Handle,
+    /// Held while this writer cannot write: the sources stop reading.
+    pub backpressure: Backpressure,
     /// The row type.
     pub rows: PhantomData<fn() -> R>,
 }
@@ -112,6 +117,8 @@ pub struct OpenFiles {
     worker: usize,
     group: u64,
     days: BTreeMap<i32, DayWriter>,
+    /// The unique parts of the file names begun, to clean up a failed attempt.
+    markers: Vec<String>,
 }
 
 impl<R: TableRow> TableWriter<R> {
@@ -121,6 +128,7 @@ impl<R: TableRow> TableWriter<R> {
             worker,
             group,
             days: BTreeMap::new(),
+            markers: Vec::new(),
         }
     }
 
@@ -138,7 +146,10 @@ impl<R: TableRow> TableWriter<R> {
                 let writer = match files.days.entry(day) {
                     std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::btree_map::Entry::Vacant(v) => {
-                        v.insert(self.open_day(files.worker, files.group, day).await?)
+                        // Unique per attempt: a retry never reuses a failed attempt's names.
+                        let marker = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+                        files.markers.push(marker.clone());
+                        v.insert(self.open_day(files.worker, files.group, day, marker).await?)
                     }
                 };
                 for chunk in rows[start..end].chunks(BATCH_ROWS) {
@@ -150,15 +161,14 @@ impl<R: TableRow> TableWriter<R> {
         })
     }
 
-    async fn open_day(&self, worker: usize, group: u64, day: i32) -> iceberg::Result<DayWriter> {
+    async fn open_day(&self, worker: usize, group: u64, day: i32, marker: String) -> iceberg::Result<DayWriter> {
         let metadata = self.table.metadata();
         let schema = metadata.current_schema().clone();
         let spec = metadata.default_partition_spec().as_ref().clone();
         let key = PartitionKey::new(spec, schema.clone(), Struct::from_iter([Some(Literal::date(day))]));
         let names = DefaultFileNameGenerator::new(
             format!("{}-{}-w{worker}-g{group}-d{day}", self.job, self.run_id),
-            // Unique per attempt: a retry never reuses a failed attempt's names.
-            Some(uuid::Uuid::new_v4().simple().to_string()[..8].to_string()),
+            Some(marker),
             DataFileFormat::Parquet,
         );
         let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
@@ -213,9 +223,35 @@ impl<R: TableRow> TableWriter<R> {
     /// Writes `rows` of one group as data files, one or more per day, at once.
     pub fn write(&self, worker: usize, group: u64, rows: &mut [R]) -> iceberg::Result<StagedFiles> {
         let mut files = self.open(worker, group);
-        self.append(&mut files, rows)?;
-        self.close(files, rows)
+        let markers = |f: &OpenFiles| f.markers.clone();
+        let written = self.append(&mut files, rows);
+        let begun = markers(&files);
+        match written.and_then(|_| self.close(files, rows)) {
+            Ok(staged) => Ok(staged),
+            Err(e) => {
+                self.abandon(&begun);
+                Err(e)
+            }
+        }
     }
+
+    /// Deletes the files a failed attempt began.
+    fn abandon(&self, markers: &[String]) {
+        let deleted = self
+            .runtime
+            .block_on(super::maintenance::delete_attempt(&self.table, markers));
+        if deleted > 0 {
+            tracing::debug!(table = %self.name, deleted, "removed the files of a failed write");
+        }
+    }
+}
+
+/// Retries of failed writes: when the next may run, and the stall held meanwhile.
+struct Retry {
+    at: Instant,
+    attempt: u32,
+    delays: Box<dyn Iterator<Item = Duration>>,
+    _stall: Stall,
 }
 
 /// One commit group's rows on one worker: all of them, kept until the group
@@ -244,6 +280,7 @@ impl<'scope, R: TableRow> WriteIceberg<'scope, R> for Stream<'scope, Time, Vec<R
         self.unary_frontier(Pipeline, &name, move |_cap, info| {
             let activator = scope.activator_for(info.address);
             let mut pending: BTreeMap<u64, Pending<R>> = BTreeMap::new();
+            let mut retry: Option<Retry> = None;
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let Some(time) = stamp_time(cap.stamp().iter()) else {
@@ -268,29 +305,66 @@ impl<'scope, R: TableRow> WriteIceberg<'scope, R> for Stream<'scope, Time, Vec<R
                     {
                         if let Err(e) = writer.append(files, &mut entry.rows[entry.encoded..]) {
                             tracing::warn!(table = %writer.name, group, error = %e, "writing data files failed; will write the group at its end");
+                            writer.abandon(&files.markers);
                             entry.files = None;
                         }
                         entry.encoded = entry.rows.len();
                     }
                 });
                 let frontier = frontier.frontier();
+                // After a failure, nothing is written before the backoff ends,
+                // however often the operator is woken.
+                if let Some(r) = &retry
+                    && Instant::now() < r.at
+                {
+                    return;
+                }
                 while let Some(entry) = pending.first_entry() {
                     if !epoch_complete(frontier.iter(), *entry.key()) {
                         break;
                     }
                     let (group, mut p) = entry.remove_entry();
                     let staged = match p.files.take() {
-                        Some(mut files) => writer
-                            .append(&mut files, &mut p.rows[p.encoded..])
-                            .and_then(|_| writer.close(files, &p.rows)),
+                        Some(mut files) => {
+                            let written = writer.append(&mut files, &mut p.rows[p.encoded..]);
+                            let begun = files.markers.clone();
+                            let closed = written.and_then(|_| writer.close(files, &p.rows));
+                            if closed.is_err() {
+                                writer.abandon(&begun);
+                            }
+                            closed
+                        }
                         None => writer.write(worker, group, &mut p.rows),
                     };
                     match staged {
-                        Ok(staged) => output.session(&p.caps).give(staged),
+                        Ok(staged) => {
+                            if let Some(r) = retry.take() {
+                                tracing::info!(table = %writer.name, group, attempts = r.attempt + 1, "writing data files works again");
+                            }
+                            output.session(&p.caps).give(staged)
+                        }
                         Err(e) => {
-                            tracing::error!(table = %writer.name, group, error = %e, "writing data files failed; retrying in 1 s");
+                            let r = retry.get_or_insert_with(|| Retry {
+                                at: Instant::now(),
+                                attempt: 0,
+                                delays: Box::new(crate::retry::backoff(
+                                    Duration::from_millis(500),
+                                    Duration::from_secs(30),
+                                )),
+                                _stall: writer.backpressure.stall(),
+                            });
+                            let wait = r.delays.next().unwrap_or(Duration::from_secs(30));
+                            r.attempt += 1;
+                            r.at = Instant::now() + wait;
+                            tracing::error!(
+                                table = %writer.name,
+                                group,
+                                attempt = r.attempt,
+                                error = %e,
+                                "writing data files failed; the sources pause; retrying in {wait:?}"
+                            );
                             pending.insert(group, p);
-                            activator.activate_after(Duration::from_secs(1));
+                            activator.activate_after(wait);
                             break;
                         }
                     }
@@ -305,8 +379,8 @@ mod tests {
     use super::*;
     use crate::record::{Exchange, Trade};
 
-    fn trade(id: u64, event_ms: i64) -> Trade {
-        crate::record::test_trade(Exchange::Binance, id, "1", event_ms)
+    fn trade(id: u64, event_us: i64) -> Trade {
+        crate::record::test_trade(Exchange::Binance, id, "1", event_us)
     }
 
     /// Message ids in the Parquet files of `staged`, read back from disk.
@@ -362,12 +436,13 @@ mod tests {
                 topics: Arc::new(vec!["topic".into()]),
             },
             runtime: runtime.handle().clone(),
+            backpressure: Default::default(),
             rows: PhantomData,
         };
         // Three days, interleaved, in pieces of uneven size.
-        let day_ms = 86_400_000;
+        let day_us = 86_400_000_000;
         let mut rows: Vec<Trade> = (0..20_000u64)
-            .map(|i| trade(i, 1_767_225_600_000 + (i % 3) as i64 * day_ms))
+            .map(|i| trade(i, 1_767_225_600_000_000 + (i % 3) as i64 * day_us))
             .collect();
         let want: Vec<String> = {
             let mut v: Vec<String> = rows.iter().map(|t| t.message_id.clone()).collect();

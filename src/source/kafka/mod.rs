@@ -2,11 +2,14 @@
 //!
 //! * [`plan`]: which partitions exist and which worker reads each;
 //! * [`reader`]: the timely operator, its progress and idleness policy;
-//! * [`decode`]: exchange-native JSON into normalized trades.
+//! * [`decode`]: exchange-native JSON into normalized trades;
+//! * [`watch`]: partitions added while the job runs.
 
 pub mod decode;
 pub mod plan;
 pub mod reader;
+pub mod watch;
 
-pub use plan::{PartitionPlan, SourcePlan};
+pub use plan::{OffsetReport, PartitionPlan, Resume, SourcePlan};
 pub use reader::{SourceSpec, SourceStats, SourceStreams, StopSignal, kafka_source};
+pub use watch::PartitionWatch;

@@ -1,22 +1,81 @@
 //! Which partitions exist, where each worker starts, where a bounded run ends.
 //!
 //! The plan is made once per process, before the dataflow starts, and every
-//! worker takes its share of it by a fixed rule (partition `i` of the sorted
-//! list goes to worker `i % workers`). Assignment is static: there is no
-//! consumer group and no rebalance, because a partition handed over mid-run
-//! would break per-partition watermarks, and the checkpoint, not Kafka, owns
-//! the offsets.
+//! worker takes its share of it by a fixed rule, [`owner`]: partition `p` of
+//! topic `t` goes to worker `(p + t) % workers`. The rule does not depend on
+//! how many partitions there are, so a partition added while the job runs
+//! (see [`super::watch`]) never moves another one. Assignment is static:
+//! there is no consumer group and no rebalance, because a partition handed
+//! over mid-run would break per-partition watermarks, and the checkpoint, not
+//! Kafka, owns the offsets.
+//!
+//! ## Where a partition starts
+//! * In the checkpoint: at its recorded offset, after checking that the
+//!   broker still has it and that it is the same message stream (below).
+//! * Not in the checkpoint of a job that has one: it was added since, so at
+//!   its first offset; nothing written to it may be skipped.
+//! * A job without a checkpoint: at `source.start` (`earliest` or `latest`).
+//!
+//! ## Checking the recorded position
+//! A recorded offset beyond the partition's end, or below its first retained
+//! offset, means the topic was deleted and re-created, or truncated: the job
+//! refuses to start, naming the topic, the offsets and the choices. A topic
+//! re-created and refilled past the recorded offset is caught by the Kafka
+//! timestamp of the last message read, which the checkpoint also records:
+//! the message at that offset must still have it.
 
 use crate::config::StartPosition;
 use crate::error::{Error, Result};
+use crate::kafka::Quiet;
 use crate::record::Exchange;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::metadata::Metadata;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Source progress: the next offset of a partition when an epoch closed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OffsetReport {
+    /// The epoch that closed.
+    pub epoch: u64,
+    /// Topic index in the job's topic list.
+    pub topic: u16,
+    /// Partition.
+    pub partition: i32,
+    /// The next offset to read: everything before it is in epochs `<= epoch`.
+    pub next_offset: i64,
+    /// The largest event time read so far from the partition, µs.
+    pub max_event_us: Option<u64>,
+    /// The Kafka timestamp of the last message read (at `next_offset - 1`),
+    /// ms: recovery checks that the broker still has that message there.
+    pub last_ts_ms: Option<i64>,
+}
+
+/// The worker that reads partition `partition` of topic index `topic`, out
+/// of `workers`: independent of the number of partitions (see the module docs).
+pub fn owner(topic: u16, partition: i32, workers: usize) -> usize {
+    (partition.unsigned_abs() as usize + topic as usize) % workers.max(1)
+}
+
+/// Where a resumed job starts, from its checkpoint: per `(topic index,
+/// partition)`, the next offset, the largest event time (µs) and the Kafka
+/// timestamp of the last message read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// Next offsets.
+    pub offsets: BTreeMap<(u16, i32), i64>,
+    /// Largest event times read, µs.
+    pub watermarks: BTreeMap<(u16, i32), u64>,
+    /// Kafka timestamps of the last messages read, ms.
+    pub last_ts_ms: BTreeMap<(u16, i32), i64>,
+    /// Whether there is a checkpoint at all (then partitions it lacks are new).
+    pub checkpointed: bool,
+}
 
 /// One partition of one topic, with its range for this run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,8 +92,8 @@ pub struct PartitionPlan {
     pub start: i64,
     /// In a bounded run, the offset to stop before (the high watermark at start).
     pub end: Option<i64>,
-    /// The largest event time (ms) read before `start`, from the checkpoint.
-    pub max_event_ms: Option<u64>,
+    /// The largest event time (µs) read before `start`, from the checkpoint.
+    pub max_event_us: Option<u64>,
 }
 
 /// All partitions of the job's topics, sorted by `(topic, partition)`.
@@ -45,49 +104,37 @@ pub struct SourcePlan {
 }
 
 impl SourcePlan {
-    /// Asks the brokers for the topics' partitions and offsets. `resume` holds
-    /// the next offset per `(topic index, partition)` from a checkpoint; other
-    /// partitions start at `start`.
+    /// Asks the brokers for the topics' partitions and offsets, and where each
+    /// partition starts (see the module docs). Waits for unreachable brokers
+    /// up to `connect_timeout`, saying what it waits for.
     pub fn discover(
         client: &ClientConfig,
         topics: &[(Exchange, String)],
         start: StartPosition,
-        resume: &BTreeMap<(u16, i32), i64>,
-        watermarks: &BTreeMap<(u16, i32), u64>,
+        resume: &Resume,
         bounded: bool,
+        connect_timeout: Duration,
     ) -> Result<SourcePlan> {
-        let consumer: BaseConsumer = client.create().map_err(|e| Error::kafka("create consumer", e))?;
+        let consumer: BaseConsumer<Quiet> = client
+            .create_with_context(Quiet)
+            .map_err(|e| Error::kafka("create consumer", e))?;
+        let brokers = client.get("bootstrap.servers").unwrap_or("?").to_string();
         let mut partitions = Vec::new();
         for (index, (exchange, topic)) in topics.iter().enumerate() {
-            let metadata = consumer
-                .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-                .map_err(|e| Error::kafka(format!("fetch metadata of topic `{topic}`"), e))?;
-            let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
-                return Err(Error::Other(format!("topic `{topic}` not found")));
-            };
-            if let Some(err) = t.error() {
-                return Err(Error::Other(format!(
-                    "topic `{topic}`: {err:?} (create it first, e.g. with `k2 produce`)"
-                )));
-            }
-            if t.partitions().is_empty() {
-                return Err(Error::Other(format!("topic `{topic}` has no partitions")));
-            }
-            let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
-            ids.sort_unstable();
+            let metadata = wait_for_metadata(&consumer, &brokers, topic, connect_timeout)?;
+            let ids = topic_partitions(&metadata, topic)?;
             for partition in ids {
+                let key = (index as u16, partition);
                 let (low, high) = consumer
                     .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
                     .map_err(|e| Error::kafka(format!("fetch watermarks of {topic}/{partition}"), e))?;
-                let start = match resume.get(&(index as u16, partition)) {
+                let start = match resume.offsets.get(&key) {
                     Some(&next) => {
-                        if next < low {
-                            return Err(Error::Checkpoint(format!(
-                                "{topic}/{partition}: the checkpoint resumes at offset {next}, but the broker only retains offsets from {low}; messages were lost to retention"
-                            )));
-                        }
+                        check_resume(topic, partition, next, low, high)?;
                         next
                     }
+                    // Added since the last checkpoint: read all of it.
+                    None if resume.checkpointed => low,
                     None => match start {
                         StartPosition::Earliest => low,
                         StartPosition::Latest => high,
@@ -100,20 +147,76 @@ impl SourcePlan {
                     partition,
                     start,
                     end: bounded.then_some(high.max(start)),
-                    max_event_ms: watermarks.get(&(index as u16, partition)).copied(),
+                    max_event_us: resume.watermarks.get(&key).copied(),
                 });
             }
         }
-        Ok(SourcePlan { partitions })
+        let plan = SourcePlan { partitions };
+        plan.verify_last_messages(client, &resume.last_ts_ms)?;
+        Ok(plan)
     }
 
-    /// The share of `worker` out of `workers`.
+    /// Checks that the message before each resume offset is the one the
+    /// checkpoint read there (by its Kafka timestamp): a topic re-created and
+    /// refilled past the recorded offset would otherwise be read from the
+    /// middle, silently.
+    fn verify_last_messages(&self, client: &ClientConfig, last_ts_ms: &BTreeMap<(u16, i32), i64>) -> Result<()> {
+        let mut want = BTreeMap::new();
+        let mut tpl = TopicPartitionList::new();
+        for p in &self.partitions {
+            if let Some(&ts) = last_ts_ms.get(&(p.topic, p.partition))
+                && p.start > 0
+            {
+                want.insert((p.topic_name.clone(), p.partition), (p.start - 1, ts));
+                tpl.add_partition_offset(&p.topic_name, p.partition, Offset::Offset(p.start - 1))
+                    .map_err(|e| Error::kafka("build assignment", e))?;
+            }
+        }
+        if want.is_empty() {
+            return Ok(());
+        }
+        let consumer: BaseConsumer<Quiet> = client
+            .create_with_context(Quiet)
+            .map_err(|e| Error::kafka("create consumer", e))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| Error::kafka("assign partitions to check the checkpoint", e))?;
+        let deadline = Instant::now() + METADATA_TIMEOUT;
+        while !want.is_empty() && Instant::now() < deadline {
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let key = (m.topic().to_string(), m.partition());
+            let Some(&(offset, ts)) = want.get(&key) else { continue };
+            if m.offset() != offset {
+                // Compacted away or retention: nothing to compare with.
+                want.remove(&key);
+                continue;
+            }
+            let found = m.timestamp().to_millis().unwrap_or(0);
+            if found != ts {
+                return Err(Error::Checkpoint(format!(
+                    "{}/{}: the message at offset {offset} has Kafka timestamp {found} ms, but the one this job \
+                     read there had {ts} ms: the topic was deleted and re-created since the last checkpoint. \
+                     Resuming would skip the new topic's first {} messages. Either restore the topic, or start \
+                     afresh with `k2 run ... --reset earliest` (re-reads the new topic from its start) or \
+                     `--reset latest`",
+                    key.0,
+                    key.1,
+                    offset + 1
+                )));
+            }
+            want.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// The share of `worker` out of `workers` (see [`owner`]).
     pub fn for_worker(&self, worker: usize, workers: usize) -> Vec<PartitionPlan> {
         self.partitions
             .iter()
-            .enumerate()
-            .filter(|(i, _)| i % workers == worker)
-            .map(|(_, p)| p.clone())
+            .filter(|p| owner(p.topic, p.partition, workers) == worker)
+            .cloned()
             .collect()
     }
 
@@ -124,6 +227,85 @@ impl SourcePlan {
             .filter_map(|p| p.end.map(|e| ((p.topic, p.partition), e)))
             .collect()
     }
+}
+
+/// A recorded resume offset that the partition cannot have: refuse.
+fn check_resume(topic: &str, partition: i32, next: i64, low: i64, high: i64) -> Result<()> {
+    if next > high {
+        return Err(Error::Checkpoint(format!(
+            "{topic}/{partition}: the checkpoint resumes at offset {next}, but the partition ends at offset {high}: \
+             the topic was deleted and re-created (or truncated) since the last checkpoint. Resuming would skip \
+             its first {next} messages. Either restore the topic, or start afresh with `k2 run ... --reset \
+             earliest` (re-reads the topic from its start) or `--reset latest`"
+        )));
+    }
+    if next < low {
+        return Err(Error::Checkpoint(format!(
+            "{topic}/{partition}: the checkpoint resumes at offset {next}, but the broker only retains offsets \
+             from {low}: messages {next}..{low} were deleted (retention, or the topic was re-created) before \
+             this job read them. Start afresh with `k2 run ... --reset earliest` to accept the loss"
+        )));
+    }
+    Ok(())
+}
+
+/// The topic's metadata, waiting (with backoff, saying why) while the
+/// brokers cannot be reached, up to `timeout`.
+fn wait_for_metadata(
+    consumer: &BaseConsumer<Quiet>,
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Metadata> {
+    let deadline = Instant::now() + timeout;
+    let mut delays = crate::retry::backoff(Duration::from_millis(500), Duration::from_secs(10));
+    loop {
+        // Short tries, so that the wait is reported while it lasts.
+        let attempt = Duration::from_secs(2).min(deadline.saturating_duration_since(Instant::now()));
+        match consumer.fetch_metadata(Some(topic), attempt.max(Duration::from_millis(100))) {
+            Ok(m) => return Ok(m),
+            Err(e) if Instant::now() < deadline => {
+                let wait = delays
+                    .next()
+                    .unwrap_or(Duration::from_secs(10))
+                    .min(deadline.saturating_duration_since(Instant::now()));
+                tracing::warn!(
+                    brokers,
+                    topic,
+                    error = %e,
+                    "waiting for Kafka at {brokers} (kafka.brokers); retrying in {wait:?}, giving up after kafka.connect_timeout_ms"
+                );
+                std::thread::sleep(wait);
+            }
+            Err(e) => {
+                return Err(Error::kafka(
+                    format!(
+                        "reach the brokers at {brokers} (kafka.brokers) for topic `{topic}` within kafka.connect_timeout_ms = {} ms",
+                        timeout.as_millis()
+                    ),
+                    e,
+                ));
+            }
+        }
+    }
+}
+
+/// The sorted partition ids of `topic` in `metadata`, or why there are none.
+pub(super) fn topic_partitions(metadata: &Metadata, topic: &str) -> Result<Vec<i32>> {
+    let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Err(Error::Other(format!("topic `{topic}` not found")));
+    };
+    if let Some(err) = t.error() {
+        return Err(Error::Other(format!(
+            "topic `{topic}`: {err:?} (create it first, e.g. with `k2 produce`)"
+        )));
+    }
+    if t.partitions().is_empty() {
+        return Err(Error::Other(format!("topic `{topic}` has no partitions")));
+    }
+    let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 #[cfg(test)]
@@ -141,7 +323,7 @@ mod tests {
                     partition: i % 4,
                     start: 0,
                     end: None,
-                    max_event_ms: None,
+                    max_event_us: None,
                 })
                 .collect(),
         };
@@ -150,5 +332,33 @@ mod tests {
             all.sort_by_key(|p| (p.topic, p.partition));
             assert_eq!(all, plan.partitions, "{workers} workers");
         }
+    }
+
+    #[test]
+    fn adding_partitions_moves_no_other_partition_and_spreads_the_load() {
+        for workers in 1..=5 {
+            for (t, p) in (0..3u16).flat_map(|t| (0..40).map(move |p| (t, p))) {
+                // A function of the partition alone, whatever else exists.
+                assert_eq!(owner(t, p, workers), owner(t, p, workers));
+                assert!(owner(t, p, workers) < workers);
+            }
+        }
+        // 2 topics x 4 partitions over 4 workers: two each.
+        let mut load = [0; 4];
+        for (t, p) in (0..2u16).flat_map(|t| (0..4).map(move |p| (t, p))) {
+            load[owner(t, p, 4)] += 1;
+        }
+        assert_eq!(load, [2, 2, 2, 2]);
+    }
+
+    #[test]
+    fn impossible_resume_offsets_are_refused_with_the_choices() {
+        let e = check_resume("t", 3, 5_000, 0, 100).unwrap_err().to_string();
+        assert!(e.contains("t/3") && e.contains("5000") && e.contains("100"), "{e}");
+        assert!(e.contains("re-created") && e.contains("--reset earliest"), "{e}");
+        let e = check_resume("t", 0, 10, 50, 100).unwrap_err().to_string();
+        assert!(e.contains("only retains offsets from 50"), "{e}");
+        check_resume("t", 0, 100, 0, 100).unwrap();
+        check_resume("t", 0, 50, 50, 100).unwrap();
     }
 }
