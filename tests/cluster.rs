@@ -6,6 +6,7 @@ mod common;
 
 use common::arb::*;
 use common::*;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -43,8 +44,58 @@ fn assert_exact(what: &str, dir: &Path, want: &Oracle) {
     assert_same_late(&late, &want.late, what);
 }
 
+/// The tables of `market` in `dir`: every row of every table, every column
+/// but the wall-clock ones (`ingest_time`, and `detected_time` of alerts),
+/// as sorted JSON lines.
+fn table_rows(dir: &Path) -> BTreeMap<String, Vec<String>> {
+    let tables = [
+        "bronze_binance_trades",
+        "bronze_kraken_trades",
+        "dead_letters",
+        "arbitrage_signals",
+        "late_trades",
+    ];
+    read_tables(dir, &tables, "", false)
+        .into_iter()
+        .map(|t| {
+            let mut rows: Vec<String> = t["rows"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|mut r| {
+                    let o = r.as_object_mut().unwrap();
+                    o.remove("ingest_time");
+                    o.remove("detected_time");
+                    serde_json::to_string(o).unwrap()
+                })
+                .collect();
+            rows.sort();
+            (t["table"].as_str().unwrap().to_string(), rows)
+        })
+        .collect()
+}
+
+fn assert_same_tables(what: &str, got: &BTreeMap<String, Vec<String>>, want: &BTreeMap<String, Vec<String>>) {
+    for (table, rows) in want {
+        let have = &got[table];
+        if have != rows {
+            let extra: Vec<_> = have.iter().filter(|r| !rows.contains(r)).take(2).collect();
+            let missing: Vec<_> = rows.iter().filter(|r| !have.contains(r)).take(2).collect();
+            panic!(
+                "{what}: {table} differs ({} rows vs {}); extra {extra:?}, missing {missing:?}",
+                have.len(),
+                rows.len()
+            );
+        }
+    }
+}
+
+/// Determinism: every table, with every column but the wall-clock ones, is
+/// identical on 1 worker, 4 workers, 2 processes x 2 workers, and after kill
+/// -9 restarts; and the 1-worker run equals the sequential oracle.
 #[test]
-fn two_processes_of_two_workers_equal_one_worker() {
+fn every_table_is_identical_on_1_and_4_workers_2x2_processes_and_after_kill9() {
     let brokers = broker();
     let topics = topics("cl2x2");
     for i in 0..2 {
@@ -58,6 +109,17 @@ fn two_processes_of_two_workers_equal_one_worker() {
         &arbitrage_config(&one, "cl", &brokers, &topics, ""),
         &["run", "-w", "1"],
     );
+    assert_exact("1 worker", &one, &want);
+    let reference = table_rows(&one);
+    assert!(reference.values().all(|rows| !rows.is_empty()), "every table has rows");
+
+    let four = temp_dir("cl2x2-four");
+    market_bounded(
+        &arbitrage_config(&four, "cl", &brokers, &topics, ""),
+        &["run", "-w", "4"],
+    );
+    assert_same_tables("4 workers", &table_rows(&four), &reference);
+
     let cluster = temp_dir("cl2x2-cluster");
     let reports = market_bounded(
         &arbitrage_config(&cluster, "cl", &brokers, &topics, ""),
@@ -68,8 +130,22 @@ fn two_processes_of_two_workers_equal_one_worker() {
     for (i, r) in reports.iter().enumerate() {
         assert!(r["messages"].as_u64().unwrap() > 0, "process {i} read messages: {r}");
     }
-    assert_exact("1 worker", &one, &want);
-    assert_exact("2 processes x 2 workers", &cluster, &want);
+    assert_same_tables("2 processes x 2 workers", &table_rows(&cluster), &reference);
+
+    // Killed (as by kill -9) at two points of the commit protocol, then finished.
+    let crashed = temp_dir("cl2x2-kill9");
+    let config = arbitrage_config(&crashed, "cl", &brokers, &topics, "");
+    for fault in ["after-manifest:1", "between-tables:1"] {
+        let out = k2()
+            .args(["run", "market", "--bounded", "-w", "2", "--config"])
+            .arg(&config)
+            .env("K2_FAULT", fault)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{fault}: the run was killed");
+    }
+    market_bounded(&config, &["run", "-w", "3"]);
+    assert_same_tables("after kill -9 restarts", &table_rows(&crashed), &reference);
 }
 
 /// Sum of the next offsets of the newest manifest of `job`.
@@ -171,6 +247,10 @@ fn the_supervisor_restarts_a_cluster_that_lost_a_process_exactly_once() {
         "the supervisor says why it restarted:\n{text}"
     );
     assert!(text.contains("cluster: p0 running"), "status lines show each process");
+    assert!(
+        !text.contains("panicked at") && !text.contains("RUST_BACKTRACE"),
+        "a peer's death is one line, not a panic:\n{text}"
+    );
 
     let want = oracle(&brokers, &topics);
     assert_exact("after losing a process", &dir, &want);

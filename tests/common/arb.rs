@@ -49,7 +49,9 @@ pub fn read_topic(brokers: &str, topic: &str) -> BTreeMap<i32, Vec<(i64, i64, Ve
         .create()
         .unwrap();
     let mut out = BTreeMap::new();
-    for p in 0..4 {
+    let metadata = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    for p in partitions {
         let (_, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
         let mut msgs = Vec::new();
         if high > 0 {
@@ -74,36 +76,47 @@ pub fn read_topic(brokers: &str, topic: &str) -> BTreeMap<i32, Vec<(i64, i64, Ve
 pub struct Oracle {
     /// alert id -> net spread in millibps.
     pub alerts: BTreeMap<String, i64>,
-    /// Message ids of late trades, with multiplicity.
+    /// Message ids of late trades (each once: the first copy decides), sorted.
     pub late: Vec<String>,
+    /// Trade copies read late (what the source counts), repeats included.
+    pub late_copies: usize,
     /// Every distinct valid trade's message id, late or not: the bronze tables.
     pub trades: BTreeSet<String>,
 }
 
-/// The topics' trades as the late-data policy sorts them, in Kafka order.
+/// The topics' trades as dedup and the late-data policy sort them: the first
+/// copy of each trade in Kafka order decides, and it is late when more than
+/// [`ALLOWANCE_MS`] below the largest event time its own partition has shown
+/// (compared in µs, as exchanges send them).
 pub struct Classified {
-    /// On-time trades per side (Binance, Kraken), repeats included.
+    /// On-time first copies per side (Binance, Kraken).
     pub on_time: [Vec<Trade>; 2],
-    /// Message ids of late trades, with multiplicity, sorted.
+    /// Message ids of late first copies, sorted.
     pub late: Vec<String>,
+    /// Every trade copy read, repeats included.
+    pub copies: usize,
+    /// Trade copies read late, repeats included.
+    pub late_copies: usize,
     /// Messages that do not decode.
     pub malformed: u64,
 }
 
-/// Sorts every trade of `topics` into on time and late: late is more than
-/// [`ALLOWANCE_MS`] below the largest event time its own partition has shown.
+/// Sorts every trade of `topics` into on time and late (see [`Classified`]).
 pub fn classify(brokers: &str, topics: &(String, String)) -> Classified {
     let mut c = Classified {
         on_time: [vec![], vec![]],
         late: Vec::new(),
+        copies: 0,
+        late_copies: 0,
         malformed: 0,
     };
+    let mut seen = BTreeSet::new();
     for (side, (exchange, topic)) in [(Exchange::Binance, &topics.0), (Exchange::Kraken, &topics.1)]
         .into_iter()
         .enumerate()
     {
         for (partition, msgs) in read_topic(brokers, topic) {
-            let mut max_ms: Option<i64> = None;
+            let mut max_us: Option<i64> = None;
             for (offset, ts, payload) in msgs {
                 let pos = SourcePosition {
                     topic: side as u16,
@@ -118,9 +131,14 @@ pub fn classify(brokers: &str, topics: &(String, String)) -> Classified {
                     continue;
                 }
                 for t in trades {
-                    let ms = t.event_us.div_euclid(1000);
-                    let is_late = max_ms.is_some_and(|m| ms + ALLOWANCE_MS < m);
-                    max_ms = Some(max_ms.map_or(ms, |m| m.max(ms)));
+                    let us = t.event_us;
+                    let is_late = max_us.is_some_and(|m| us + ALLOWANCE_MS * 1000 < m);
+                    max_us = Some(max_us.map_or(us, |m| m.max(us)));
+                    c.copies += 1;
+                    c.late_copies += usize::from(is_late);
+                    if !seen.insert(t.message_id.clone()) {
+                        continue; // a repeat: the first copy decided
+                    }
                     if is_late {
                         c.late.push(t.message_id);
                     } else {
@@ -137,27 +155,20 @@ pub fn classify(brokers: &str, topics: &(String, String)) -> Classified {
 /// The whole query's result, brute force over [`classify`].
 pub fn oracle(brokers: &str, topics: &(String, String)) -> Oracle {
     let Classified {
-        on_time: all_on_time,
+        on_time,
         late,
+        late_copies,
         ..
     } = classify(brokers, topics);
     let mut all: BTreeSet<String> = late.iter().cloned().collect();
-    let mut on_time: [Vec<Trade>; 2] = [vec![], vec![]];
-    for (side, trades) in all_on_time.into_iter().enumerate() {
-        let mut seen = BTreeSet::new();
-        for t in trades {
-            all.insert(t.message_id.clone());
-            if seen.insert(t.message_id.clone()) {
-                on_time[side].push(t);
-            }
-        }
+    for side in &on_time {
+        all.extend(side.iter().map(|t| t.message_id.clone()));
     }
-    // Every pair, brute force.
+    // Every pair, brute force, at most Δ apart in µs.
     let mut alerts = BTreeMap::new();
     for b in &on_time[0] {
         for k in on_time[1].iter().filter(|k| k.symbol == b.symbol) {
-            let (bm, km) = (b.event_us.div_euclid(1000), k.event_us.div_euclid(1000));
-            if (bm - km).abs() > DELTA_MS {
+            if (b.event_us - k.event_us).abs() > DELTA_MS * 1000 {
                 continue;
             }
             let (pb, pk) = (b.price.to_f64(), k.price.to_f64());
@@ -177,6 +188,7 @@ pub fn oracle(brokers: &str, topics: &(String, String)) -> Oracle {
     Oracle {
         alerts,
         late,
+        late_copies,
         trades: all,
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod arb;
+pub mod job;
 
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
