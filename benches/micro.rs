@@ -28,12 +28,16 @@
 //! system allocator's speed (one relaxed atomic load per allocation).
 
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use k2::feed::{Feed, FeedConfig};
+// The synthetic feed of `k2 produce`, shared rather than copied.
+#[path = "../dataflows/feed.rs"]
+#[allow(dead_code, unused_imports)]
+mod feed;
+use feed::{Feed, FeedConfig};
+use k2::checkpoint::CommitGroups;
 use k2::operators::dedup::{DedupState, DedupStats};
 use k2::operators::{Dedup, DedupId, DedupKey, DedupParams, IntervalJoin, JoinState, JoinStats};
 use k2::record::{Exchange, SourcePosition, Trade};
-use k2::sink::iceberg::writer::{CommitGroups, TableWriter};
-use k2::sink::iceberg::{JobCatalog, RowContext};
+use k2::sink::iceberg::{JobCatalog, RowContext, TableDecl, TableWriter};
 use k2::source::kafka::decode::decode;
 use k2::time::Time;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -366,7 +370,7 @@ fn bench_parquet_write(c: &mut Criterion) {
     let table = runtime.block_on(async {
         let catalog = JobCatalog::open(&cfg).await.expect("open catalog");
         catalog
-            .ensure_table::<Trade>("bronze_binance_trades")
+            .ensure_table(&TableDecl::of::<Trade>("bronze_binance_trades"))
             .await
             .expect("create table");
         catalog.load("bronze_binance_trades").await.expect("load table")

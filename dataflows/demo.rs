@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail};
 use k2::config::{Config, RunMode, StartPosition};
 use k2::launch::{RunOptions, RunReport, TimelyArgs};
 use k2::metrics::{AlertLatency, read_topic_to_end};
-use k2::source::kafka::StopSignal;
+use k2::stop::StopSignal;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -117,13 +117,16 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     // thousands. Low (VIP-tier) fees and a small threshold let the feed's
     // ±1.5 bps trade noise produce some alerts even outside its rare
     // divergence episodes.
-    config.arbitrage.delta_ms = 5;
-    config.arbitrage.fees_bps.binance = 1.0;
-    config.arbitrage.fees_bps.kraken = 1.0;
-    config.arbitrage.threshold_bps = 0.5;
-    // A topic per run: the latency read-back covers this run's alerts only.
-    config.arbitrage.alerts_topic = format!("k2.demo.{stamp}.alerts");
-    let arbitrage = config.arbitrage.clone();
+    let mut arbitrage = crate::arbitrage::ArbitrageConfig {
+        delta_ms: 5,
+        threshold_bps: 0.5,
+        // A topic per run: the latency read-back covers this run's alerts only.
+        alerts_topic: format!("k2.demo.{stamp}.alerts"),
+        ..Default::default()
+    };
+    arbitrage.fees_bps.binance = 1.0;
+    arbitrage.fees_bps.kraken = 1.0;
+    config.set_section("arbitrage", &arbitrage)?;
     let alerts_topic = arbitrage.alerts_topic.clone();
     let topics = config.kafka.topics.clone();
     ensure_topic(&args.brokers, &topics.binance, 4)?;

@@ -19,63 +19,55 @@
 //! still waiting to the next run), on any number of workers, writes exactly
 //! the rows of an uninterrupted run.
 
+use crate::arbitrage::ArbitrageConfig;
 use k2::error::Result;
-use k2::launch::{Dataflow, JobContext, TableKind};
+use k2::launch::{Dataflow, Job};
 use k2::operators::{DedupCheckpointed, LogState, key_hash, key_worker, read_logged};
 use k2::record::{Alert, Exchange, Trade};
-use k2::sink::iceberg::{CommitItem, WriteIceberg};
-use k2::time::{Time, event_frontier};
+use k2::sink::iceberg::{TableDecl, WriteIceberg};
+use k2::stop::EventProgress;
+use k2::time::Time;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
+use timely::dataflow::Stream;
 use timely::dataflow::channels::pact;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::{Filter, Map};
-use timely::dataflow::operators::{CapabilitySet, Concat, OkErr};
-use timely::dataflow::{Scope, Stream};
+use timely::dataflow::operators::vec::Filter;
+use timely::dataflow::operators::{CapabilitySet, OkErr};
 
 /// The divergence dataflow.
 pub const DIVERGENCE: Dataflow = Dataflow {
     name: "divergence",
     about: "Binance vs Kraken price divergence per symbol above a threshold, into Iceberg",
-    tables: &[("divergence_alerts", TableKind::Alerts)],
+    tables: &[TableDecl::of::<Alert>("divergence_alerts")],
     build,
     prepare: None,
 };
 
-fn build<'scope>(ctx: &JobContext, scope: Scope<'scope, Time>) -> Result<()> {
-    let source = ctx.kafka_source(scope)?;
-    let (trades, dedup_state) = source.trades.clone().dedup_checkpointed(
-        ctx.config.dedup.params(),
-        ctx.dedup_stats("divergence-dedup"),
-        ctx.state_checkpoint("divergence-dedup"),
+fn build(job: &Job<'_>) -> Result<()> {
+    let cfg = ArbitrageConfig::of_job(job)?;
+    let source = job.kafka_source()?;
+    let trades = source.trades.dedup_checkpointed(
+        job.config().dedup.params(),
+        job.dedup_stats("divergence-dedup"),
+        job.state("divergence-dedup"),
     );
     // Late trades are left out: event-time operators must not see them.
     let trades = trades.filter(|t: &Trade| !t.late);
     // The operator's state: the trades of the last Δ, and which of them it
     // compared. Log both per cut, and start from those of the restored cut.
-    let max_age_us = ctx.config.arbitrage.delta_ms * 1000;
+    let max_age_us = cfg.delta_ms * 1000;
     let expiry = move |event_us: i64| event_us.max(0) as u64 + max_age_us + 1;
-    let (given_ckpt, done_ckpt) = (
-        ctx.state_checkpoint("divergence-trades"),
-        ctx.state_checkpoint("divergence-compared"),
-    );
-    let restored = (read_logged(&given_ckpt)?, read_logged(&done_ckpt)?);
-    let given = trades
-        .clone()
-        .log_state(given_ckpt, move |t: &Trade| expiry(t.event_us));
-    let (alerts, done) = divergence(ctx, trades, restored).ok_err(|out| match out {
+    let (given, done) = (job.state("divergence-trades"), job.state("divergence-compared"));
+    let restored = (read_logged(&given.state)?, read_logged(&done.state)?);
+    trades.clone().log_state(given, move |t: &Trade| expiry(t.event_us));
+    let params = (max_age_us, cfg.threshold_bps);
+    let (alerts, compared) = divergence(job, params, trades, restored).ok_err(|out| match out {
         Out::Alert(alert) => Ok(alert),
         Out::Compared(key) => Err(key),
     });
-    let done = done.log_state(done_ckpt, move |key: &Key| expiry(key.0));
-    let rows = alerts.write_iceberg(ctx.table_writer::<Alert>("divergence_alerts"));
-    ctx.commit(
-        rows.map(CommitItem::from)
-            .concat(dedup_state.map(CommitItem::from))
-            .concat(given.map(CommitItem::from))
-            .concat(done.map(CommitItem::from))
-            .concat(source.progress.map(CommitItem::from)),
-    );
+    compared.log_state(done, move |key: &Key| expiry(key.0));
+    alerts.write_iceberg(job.table("divergence_alerts")?);
     Ok(())
 }
 
@@ -101,11 +93,12 @@ type Restored = (Vec<(Time, Trade)>, Vec<(Time, Key)>);
 /// symbol, at most `arbitrage.delta_ms` older, and alerts beyond
 /// `arbitrage.threshold_bps`. `restored`: the state logs of the last cut.
 fn divergence<'scope>(
-    ctx: &JobContext,
+    job: &Job<'scope>,
+    (max_age_us, threshold_bps): (u64, f64),
     trades: Stream<'scope, Time, Vec<Trade>>,
     (given, done): Restored,
 ) -> Stream<'scope, Time, Vec<Out>> {
-    let (max_age_us, threshold_bps) = (ctx.config.arbitrage.delta_ms * 1000, ctx.config.arbitrage.threshold_bps);
+    let ctx = job.context();
     let (first_epoch, stop) = (ctx.first_epoch, ctx.stop.clone());
     let (index, peers) = (trades.scope().index(), trades.scope().peers());
     let done: HashSet<Key> = done.into_iter().map(|(_, key)| key).collect();
@@ -139,12 +132,17 @@ fn divergence<'scope>(
                     pending.insert(key(&t), (caps.clone(), t));
                 }
             });
-            if frontier.frontier().is_empty() && stop.is_stopped() {
-                pending.clear(); // stopped, not at the end: the next run compares them
-            }
-            // No on-time trade below the frontier's event time can still come:
-            // compare those, in event-time order.
-            let horizon = event_frontier(frontier.frontier().iter());
+            // No on-time trade below `horizon` can still come: compare those,
+            // in event-time order. Stopped: the next run compares what waits.
+            let horizon = match stop.event_progress(frontier.frontier().iter()) {
+                EventProgress::Below(horizon) => horizon,
+                EventProgress::Stopped { drained } => {
+                    if drained {
+                        pending.clear();
+                    }
+                    return;
+                }
+            };
             while let Some(entry) = pending.first_entry().filter(|e| e.get().1.event_time() < horizon) {
                 let (key, (caps, t)) = entry.remove_entry();
                 let sides = history.entry(t.symbol.clone()).or_default();

@@ -5,6 +5,7 @@ mod arbitrage;
 mod bronze;
 mod demo;
 mod divergence;
+mod feed;
 mod market;
 mod produce;
 mod registry;
@@ -173,7 +174,7 @@ fn one_line_panic(info: &std::panic::PanicHookInfo<'_>) {
         .or_else(|| info.payload().downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".to_string());
     let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
-    if thread.starts_with("timely") || message.contains("timely communication") {
+    if message.contains("timely communication error") {
         eprintln!(
             "error: lost the connection to another process of the cluster ({}); exiting",
             message.lines().next().unwrap_or("")
@@ -313,7 +314,9 @@ fn checkpoints(args: &CheckpointsArgs) -> Result<()> {
             .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
             .unwrap_or_default();
         let next: i64 = m.offsets.values().flat_map(|p| p.values()).sum();
-        let tables: Vec<String> = m.tables.iter().map(|(t, c)| format!("{t} ({})", c.rows)).collect();
+        let tables: Vec<String> = k2::sink::iceberg::IcebergPart::of(&m)
+            .map(|p| p.tables.iter().map(|(t, c)| format!("{t} ({})", c.rows)).collect())
+            .unwrap_or_default();
         println!(
             "{:>12}  {:<23}  {:>4}  {:>10}  {:>5} files {:>5} KiB  {}",
             m.epoch,
@@ -335,9 +338,11 @@ fn checkpoints(args: &CheckpointsArgs) -> Result<()> {
 /// `k2 checkpoints --verify`: every data file of the tables' current
 /// snapshots (the tables the job's checkpoints name) exists, whole.
 fn verify(config: &Config, store: &k2::checkpoint::ManifestStore, epochs: &[u64]) -> Result<()> {
-    let mut tables = std::collections::BTreeSet::new();
+    let mut tables: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     for e in epochs {
-        tables.extend(store.read(*e)?.tables.into_keys());
+        if let Some(part) = k2::sink::iceberg::IcebergPart::of(&store.read(*e)?) {
+            tables.extend(part.tables.into_keys());
+        }
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut problems = Vec::new();

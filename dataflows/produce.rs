@@ -1,15 +1,15 @@
 //! `k2 produce`: a deterministic two-exchange trade feed into Kafka.
 //!
-//! Messages come from [`k2::feed`], the generator shared with the tests and
+//! Messages come from [`crate::feed`], the generator shared with the tests and
 //! the benchmarks. The producer is idempotent (`enable.idempotence`), so the
 //! only duplicates in the topics are the ones the feed sends on purpose. With
 //! `--truth`, every delivered message is written as a JSON line (topic,
 //! partition, offset, kind, message ids): the ground truth the tests check
 //! the tables against.
 
+use crate::feed::{Feed, FeedConfig, MessageKind};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use k2::feed::{Feed, FeedConfig, MessageKind};
 use k2::record::Exchange;
 use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};

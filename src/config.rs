@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// A whole job's configuration.
+/// A whole job's configuration: the engine's sections, typed and strict,
+/// and the sections of the job's dataflows (e.g. `[arbitrage]`), which each
+/// dataflow reads with [`Config::section`] into a type of its own.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -35,61 +37,45 @@ pub struct Config {
     pub iceberg: IcebergConfig,
     /// Where checkpoints live.
     pub checkpoint: CheckpointConfig,
-    /// The arbitrage dataflow's settings.
-    pub arbitrage: ArbitrageConfig,
+    /// The dataflows' own sections, by name, as written (see [`Config::section`]).
+    #[serde(skip_deserializing)]
+    pub sections: BTreeMap<String, toml::Value>,
+    /// Where the config came from, to name lines in errors.
+    #[serde(skip)]
+    origin: ConfigSource,
 }
 
-/// `[arbitrage]`: the cross-exchange join and its alerts.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ArbitrageConfig {
-    /// Trades of the two exchanges pair up when their event times differ by at
-    /// most this many ms.
-    pub delta_ms: u64,
-    /// Taker fee per exchange, basis points.
-    pub fees_bps: FeesConfig,
-    /// Alert when the spread net of both fees exceeds this, basis points.
-    pub threshold_bps: f64,
-    /// Kafka topic of the alerts (JSON, key = alert id).
-    pub alerts_topic: String,
-    /// `immediate` (each alert at once, at least once, idempotent by alert
-    /// id) or `transactional` (exactly once, visible per commit).
-    pub kafka_sink: KafkaSinkMode,
-    /// Late trades: `table` (kept in `late_trades`) or `drop` (counted only).
-    pub late: LatePolicy,
+/// The text and origin of a config, for error messages. Not part of what
+/// the config *is*: any two compare equal.
+#[derive(Clone, Debug, Default)]
+struct ConfigSource {
+    text: String,
+    file: String,
+    /// Dotted keys set by the environment, and by which variable.
+    from_env: BTreeMap<String, String>,
 }
 
-impl Default for ArbitrageConfig {
-    fn default() -> Self {
-        ArbitrageConfig {
-            delta_ms: 500,
-            fees_bps: FeesConfig::default(),
-            threshold_bps: 1.0,
-            alerts_topic: "market.crypto.arbitrage.alerts".into(),
-            kafka_sink: KafkaSinkMode::Immediate,
-            late: LatePolicy::Table,
+impl PartialEq for ConfigSource {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl ConfigSource {
+    /// Where `key` (dotted, e.g. `arbitrage.delta_ms`) was set.
+    fn origin(&self, key: &str) -> String {
+        if let Some(var) = self.from_env.get(key) {
+            return format!("from the environment variable {var}");
+        }
+        match find_line(&self.text, key) {
+            Some(line) => format!("{} line {line}", self.file),
+            None => self.file.clone(),
         }
     }
 }
 
-/// `[arbitrage.fees_bps]`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct FeesConfig {
-    /// Binance taker fee, bps.
-    pub binance: f64,
-    /// Kraken taker fee, bps.
-    pub kraken: f64,
-}
-
-impl Default for FeesConfig {
-    fn default() -> Self {
-        FeesConfig {
-            binance: 2.0,
-            kraken: 5.0,
-        }
-    }
-}
+/// The engine's own top-level sections; every other one belongs to a dataflow.
+const ENGINE_SECTIONS: [&str; 6] = ["job", "kafka", "source", "dedup", "iceberg", "checkpoint"];
 
 /// How alerts reach Kafka.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -454,6 +440,28 @@ impl Config {
                 .map_err(|m| Error::config(&key, format!("{m} (from the environment variable {name})")))?;
             from_env.insert(key, name);
         }
+        // Dataflow sections are kept as written, for `Config::section`.
+        let mut sections = BTreeMap::new();
+        for name in value.keys().cloned().collect::<Vec<_>>() {
+            if !ENGINE_SECTIONS.contains(&name.as_str()) {
+                let section = value.remove(&name).expect("a listed key");
+                if !section.is_table() {
+                    return Err(Error::config(
+                        &name,
+                        format!(
+                            "expected a table (a `[{name}]` section), found a {}",
+                            section.type_str()
+                        ),
+                    ));
+                }
+                sections.insert(name, section);
+            }
+        }
+        let source = ConfigSource {
+            text: text.to_string(),
+            file: file.to_string(),
+            from_env: from_env.clone(),
+        };
         let origin = |key: &str, field: Option<&str>| -> String {
             let full = match field {
                 Some(f) if !key.is_empty() => format!("{key}.{f}"),
@@ -468,7 +476,7 @@ impl Config {
                 None => file.to_string(),
             }
         };
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { String::new() } else { key };
             let message = e.into_inner().message().to_string();
@@ -499,7 +507,70 @@ impl Config {
             }
             other => other,
         })?;
+        config.sections = sections;
+        config.origin = source;
         Ok(config)
+    }
+
+    /// The dataflow section `[name]` as `T`: strict (unknown keys are
+    /// errors), every key optional (missing ones take `T::default()`'s
+    /// values), and errors name the key and where it was set. A missing
+    /// section is `T::default()`.
+    pub fn section<T: serde::de::DeserializeOwned + Default>(&self, name: &str) -> Result<T> {
+        let Some(value) = self.sections.get(name) else {
+            return Ok(T::default());
+        };
+        serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().message().to_string();
+            let field = message
+                .strip_prefix("unknown field `")
+                .and_then(|m| m.split('`').next())
+                .map(str::to_string);
+            let mut key = if path == "." {
+                name.to_string()
+            } else {
+                format!("{name}.{path}")
+            };
+            if let Some(f) = field
+                && !key.ends_with(&format!(".{f}"))
+            {
+                key = format!("{key}.{f}");
+            }
+            let at = self.origin.origin(&key);
+            Error::config(&key, format!("{message} ({at})"))
+        })
+    }
+
+    /// A config error for the dataflow key `key` (dotted), saying where it
+    /// was set: for a dataflow's own validation.
+    pub fn section_error(&self, key: &str, message: impl std::fmt::Display) -> Error {
+        Error::config(key, format!("{message} ({})", self.origin.origin(key)))
+    }
+
+    /// Sets the dataflow section `[name]` to `value` (for programs that build
+    /// a config in code).
+    pub fn set_section<T: Serialize>(&mut self, name: &str, value: &T) -> Result<()> {
+        let value = toml::Value::try_from(value).map_err(|e| Error::config(name, e.to_string()))?;
+        self.sections.insert(name.to_string(), value);
+        Ok(())
+    }
+
+    /// The effective config as JSON: the engine's sections and the
+    /// dataflows', all at the top level, as a file would write them.
+    pub fn effective(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("a config serializes");
+        if let Some(map) = v.as_object_mut()
+            && let Some(serde_json::Value::Object(sections)) = map.remove("sections")
+        {
+            map.extend(sections);
+        }
+        v
+    }
+
+    /// The names of the dataflow sections present.
+    pub fn section_names(&self) -> impl Iterator<Item = &str> {
+        self.sections.keys().map(String::as_str)
     }
 
     /// Checks values that parse but make no sense.
@@ -548,19 +619,6 @@ impl Config {
         }
         if self.iceberg.namespace.is_empty() {
             return Err(Error::config("iceberg.namespace", "must not be empty"));
-        }
-        let a = &self.arbitrage;
-        if a.delta_ms == 0 {
-            return Err(Error::config("arbitrage.delta_ms", "must be > 0"));
-        }
-        if !(a.threshold_bps.is_finite() && a.fees_bps.binance.is_finite() && a.fees_bps.kraken.is_finite()) {
-            return Err(Error::config(
-                "arbitrage.threshold_bps",
-                "fees and threshold must be finite numbers",
-            ));
-        }
-        if a.fees_bps.binance < 0.0 || a.fees_bps.kraken < 0.0 {
-            return Err(Error::config("arbitrage.fees_bps", "fees cannot be negative"));
         }
         if self.checkpoint.keep == 0 {
             return Err(Error::config("checkpoint.keep", "must be >= 1"));

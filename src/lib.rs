@@ -4,11 +4,17 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+// The derive macros name this crate `::k2`, also from inside it.
+extern crate self as k2;
+
+pub use k2_derive::{Columns, TableRow};
+
 pub mod checkpoint;
 pub mod config;
 pub mod decimal;
 pub mod error;
-pub mod feed;
+
+pub mod hash;
 pub mod kafka;
 pub mod launch;
 pub mod metrics;
@@ -17,4 +23,5 @@ pub mod record;
 pub mod retry;
 pub mod sink;
 pub mod source;
+pub mod stop;
 pub mod time;

@@ -10,6 +10,7 @@
 //! * **Prices and quantities are exact decimals** ([`Decimal`], Iceberg
 //!   `decimal(38, 18)`; see [`crate::decimal`] for why and for the range).
 
+use k2_derive::{Columns, TableRow};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -73,23 +74,32 @@ impl Side {
     }
 }
 
-/// Where a record was read from: enough to find it again in Kafka.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// Where a record was read from: enough to find it again in Kafka. As
+/// columns: `ingest_time`, `kafka_timestamp`, `source_topic`,
+/// `source_partition`, `source_offset`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Columns)]
 pub struct SourcePosition {
+    /// When K2 read the message, µs since the Unix epoch.
+    #[row(timestamp, rename = "ingest_time")]
+    pub ingest_us: i64,
+    /// The Kafka message timestamp (producer create time), ms since the Unix epoch.
+    #[row(timestamp_ms, rename = "kafka_timestamp")]
+    pub kafka_ts_ms: i64,
     /// Index of the topic in the job's topic list (see the source config).
+    #[row(topic_name, rename = "source_topic")]
     pub topic: u16,
     /// Kafka partition.
+    #[row(rename = "source_partition")]
     pub partition: i32,
     /// Kafka offset.
+    #[row(rename = "source_offset")]
     pub offset: i64,
-    /// The Kafka message timestamp (producer create time), ms since the Unix epoch.
-    pub kafka_ts_ms: i64,
-    /// When K2 read the message, µs since the Unix epoch.
-    pub ingest_us: i64,
 }
 
-/// One normalized trade.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// One normalized trade: a row of the bronze tables, partitioned by
+/// `day(event_time)`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, TableRow)]
+#[row(partition = "day(event_time)", produce_ms = "source.kafka_ts_ms")]
 pub struct Trade {
     /// Deterministic id: `{exchange}:{native_symbol}:{trade_id}`. Exchanges
     /// number trades per instrument, so this is unique and stable across
@@ -110,12 +120,15 @@ pub struct Trade {
     /// Taker side.
     pub side: Side,
     /// Trade time at the exchange, µs since the Unix epoch.
+    #[row(timestamp, rename = "event_time")]
     pub event_us: i64,
     /// Where the trade was read from.
+    #[row(flatten)]
     pub source: SourcePosition,
     /// Late: below its partition's watermark when read, or dated too far
     /// into the future (see [`crate::source::kafka::reader`]). Bronze tables
     /// keep late trades; event-time operators route them away.
+    #[row(skip)]
     pub late: bool,
 }
 
@@ -128,23 +141,58 @@ impl Trade {
     }
 }
 
-/// A message that could not be decoded: kept whole, with the reason.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// A message that could not be decoded: kept whole, with the reason. A row
+/// of `dead_letters`, partitioned by `day(kafka_timestamp)`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, TableRow)]
+#[row(partition = "day(kafka_timestamp)", produce_ms = "kafka_ts_ms")]
 pub struct DeadLetter {
-    /// Where the message was read from.
-    pub source: SourcePosition,
+    /// Index of the topic in the job's topic list.
+    #[row(topic_name, rename = "source_topic")]
+    pub topic: u16,
+    /// Kafka partition.
+    #[row(rename = "source_partition")]
+    pub partition: i32,
+    /// Kafka offset.
+    #[row(rename = "source_offset")]
+    pub offset: i64,
     /// Why it was rejected, for a human.
     pub reason: String,
     /// The message key, as received.
+    #[row(rename = "raw_key")]
     pub key: Option<Vec<u8>>,
     /// The message payload, as received.
+    #[row(rename = "raw_payload")]
     pub payload: Vec<u8>,
+    /// The Kafka message timestamp, ms since the Unix epoch.
+    #[row(timestamp_ms, rename = "kafka_timestamp")]
+    pub kafka_ts_ms: i64,
+    /// When K2 read the message, µs since the Unix epoch.
+    #[row(timestamp, rename = "ingest_time")]
+    pub ingest_us: i64,
+}
+
+impl DeadLetter {
+    /// The dead letter of the message read at `source`.
+    pub fn new(source: &SourcePosition, reason: String, key: Option<Vec<u8>>, payload: Vec<u8>) -> DeadLetter {
+        DeadLetter {
+            topic: source.topic,
+            partition: source.partition,
+            offset: source.offset,
+            reason,
+            key,
+            payload,
+            kafka_ts_ms: source.kafka_ts_ms,
+            ingest_us: source.ingest_us,
+        }
+    }
 }
 
 /// A cross-exchange arbitrage opportunity: one Binance trade and one Kraken
 /// trade of the same symbol, close in event time, whose prices differ by more
-/// than both taker fees and a threshold.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// than both taker fees and a threshold. A row of the alert tables,
+/// partitioned by `day(binance_event_time)`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, TableRow)]
+#[row(partition = "day(binance_event_time)", produce_ms = "produce_ms")]
 pub struct Alert {
     /// Deterministic: FNV-1a 64 of `"<binance message id>|<kraken message id>"`.
     pub alert_id: String,
@@ -160,20 +208,25 @@ pub struct Alert {
     pub sell_price: Decimal,
     /// Spread net of both taker fees, in 1/1000 basis points (integral, so
     /// alerts compare exactly; see [`Alert::spread_bps`]).
+    #[row(thousandths, rename = "spread_bps")]
     pub spread_millibps: i64,
     /// The Binance trade's message id.
     pub binance_message_id: String,
     /// The Kraken trade's message id.
     pub kraken_message_id: String,
     /// Binance trade time, µs.
+    #[row(timestamp, rename = "binance_event_time")]
     pub binance_event_us: i64,
     /// Kraken trade time, µs.
+    #[row(timestamp, rename = "kraken_event_time")]
     pub kraken_event_us: i64,
     /// Kafka produce time of the later of the two trades, ms: where the
     /// event-to-alert latency starts.
+    #[row(timestamp_ms, rename = "produce_time")]
     pub produce_ms: i64,
     /// When K2 detected it, µs (wall clock; not part of the result's identity
     /// across runs).
+    #[row(timestamp, rename = "detected_time")]
     pub detected_us: i64,
 }
 
@@ -185,16 +238,8 @@ impl Alert {
 
     /// The alert id of a pair: FNV-1a 64 of `"<binance id>|<kraken id>"`, hex.
     pub fn id_of(binance_message_id: &str, kraken_message_id: &str) -> String {
-        let mut h: u64 = 0xcbf29ce484222325;
-        for b in binance_message_id
-            .bytes()
-            .chain([b'|'])
-            .chain(kraken_message_id.bytes())
-        {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100000001b3);
-        }
-        format!("{h:016x}")
+        let pair = format!("{binance_message_id}|{kraken_message_id}");
+        format!("{:016x}", crate::hash::fnv1a(pair.as_bytes()))
     }
 
     /// The JSON published to the alerts topic; the same fields as the peers'

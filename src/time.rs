@@ -35,6 +35,11 @@ pub struct Time {
     pub event: u64,
 }
 
+/// The epoch of a stopped source's capabilities: past every real epoch, so
+/// that all of them can be committed, while the event part stays where the
+/// source stopped (see [`crate::stop`]).
+pub const STOPPED: u64 = u64::MAX >> 1;
+
 impl Time {
     /// Creates a timestamp.
     pub const fn new(epoch: u64, event: u64) -> Self {

@@ -7,19 +7,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// One table's part of a cut: the files to append and the commit's id.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TableCommit {
-    /// `k2.commit-id` of this append.
-    pub commit_id: String,
-    /// Iceberg `DataFile`s, as Iceberg's own JSON.
-    pub data_files: Vec<String>,
-    /// Rows in those files.
-    pub rows: u64,
-    /// Bytes in those files.
-    pub bytes: u64,
-}
-
 /// Everything needed to finish or resume from one cut.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -41,19 +28,19 @@ pub struct Manifest {
     /// (at offset − 1): recovery checks the broker still has that message.
     #[serde(default)]
     pub last_ts_ms: BTreeMap<String, BTreeMap<i32, i64>>,
-    /// Operator state needed to resume: every live snapshot file.
+    /// Operator state needed to resume: every live state file.
     pub state: Vec<StateFile>,
-    /// Records of transactional Kafka sinks in the cut, published after the
-    /// manifest (and again by recovery if that did not happen).
-    #[serde(default)]
-    pub kafka: Vec<crate::sink::kafka::KafkaBatch>,
     /// The committer's event-time frontier when it took the cut, µs: how far
     /// event time had progressed (watermarks, idleness) over the whole job.
     /// A final cut records the last finite frontier before the input ended.
     #[serde(default)]
     pub event_frontier_us: Option<u64>,
-    /// The cut's new files per table (tables without rows in it are absent).
-    pub tables: BTreeMap<String, TableCommit>,
+    /// Each participant's part of the cut, by participant name (Iceberg
+    /// tables' new files, transactional Kafka records, ...): what it must
+    /// commit, again after a crash (participants without output in the cut
+    /// are absent).
+    #[serde(default)]
+    pub parts: BTreeMap<String, serde_json::Value>,
     /// Workers of the instance that wrote it (state is re-partitioned on restore).
     pub workers: usize,
 }
@@ -184,9 +171,8 @@ mod tests {
             max_event_us: BTreeMap::new(),
             last_ts_ms: BTreeMap::new(),
             state: vec![],
-            kafka: vec![],
             event_frontier_us: None,
-            tables: BTreeMap::new(),
+            parts: BTreeMap::new(),
             workers: 2,
         }
     }

@@ -52,6 +52,42 @@ impl BackgroundWrite {
     }
 }
 
+/// State files being written, each with the capabilities to report it once
+/// it is durable (a cut must not list a file that is not).
+#[derive(Default)]
+pub struct StateWrites {
+    writing: Vec<(
+        timely::dataflow::operators::CapabilitySet<crate::time::Time>,
+        BackgroundWrite,
+    )>,
+}
+
+impl StateWrites {
+    /// Tracks `write`, to be reported under `caps`.
+    pub fn push(
+        &mut self,
+        caps: timely::dataflow::operators::CapabilitySet<crate::time::Time>,
+        write: BackgroundWrite,
+    ) {
+        self.writing.push((caps, write));
+    }
+
+    /// Calls `report` for every write that is durable now, then drops its
+    /// capabilities.
+    pub fn report(
+        &mut self,
+        mut report: impl FnMut(&timely::dataflow::operators::CapabilitySet<crate::time::Time>, StateFile),
+    ) {
+        self.writing.retain(|(caps, write)| match write.done() {
+            Some(file) => {
+                report(caps, file);
+                false
+            }
+            None => true,
+        });
+    }
+}
+
 /// Runs `encode`, then writes and fsyncs its bytes as the file `file`
 /// describes, on a thread of its own, retrying with backoff until it
 /// succeeds; then activates `wake`.
@@ -137,7 +173,7 @@ pub struct StateCheckpoint {
     /// Where to write state files.
     pub store: StateStore,
     /// The commit-group rule of the job.
-    pub groups: crate::sink::iceberg::CommitGroups,
+    pub groups: super::groups::CommitGroups,
     /// A per-run token for file names.
     pub run_id: String,
     /// This run's generation.
@@ -315,6 +351,11 @@ impl StateStore {
         background(self.clone(), file, wake, move || (bytes, entries))
     }
 
+    /// Whether `file` exists.
+    pub fn exists(&self, file: &StateFile) -> bool {
+        self.job_dir.join(&file.path).exists()
+    }
+
     /// Reads the entries of `file`.
     pub fn read<T: DeserializeOwned>(&self, file: &StateFile) -> Result<Vec<T>> {
         let path = self.job_dir.join(&file.path);
@@ -366,12 +407,7 @@ impl StateStore {
 /// The worker that key hash `hash` is routed to among `peers` workers,
 /// exactly as timely's exchange routes it.
 pub fn route(hash: u64, peers: usize) -> usize {
-    let peers = peers as u64;
-    if peers.is_power_of_two() {
-        (hash & (peers - 1)) as usize
-    } else {
-        (hash % peers) as usize
-    }
+    crate::hash::worker_of(hash, peers)
 }
 
 #[cfg(test)]
@@ -382,7 +418,7 @@ mod tests {
         StateCheckpoint {
             operator: "dedup".into(),
             store: StateStore::new(dir),
-            groups: crate::sink::iceberg::CommitGroups {
+            groups: crate::checkpoint::CommitGroups {
                 epoch_ms: 100,
                 commit_interval_ms: 100,
             },

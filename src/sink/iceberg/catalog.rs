@@ -1,10 +1,10 @@
 //! Opening the catalog and creating the job's tables.
 
-use super::schema::TableRow;
+use super::rows::TableDecl;
 use crate::config::IcebergConfig;
 use crate::error::{Error, Result};
 use iceberg::io::LocalFsStorageFactory;
-use iceberg::spec::{Transform, UnboundPartitionSpec};
+use iceberg::spec::{Schema, Transform, UnboundPartitionSpec};
 use iceberg::table::Table;
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
 use iceberg_catalog_sql::{SqlCatalog, SqlCatalogBuilder};
@@ -69,28 +69,42 @@ impl JobCatalog {
         format!("{}.{}", self.namespace.join("."), name)
     }
 
-    /// Loads table `name`, creating it with `R`'s schema, partitioned by day,
-    /// if it does not exist.
-    pub async fn ensure_table<R: TableRow>(&self, name: &str) -> Result<Table> {
+    /// Loads the table `decl` declares, creating it with its row type's
+    /// schema and partition if it does not exist. An existing table that
+    /// lacks columns the row type has gets them (as nullable columns: older
+    /// rows read as null); one whose columns K2 cannot write is refused when
+    /// written (see the writer).
+    pub async fn ensure_table(&self, decl: &TableDecl) -> Result<Table> {
+        let name = decl.name;
         let ident = self.ident(name);
         let q = self.qualified(name);
+        let schema = (decl.schema)();
         if self
             .catalog
             .table_exists(&ident)
             .await
             .map_err(|e| Error::iceberg(&q, "check table", e))?
         {
-            return self.load(name).await;
+            let table = self.load(name).await?;
+            return self.evolve(table, &schema).await;
         }
-        let schema = R::schema();
-        let spec = UnboundPartitionSpec::builder()
-            .add_partition_field(R::partition_source_id(), "day", Transform::Day)
-            .map_err(|e| Error::iceberg(&q, "partition spec", e))?
-            .build();
+        let mut spec = UnboundPartitionSpec::builder();
+        if let Some((column, transform)) = (decl.partitioning)() {
+            let field = schema
+                .field_by_name(column)
+                .ok_or_else(|| Error::Other(format!("table `{q}`: no column `{column}` to partition by")))?;
+            let label = match transform {
+                Transform::Hour => "hour",
+                _ => "day",
+            };
+            spec = spec
+                .add_partition_field(field.id, format!("{column}_{label}"), transform)
+                .map_err(|e| Error::iceberg(&q, "partition spec", e))?;
+        }
         let creation = TableCreation::builder()
             .name(name.to_string())
             .schema(schema)
-            .partition_spec(spec)
+            .partition_spec(spec.build())
             .properties(HashMap::from([
                 ("write.format.default".to_string(), "parquet".to_string()),
                 // What `writer.rs` writes; readers and compaction see the truth.
@@ -102,6 +116,37 @@ impl JobCatalog {
             Err(_) if self.catalog.table_exists(&ident).await.unwrap_or(false) => self.load(name).await,
             Err(e) => Err(Error::iceberg(&q, "create table", e)),
         }
+    }
+
+    /// Adds to `table` the columns of `schema` it lacks, as nullable columns.
+    async fn evolve(&self, table: Table, schema: &Schema) -> Result<Table> {
+        use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
+        let name = table.identifier().name().to_string();
+        let q = self.qualified(&name);
+        let current = table.metadata().current_schema().clone();
+        let missing: Vec<_> = schema
+            .as_struct()
+            .fields()
+            .iter()
+            .filter(|f| current.field_by_name(&f.name).is_none())
+            .collect();
+        if missing.is_empty() {
+            return Ok(table);
+        }
+        let tx = Transaction::new(&table);
+        let mut action = tx.update_schema();
+        for f in &missing {
+            tracing::info!(
+                table = q,
+                column = f.name,
+                "adding a column K2's row type has and the table lacks"
+            );
+            action = action.add_column(AddColumn::optional(&f.name, (*f.field_type).clone()));
+        }
+        let tx = action.apply(tx).map_err(|e| Error::iceberg(&q, "add columns", e))?;
+        tx.commit(self.catalog.as_ref())
+            .await
+            .map_err(|e| Error::iceberg(&q, "add columns", e))
     }
 
     /// Loads table `name` with its newest metadata.

@@ -24,6 +24,7 @@
 //! timestamp of the last message read, which the checkpoint also records:
 //! the message at that offset must still have it.
 
+use crate::checkpoint::Resume;
 use crate::config::StartPosition;
 use crate::error::{Error, Result};
 use crate::kafka::Quiet;
@@ -38,43 +39,10 @@ use std::time::{Duration, Instant};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Source progress: the next offset of a partition when an epoch closed.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct OffsetReport {
-    /// The epoch that closed.
-    pub epoch: u64,
-    /// Topic index in the job's topic list.
-    pub topic: u16,
-    /// Partition.
-    pub partition: i32,
-    /// The next offset to read: everything before it is in epochs `<= epoch`.
-    pub next_offset: i64,
-    /// The largest event time read so far from the partition, µs.
-    pub max_event_us: Option<u64>,
-    /// The Kafka timestamp of the last message read (at `next_offset - 1`),
-    /// ms: recovery checks that the broker still has that message there.
-    pub last_ts_ms: Option<i64>,
-}
-
 /// The worker that reads partition `partition` of topic index `topic`, out
 /// of `workers`: independent of the number of partitions (see the module docs).
 pub fn owner(topic: u16, partition: i32, workers: usize) -> usize {
     (partition.unsigned_abs() as usize + topic as usize) % workers.max(1)
-}
-
-/// Where a resumed job starts, from its checkpoint: per `(topic index,
-/// partition)`, the next offset, the largest event time (µs) and the Kafka
-/// timestamp of the last message read.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Resume {
-    /// Next offsets.
-    pub offsets: BTreeMap<(u16, i32), i64>,
-    /// Largest event times read, µs.
-    pub watermarks: BTreeMap<(u16, i32), u64>,
-    /// Kafka timestamps of the last messages read, ms.
-    pub last_ts_ms: BTreeMap<(u16, i32), i64>,
-    /// Whether there is a checkpoint at all (then partitions it lacks are new).
-    pub checkpointed: bool,
 }
 
 /// One partition of one topic, with its range for this run.

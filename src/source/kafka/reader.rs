@@ -33,6 +33,10 @@
 //! bounded run, and the idle watermark in a continuous one (a partition added
 //! to the topic may be handed to it later, see [`super::watch`]).
 //!
+//! ## Stopping
+//! See [`crate::stop`]: a stopped source holds event time where it stopped
+//! until every worker's source has stopped.
+//!
 //! ## Lateness and the future
 //! A trade is late when its event time is below its own partition's
 //! watermark at the moment it is read. Never the cross-partition watermark:
@@ -69,13 +73,15 @@
 //! had read: it never jumps silently.
 
 use super::decode::{ControlKind, Decoded, decode};
-use super::plan::{OffsetReport, PartitionPlan, owner};
+use super::plan::{PartitionPlan, owner};
 use super::watch::PartitionWatch;
 use crate::checkpoint::Backpressure;
+use crate::checkpoint::OffsetReport;
 use crate::config::{ControlPolicy, FuturePolicy};
 use crate::kafka::Quiet;
 use crate::record::{DeadLetter, SourcePosition, Trade};
-use crate::time::Time;
+use crate::stop::StopSignal;
+use crate::time::{STOPPED, Time};
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -83,65 +89,15 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::operators::{Capability, Probe};
 use timely::dataflow::{Scope, Stream};
-
-/// Asks running sources to stop: now, or once they reach given offsets; and
-/// carries the reason when the job must end with an error.
-#[derive(Clone, Debug, Default)]
-pub struct StopSignal(Arc<StopInner>);
-
-#[derive(Debug, Default)]
-struct StopInner {
-    now: AtomicBool,
-    drain: Mutex<Option<BTreeMap<(u16, i32), i64>>>,
-    drain_set: AtomicBool,
-    failure: Mutex<Option<String>>,
-}
-
-impl StopSignal {
-    /// Stop at the current position, closing the current epoch.
-    pub fn stop_now(&self) {
-        self.0.now.store(true, Ordering::SeqCst);
-    }
-    /// Stop at the current position (committing what was read), and end the
-    /// run with `reason` as its error. The first reason wins.
-    pub fn fail(&self, reason: String) {
-        let mut failure = self.0.failure.lock().expect("failure lock");
-        if failure.is_none() {
-            tracing::error!(reason, "stopping the job");
-            *failure = Some(reason);
-        }
-        drop(failure);
-        self.stop_now();
-    }
-    /// The reason given to [`StopSignal::fail`], if any.
-    pub fn failure(&self) -> Option<String> {
-        self.0.failure.lock().expect("failure lock").clone()
-    }
-    /// Stop each partition once it reaches the given next offset.
-    pub fn drain_to(&self, ends: BTreeMap<(u16, i32), i64>) {
-        *self.0.drain.lock().expect("drain lock") = Some(ends);
-        self.0.drain_set.store(true, Ordering::SeqCst);
-    }
-    /// Whether [`StopSignal::stop_now`] was called.
-    pub fn is_stopped(&self) -> bool {
-        self.0.now.load(Ordering::SeqCst)
-    }
-    fn drain_targets(&self) -> Option<BTreeMap<(u16, i32), i64>> {
-        if self.0.drain_set.load(Ordering::Relaxed) {
-            self.0.drain.lock().expect("drain lock").clone()
-        } else {
-            None
-        }
-    }
-}
 
 /// Counters of all source workers of a process.
 #[derive(Debug, Default)]
@@ -324,12 +280,12 @@ impl Polling<'_> {
             Err(reason) => Some(reason),
         };
         if let Some(reason) = reason {
-            self.dead.push(DeadLetter {
-                source: pos,
+            self.dead.push(DeadLetter::new(
+                &pos,
                 reason,
-                key: m.key().map(<[u8]>::to_vec),
-                payload: payload.unwrap_or_default().to_vec(),
-            });
+                m.key().map(<[u8]>::to_vec),
+                payload.unwrap_or_default().to_vec(),
+            ));
         }
         if p.plan.end.is_some_and(|end| p.next >= end) {
             p.done = true;
@@ -454,6 +410,9 @@ pub fn kafka_source<'scope>(
     let mut progress_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<OffsetReport>>> =
         OutputBuilder::from(progress_out);
 
+    // Where every worker's source is: see "Stopping" in the module docs.
+    let stopped_probe = ProbeHandle::<Time>::new();
+    let stopped = stopped_probe.clone();
     let activator = scope.activator_for(Rc::clone(&info.address));
     let sync = scope.worker().sync_activator_for(info.address.to_vec());
     let wake = move || -> Box<dyn Fn() + Send + Sync> {
@@ -495,6 +454,16 @@ pub fn kafka_source<'scope>(
         let mut decoded = Vec::new();
         move |_frontiers| {
             let Some(c) = caps.as_mut() else { return };
+            if c.time().epoch == STOPPED {
+                // Stopped: hold event time where it is until every source
+                // worker of the job has stopped (see "Stopping" above).
+                if stopped.with_frontier(|f| f.iter().all(|t| t.epoch == STOPPED)) {
+                    caps = None;
+                } else {
+                    activator.activate_after(Duration::from_millis(5));
+                }
+                return;
+            }
             let now = now_ms();
             let now_instant = Instant::now();
             if !drain_applied && let Some(targets) = spec.stop.drain_targets() {
@@ -662,7 +631,12 @@ pub fn kafka_source<'scope>(
                 progress_out.activate().session(&c.progress).give_iterator(reports);
             }
             if finishing {
-                caps = None;
+                if spec.stop.is_stopped() {
+                    c.downgrade(&Time::new(STOPPED, current.event));
+                    activator.activate();
+                } else {
+                    caps = None; // the end of the input
+                }
                 return;
             }
             let watermark = watermark(&parts, now, now_instant, &spec).max(current.event);
@@ -681,7 +655,7 @@ pub fn kafka_source<'scope>(
     Ok(SourceStreams {
         trades,
         dead_letters,
-        progress,
+        progress: progress.probe_with(&stopped_probe),
     })
 }
 
