@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod operators;
 pub mod record;
 pub mod retry;
+pub mod secret;
 pub mod sink;
 pub mod source;
 pub mod stop;
