@@ -85,6 +85,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::{Capability, CapabilitySet, InputCapability};
 
+pub mod bars;
 #[cfg(test)]
 mod tests;
 
