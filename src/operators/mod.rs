@@ -17,6 +17,6 @@ pub use interval_join::{IntervalJoin, JoinSide, JoinState, JoinStats, key_hash, 
 pub use log_state::{LogState, read_logged};
 pub use window::bars::{Bar, Ohlcv, TradeAt};
 pub use window::{
-    Aggregate, EpochClock, EventTime, Merge, Window, WindowCheckpointed, WindowKey, WindowParams, WindowStats,
-    Windowed, Windows,
+    Aggregate, CheckpointedWindowStreams, EpochClock, EventTime, Merge, Window, WindowCheckpointed, WindowKey,
+    WindowParams, WindowStats, WindowStreams, Windowed, Windows,
 };

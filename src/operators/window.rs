@@ -46,9 +46,12 @@
 //!   sees the signal, and as they drop out one by one the frontier rises to
 //!   the watermark of those still running, past windows that records of the
 //!   stopped ones (read by the next run) still belong to. The signal is set
-//!   before any source drops, so within a process this is exact; across
-//!   processes it needs the signal set in every process before any source
-//!   of any process drops (see the sources).
+//!   before any source drops, so within a process this is exact. Across
+//!   processes the signals are separate, and a stop that reaches them at
+//!   different moments can still close such a window early; so can the end
+//!   of a bounded run whose sources end one by one, if a later run reads on.
+//!   The cure belongs to the sources: to hold `(epoch, own watermark)` until
+//!   every source has stopped, and only then drop.
 //!
 //! **Checkpoints** ([`WindowCheckpointed::window_checkpointed`]). The state
 //! is the live aggregates per (key, window), never the records: one
@@ -320,6 +323,13 @@ pub struct WindowStats {
 /// Streams of a window's results and of its late records.
 pub type WindowStreams<'scope, K, O, D> = (Stream<'scope, Time, Vec<Windowed<K, O>>>, Stream<'scope, Time, Vec<D>>);
 
+/// Streams of a checkpointed window's results, late records, and state files.
+pub type CheckpointedWindowStreams<'scope, K, O, D> = (
+    Stream<'scope, Time, Vec<Windowed<K, O>>>,
+    Stream<'scope, Time, Vec<D>>,
+    Stream<'scope, Time, Vec<StateFile>>,
+);
+
 /// Keyed event-time windows; see the module docs.
 pub trait Window<'scope, D> {
     /// Folds the on-time records of each key (`key(record)`) and window into
@@ -400,7 +410,6 @@ pub trait WindowCheckpointed<'scope, D> {
     /// (the last snapshot holds them), and emitted by the next run.
     ///
     /// Fails if the restored state cannot be read.
-    #[allow(clippy::type_complexity)]
     fn window_checkpointed<K, A, F>(
         self,
         params: WindowParams,
@@ -409,11 +418,7 @@ pub trait WindowCheckpointed<'scope, D> {
         stats: Arc<WindowStats>,
         ckpt: StateCheckpoint,
         first_epoch: u64,
-    ) -> crate::error::Result<(
-        Stream<'scope, Time, Vec<Windowed<K, A::Output>>>,
-        Stream<'scope, Time, Vec<D>>,
-        Stream<'scope, Time, Vec<StateFile>>,
-    )>
+    ) -> crate::error::Result<CheckpointedWindowStreams<'scope, K, A::Output, D>>
     where
         K: WindowKey,
         A: Aggregate<D>,
@@ -453,11 +458,7 @@ where
         stats: Arc<WindowStats>,
         ckpt: StateCheckpoint,
         first_epoch: u64,
-    ) -> crate::error::Result<(
-        Stream<'scope, Time, Vec<Windowed<K, A::Output>>>,
-        Stream<'scope, Time, Vec<D>>,
-        Stream<'scope, Time, Vec<StateFile>>,
-    )>
+    ) -> crate::error::Result<CheckpointedWindowStreams<'scope, K, A::Output, D>>
     where
         K: WindowKey,
         A: Aggregate<D>,
@@ -585,10 +586,12 @@ struct Group {
     changed: bool,
 }
 
+/// An output of vectors of `T`.
+type Out<T> = OutputBuilder<Time, CapacityContainerBuilder<Vec<T>>>;
+
 /// The windows restored on this worker: key, start, stamp floor, state.
 type Restored<K, A> = Vec<(K, u64, Time, A)>;
 
-#[allow(clippy::type_complexity)]
 fn build<'scope, D, K, A, F>(
     stream: Stream<'scope, Time, Vec<D>>,
     params: WindowParams,
@@ -597,11 +600,7 @@ fn build<'scope, D, K, A, F>(
     stats: Arc<WindowStats>,
     ckpt: Option<StateCheckpoint>,
     restored: Restored<K, A>,
-) -> (
-    Stream<'scope, Time, Vec<Windowed<K, A::Output>>>,
-    Stream<'scope, Time, Vec<D>>,
-    Stream<'scope, Time, Vec<StateFile>>,
-)
+) -> CheckpointedWindowStreams<'scope, K, A::Output, D>
 where
     D: EventTime + timely::ExchangeData,
     K: WindowKey,
@@ -620,10 +619,9 @@ where
     let (data_out, data) = builder.new_output::<Vec<Windowed<K, A::Output>>>();
     let (late_out, late) = builder.new_output::<Vec<D>>();
     let (state_out, state) = builder.new_output::<Vec<StateFile>>();
-    let mut data_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<Windowed<K, A::Output>>>> =
-        OutputBuilder::from(data_out);
-    let mut late_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<D>>> = OutputBuilder::from(late_out);
-    let mut state_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<StateFile>>> = OutputBuilder::from(state_out);
+    let mut data_out: Out<Windowed<K, A::Output>> = OutputBuilder::from(data_out);
+    let mut late_out: Out<D> = OutputBuilder::from(late_out);
+    let mut state_out: Out<StateFile> = OutputBuilder::from(state_out);
     let wake = scope
         .worker()
         .sync_activator_for(builder.operator_info().address.to_vec());

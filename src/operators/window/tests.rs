@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::checkpoint::state::add_live;
+use crate::operators::window::bars::Ohlcv;
 use crate::sink::iceberg::CommitGroups;
 use crate::source::kafka::StopSignal;
 use rand::rngs::SmallRng;
@@ -197,7 +198,7 @@ fn oracle(case: &Case) -> (Vec<Result>, Vec<u64>) {
 
 /// One step of a test source: hold the capability at the time, then send
 /// the record (if any).
-type Step = (Time, Option<Rec>);
+type Step<D = Rec> = (Time, Option<D>);
 
 /// Worker `index`'s steps for epochs `from..to`: it owns the partitions
 /// `p % peers == index`, holds `(epoch, least watermark of its
@@ -248,7 +249,12 @@ enum End {
 
 /// A source playing `steps`, up to `per_activation` records per
 /// activation, then ending as `end` says.
-fn feed<'s>(scope: Scope<'s, Time>, steps: Vec<Step>, per_activation: usize, end: End) -> Stream<'s, Time, Vec<Rec>> {
+fn feed<'s, D: Clone + 'static>(
+    scope: Scope<'s, Time>,
+    steps: Vec<Step<D>>,
+    per_activation: usize,
+    end: End,
+) -> Stream<'s, Time, Vec<D>> {
     source(scope, "Feed", move |cap, info| {
         let activator = scope.activator_for(info.address);
         let mut cap = Some(cap);
@@ -769,4 +775,175 @@ fn a_stop_closes_no_window() {
     assert_eq!(entries.len(), 1);
     assert_eq!((entries[0].0, &entries[0].1.0), ((3, 0), &vec![1]));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Silver and gold through the operator: trades make 1-minute bars per
+/// exchange and symbol; those roll up into 1-hour bars, and, keyed by symbol
+/// alone, into cross-exchange 1-minute bars. Each equals the bar of its
+/// trades, on 1, 2 and 4 workers, and no bar is late for the next window:
+/// results are stamped at their window's last µs, which is their own event
+/// time (stamped any later, they would be late there).
+#[test]
+fn minute_bars_roll_up_through_the_operator() {
+    use super::bars::{Bar, by_exchange_symbol};
+    use crate::record::{Exchange, Trade};
+    const MINUTE: u64 = 60_000; // µs: a scaled-down minute (1 hour = 36 epochs).
+    let mut rng = SmallRng::seed_from_u64(11);
+    // Streams (partitions): exchange × symbol, each read in order with disorder.
+    let streams: Vec<(Exchange, &str)> = vec![
+        (Exchange::Binance, "BTC/USDT"),
+        (Exchange::Kraken, "BTC/USDT"),
+        (Exchange::Binance, "ETH/USDT"),
+        (Exchange::Kraken, "ETH/USDT"),
+    ];
+    let (epochs, ooo) = (140u64, 30_000u64);
+    let mut id = 0;
+    // Per stream: per epoch, the watermark and trades.
+    let parts: Vec<Vec<(u64, Vec<Trade>)>> = streams
+        .iter()
+        .map(|(exchange, symbol)| {
+            let (mut max_seen, mut watermark) = (0u64, 0u64);
+            (0..epochs)
+                .map(|e| {
+                    watermark = watermark.max(max_seen.saturating_sub(ooo));
+                    let trades = (0..rng.random_range(0..4))
+                        .map(|_| {
+                            let event = (e * EPOCH_US + rng.random_range(0..EPOCH_US))
+                                .saturating_sub(rng.random_range(0..ooo))
+                                .max(watermark);
+                            max_seen = max_seen.max(event);
+                            id += 1;
+                            Trade {
+                                symbol: symbol.to_string(),
+                                price: crate::decimal::Decimal(rng.random_range(1..1_000_000i128) * 10i128.pow(14)),
+                                quantity: crate::decimal::Decimal(rng.random_range(1..1_000i128) * 10i128.pow(15)),
+                                ..crate::record::test_trade(*exchange, id, "1", event as i64)
+                            }
+                        })
+                        .collect();
+                    (watermark, trades)
+                })
+                .collect()
+        })
+        .collect();
+    // Past every watermark (events end at 14 s), and closing 4 hours.
+    let end_watermark = 4 * 60 * MINUTE;
+    let all: Vec<&Trade> = parts.iter().flatten().flat_map(|(_, t)| t).collect();
+    // The model: the bar of the trades of each window that the end closes.
+    let model = |key: &dyn Fn(&Trade) -> String, size: u64| {
+        let mut bars: BTreeMap<(String, u64), Ohlcv> = BTreeMap::new();
+        for t in &all {
+            let start = t.event_time() - t.event_time() % size;
+            if start + size <= end_watermark {
+                Aggregate::add(bars.entry((key(t), start)).or_default(), *t);
+            }
+        }
+        bars
+    };
+    let by_stream = |t: &Trade| format!("{:?}", by_exchange_symbol(t));
+    let (minutes, hours, across) = (
+        model(&by_stream, MINUTE),
+        model(&by_stream, 60 * MINUTE),
+        model(&|t: &Trade| t.symbol.clone(), MINUTE),
+    );
+    assert!(
+        hours.len() >= 8 && minutes.len() > 400,
+        "{} hours, {} minutes",
+        hours.len(),
+        minutes.len()
+    );
+    type Got = Arc<Mutex<Vec<(String, u64, u64, Ohlcv, Time)>>>;
+    /// Keeps the bars of `stream` with their times in `out`.
+    fn collect<'s>(stream: Stream<'s, Time, Vec<Bar<String>>>, out: Got) -> Stream<'s, Time, Vec<Bar<String>>> {
+        stream.inspect_core(move |event| {
+            if let Ok((stamp, bars)) = event {
+                let time = *stamp.expect_singleton();
+                let mut out = out.lock().unwrap();
+                out.extend(
+                    bars.iter()
+                        .map(|b| (b.key.clone(), b.start_us, b.end_us, b.value.clone(), time)),
+                );
+            }
+        })
+    }
+    for workers in [1, 2, 4] {
+        let (got_min, got_hour, got_across, late): (Got, Got, Got, Arc<AtomicUsize>) = Default::default();
+        let parts = Arc::new(parts.clone());
+        let (m2, h2, a2, l2) = (got_min.clone(), got_hour.clone(), got_across.clone(), late.clone());
+        timely::execute(timely::Config::process(workers), move |worker| {
+            let (index, peers) = (worker.index(), worker.peers());
+            let mine: Vec<&Vec<(u64, Vec<Trade>)>> = parts.iter().skip(index).step_by(peers).collect();
+            let mut steps: Vec<Step<Trade>> = Vec::new();
+            for e in (0..epochs).filter(|_| !mine.is_empty()) {
+                let time = Time::new(e, mine.iter().map(|p| p[e as usize].0).min().unwrap_or(0));
+                steps.push((time, None));
+                for p in &mine {
+                    steps.extend(p[e as usize].1.iter().map(|t| (time, Some(t.clone()))));
+                }
+            }
+            let probe = ProbeHandle::new();
+            let end = match steps.is_empty() {
+                true => End::Drop,
+                false => End::Hold(Time::new(epochs, end_watermark), end_watermark, probe.clone()),
+            };
+            let clock = EpochClock {
+                epoch_ms: EPOCH_MS,
+                close_delay_us: ooo,
+            };
+            let minute = WindowParams::new(Windows::tumbling(MINUTE).unwrap()).with_clock(clock);
+            let hour = WindowParams::new(Windows::tumbling(60 * MINUTE).unwrap()).with_clock(clock);
+            let (m2, h2, a2, l2) = (m2.clone(), h2.clone(), a2.clone(), l2.clone());
+            worker.dataflow::<Time, _, _>(|scope| {
+                let trades = feed(scope, steps, 5, end);
+                let (bars, _) = trades.window(minute.clone(), by_exchange_symbol, Ohlcv::default(), Default::default());
+                let (hourly, late_hour) =
+                    bars.clone()
+                        .window(hour, |b: &Bar<_>| b.key.clone(), Ohlcv::default(), Default::default());
+                let (symbol, late_symbol) =
+                    bars.clone()
+                        .window(minute, super::bars::bar_symbol, Ohlcv::default(), Default::default());
+                let named = |b: Bar<(Exchange, String)>| Windowed {
+                    key: format!("{:?}", b.key),
+                    start_us: b.start_us,
+                    end_us: b.end_us,
+                    value: b.value,
+                };
+                use timely::dataflow::operators::vec::Map;
+                collect(bars.map(named), m2);
+                collect(hourly.map(named), h2).probe_with(&probe);
+                collect(symbol, a2).probe_with(&probe);
+                for late in [late_hour.map(|_| ()), late_symbol.map(|_| ())] {
+                    let l = l2.clone();
+                    late.inspect(move |_| {
+                        l.fetch_add(1, Ordering::Relaxed);
+                    });
+                }
+            });
+        })
+        .unwrap();
+        let check = |got: &Got, want: &BTreeMap<(String, u64), Ohlcv>, size: u64, what: &str| {
+            let got = got.lock().unwrap();
+            let map: BTreeMap<(String, u64), Ohlcv> = got
+                .iter()
+                .map(|(k, s, _, bar, _)| ((k.clone(), *s), bar.clone()))
+                .collect();
+            assert_eq!(map.len(), got.len(), "{workers} workers, {what}: a bar emitted twice");
+            assert_eq!(&map, want, "{workers} workers, {what}");
+            for (_, start, end, _, time) in got.iter() {
+                assert_eq!(
+                    (*end, time.event),
+                    (start + size, end - 1),
+                    "{what}: stamped at the window's last µs"
+                );
+            }
+        };
+        check(&got_min, &minutes, MINUTE, "1-minute bars");
+        check(&got_hour, &hours, 60 * MINUTE, "1-hour bars");
+        check(&got_across, &across, MINUTE, "cross-exchange bars");
+        assert_eq!(
+            late.load(Ordering::Relaxed),
+            0,
+            "{workers} workers: a bar was late for its roll-up"
+        );
+    }
 }
