@@ -15,9 +15,10 @@
 //! `source.max_out_of_orderness_ms` of latency (the trade's capability holds
 //! its cut back until then). The operator's state is logged per cut, like the
 //! arbitrage join's: the trades it was given and the keys of those it
-//! compared. So resuming after a crash or a stop (which leaves the trades
-//! still waiting to the next run), on any number of workers, writes exactly
-//! the rows of an uninterrupted run.
+//! compared. So resuming after a crash or the end of a run (a stop, or a
+//! bounded input read: either leaves the trades still waiting to the next
+//! run, see `k2::stop`), on any number of workers, writes exactly the rows
+//! of an uninterrupted run.
 
 use crate::arbitrage::ArbitrageConfig;
 use k2::error::Result;
@@ -25,8 +26,7 @@ use k2::launch::{Dataflow, Job};
 use k2::operators::{DedupCheckpointed, LogState, key_hash, key_worker, read_logged};
 use k2::record::{Alert, Exchange, Trade};
 use k2::sink::iceberg::{TableDecl, WriteIceberg};
-use k2::stop::EventProgress;
-use k2::time::Time;
+use k2::time::{EventProgress, Time, event_progress};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use timely::dataflow::Stream;
@@ -99,7 +99,7 @@ fn divergence<'scope>(
     (given, done): Restored,
 ) -> Stream<'scope, Time, Vec<Out>> {
     let ctx = job.context();
-    let (first_epoch, stop) = (ctx.first_epoch, ctx.stop.clone());
+    let first_epoch = ctx.first_epoch;
     let (index, peers) = (trades.scope().index(), trades.scope().peers());
     let done: HashSet<Key> = done.into_iter().map(|(_, key)| key).collect();
     // Logged entries expire at `event + Δ + 1`; those the restored cut's event
@@ -114,17 +114,18 @@ fn divergence<'scope>(
         if done.contains(&key(&t)) {
             history.entry(t.symbol.clone()).or_default()[t.exchange as usize].insert(key(&t), t);
         } else {
-            waiting.push(t); // given, not compared: a stop left it
+            waiting.push(t); // given, not compared: the end of a run left it
         }
     }
     // Trades waiting for the frontier, each holding its message's capability.
     let mut pending: BTreeMap<Key, (Rc<CapabilitySet<Time>>, Trade)> = BTreeMap::new();
     let by_symbol = pact::Exchange::new(|t: &Trade| key_hash(&t.symbol));
     trades.unary_frontier(by_symbol, "Divergence", move |cap, _info| {
-        // Trades a stop left wait again, on a capability of this run's first epoch.
+        // Trades the last run left wait again, on a capability of this run's first epoch.
         let held = Rc::new(CapabilitySet::from_elem(cap.delayed(&Time::new(first_epoch, 0))));
         pending.extend(waiting.into_iter().map(|t| (key(&t), (held.clone(), t))));
         drop(held);
+        let mut ended = false;
         move |(input, frontier), output| {
             input.for_each_stamp(|cap, data| {
                 let caps = Rc::new(cap.retain_stamp(0));
@@ -133,14 +134,14 @@ fn divergence<'scope>(
                 }
             });
             // No on-time trade below `horizon` can still come: compare those,
-            // in event-time order. Stopped: the next run compares what waits.
-            let horizon = match stop.event_progress(frontier.frontier().iter()) {
+            // in event-time order. At the end of the run, once; the next run
+            // compares what still waits (it is in the state logs).
+            let horizon = match event_progress(frontier.frontier().iter()) {
+                _ if ended => return,
                 EventProgress::Below(horizon) => horizon,
-                EventProgress::Stopped { drained } => {
-                    if drained {
-                        pending.clear();
-                    }
-                    return;
+                EventProgress::Ending { below } => {
+                    ended = true;
+                    below
                 }
             };
             while let Some(entry) = pending.first_entry().filter(|e| e.get().1.event_time() < horizon) {
@@ -155,6 +156,9 @@ fn divergence<'scope>(
                 }
                 session.give(Out::Compared(key.clone()));
                 sides[own].insert(key, t);
+            }
+            if ended {
+                pending.clear();
             }
             // A trade more than Δ before the frontier is nobody's last price any more.
             let expired = |t: &Trade| t.event_time().saturating_add(max_age_us) < horizon;

@@ -1,26 +1,30 @@
-//! Stopping a job: the one signal that signal handlers, the demo and fatal
-//! errors use, and what a stop means for event time.
+//! Ending a run: the one stop signal that signal handlers, the demo and
+//! fatal errors use, and what the end of a run means for event time.
 //!
-//! A stop is not the end of the input: the next run reads on from where this
-//! one stopped, so a stop must leave every event-time decision to it that
-//! needs messages not read yet.
+//! A run never ends the input: a Kafka topic goes on, and the next run reads
+//! on from where this one got, whether it was stopped or read a bounded
+//! input to its end. So the end of a run must leave to the next one every
+//! event-time decision that needs messages not read yet.
 //!
-//! * Asked to stop, each source worker reports where it got and moves its
-//!   capabilities to `(STOPPED, its watermark)`: every real epoch can then be
-//!   committed (the final cut), while event time stays where it was. It drops
-//!   them only once every worker's source, in every process, has stopped.
-//! * Dropping them still lets the event-time frontier jump, to the watermarks
-//!   of the workers that drop last and then to "finished", though the
-//!   partitions of the others have messages below it that the next run will
-//!   read. So event-time operators (and the committer's record of how far
-//!   event time got) trust no frontier they see once [`StopSignal::is_stopped`]:
-//!   the barrier above makes the flag visible in every process before any
-//!   such jump can be, as long as they read it *after* the frontier.
-//!
-//! The end of a bounded input is different: its partitions have nothing more
-//! to give, and sources drop their capabilities at once.
+//! * At its end, each source worker reports where it got and moves its
+//!   capabilities to `(STOPPED, its watermark)` (see [`crate::time::STOPPED`]):
+//!   every real epoch can then be committed, in the final cut, while event
+//!   time stays where the sources justify it. A partition read to the end of
+//!   a bounded input still holds its watermark: it has more to come.
+//! * Event-time operators see a frontier whose elements are all at
+//!   `STOPPED`: they act one last time below its event part (every source
+//!   holds its watermark there), then let go of what waits, which their
+//!   checkpointed state holds, and act on nothing more in this run
+//!   ([`crate::time::event_progress`]).
+//! * A source drops its capabilities only once the frontier of everything
+//!   the committer receives is at `STOPPED`: the final cut is taken, and no
+//!   operator holds a real epoch any more. Only then may the frontier jump
+//!   (to the watermarks of the sources that drop last, then to "finished"),
+//!   and no operator acts on it: every operator that holds anything has seen
+//!   the `STOPPED` frontier first (its capabilities held the cut), and acts
+//!   only on the first one. This needs no flag shared between processes: the
+//!   timestamps carry it.
 
-use crate::time::{Time, event_frontier};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,57 +77,5 @@ impl StopSignal {
         } else {
             None
         }
-    }
-}
-
-/// What an event-time operator may act on, from its input frontier and the
-/// job's stop signal: see [`StopSignal::event_progress`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventProgress {
-    /// Every on-time record dated below this event time (µs) is in: act on
-    /// them (compare, close windows). `u64::MAX`: the input has ended.
-    Below(u64),
-    /// Stopped: act on nothing more; what waits is the next run's (it is in
-    /// the operator's checkpointed state). `drained`: the input frontier is
-    /// empty, so let go of it now, capabilities included.
-    Stopped {
-        /// The input frontier is empty.
-        drained: bool,
-    },
-}
-
-impl StopSignal {
-    /// How far an event-time operator may act on `frontier`, its input
-    /// frontier: the one place that tells a stop from the end of the input.
-    /// Reads the stop flag after the frontier, as the module docs require.
-    pub fn event_progress<'a>(&self, frontier: impl IntoIterator<Item = &'a Time>) -> EventProgress {
-        let mut frontier = frontier.into_iter().peekable();
-        let drained = frontier.peek().is_none();
-        let below = event_frontier(frontier);
-        if self.is_stopped() {
-            EventProgress::Stopped { drained }
-        } else {
-            EventProgress::Below(below)
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_stop_is_not_the_end_of_the_input() {
-        let stop = StopSignal::default();
-        let open = [Time::new(3, 700), Time::new(4, 500)];
-        assert_eq!(stop.event_progress(&open), EventProgress::Below(500));
-        assert_eq!(
-            stop.event_progress(&[]),
-            EventProgress::Below(u64::MAX),
-            "the end: act on all"
-        );
-        stop.stop_now();
-        assert_eq!(stop.event_progress(&open), EventProgress::Stopped { drained: false });
-        assert_eq!(stop.event_progress(&[]), EventProgress::Stopped { drained: true });
     }
 }

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 /// Alert id -> |divergence| in millibps, computed sequentially: per symbol,
 /// each on-time trade (first copies, in `(event µs, message id)` order) meets
-/// the other exchange's last earlier trade at most Δ older.
+/// the other exchange's last earlier trade at most Δ older. Only trades below
+/// the final watermark are compared: the end of a run leaves the rest to the
+/// next one, as the end of a bounded run does not end the topics.
 fn oracle(brokers: &str, topics: &(String, String)) -> BTreeMap<String, i64> {
     oracle_pairs(brokers, topics)
         .into_iter()
@@ -26,8 +28,9 @@ fn oracle(brokers: &str, topics: &(String, String)) -> BTreeMap<String, i64> {
 /// [`oracle`] with each alert's pair of message ids.
 fn oracle_pairs(brokers: &str, topics: &(String, String)) -> BTreeMap<String, (i64, (String, String))> {
     let classified = classify(brokers, topics);
+    let horizon = classified.final_watermark_us;
     let mut by_symbol: BTreeMap<String, Vec<&Trade>> = BTreeMap::new();
-    for t in classified.on_time.iter().flatten() {
+    for t in classified.on_time.iter().flatten().filter(|t| t.event_us < horizon) {
         by_symbol.entry(t.symbol.clone()).or_default().push(t);
     }
     let mut alerts = BTreeMap::new();

@@ -26,7 +26,6 @@ use super::manifest::{Manifest, ManifestStore};
 use super::participant::{CommitItem, OffsetReport, Participant, Staged};
 use super::recovery::Resume;
 use super::state::{StateFile, StateStore, add_live};
-use crate::stop::StopSignal;
 use crate::time::{STOPPED, Time, event_frontier};
 use hdrhistogram::Histogram;
 use std::collections::{BTreeMap, HashSet};
@@ -88,9 +87,6 @@ pub struct CommitSpec {
     pub stats: Arc<Mutex<CommitStats>>,
     /// Called when a commit fails for good: stops the job.
     pub on_fatal: Arc<dyn Fn(String) + Send + Sync>,
-    /// The job's stop signal: once it is set, the event-time frontier no
-    /// longer says how far event time got (see [`crate::stop`]).
-    pub stop: StopSignal,
     /// The commit thread, for the launcher to join after the dataflow ends.
     pub thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     /// The job's manifests.
@@ -171,10 +167,7 @@ pub fn commit<'scope>(items: Stream<'scope, Time, Vec<CommitItem>>, spec: Commit
                 let Some(tx) = sender.as_ref() else { return };
                 let frontier = frontier.frontier();
                 let min_epoch = frontier.iter().map(|t| t.epoch).min();
-                // Read after the frontier, as crate::stop asks.
-                if !spec.stop.is_stopped() {
-                    horizons.observe(min_epoch, event_frontier(frontier.iter()));
-                }
+                horizons.observe(min_epoch, event_frontier(frontier.iter()));
                 let label = match min_epoch {
                     // Everything is in: commit the rest under the last group.
                     None => [
@@ -224,9 +217,9 @@ pub fn commit<'scope>(items: Stream<'scope, Time, Vec<CommitItem>>, spec: Commit
                     // operators have evicted them, and so would a restore.
                     // (Never below the restored cut's: what follows this
                     // cut follows that one too.)
-                    // The final cut (the end, or every source stopped):
-                    // sources read nothing more, so the last frontier seen
-                    // is as of it.
+                    // The final cut (every source's run is over, see
+                    // crate::stop): sources read nothing more, so the last
+                    // frontier seen is as of it.
                     let seen = match min_epoch {
                         None | Some(STOPPED) => horizons.last,
                         Some(_) => horizons.as_of(label),

@@ -8,8 +8,10 @@ use super::state::{StateCheckpoint, StateFile};
 use crate::time::Time;
 use std::cell::RefCell;
 use std::rc::Rc;
-use timely::dataflow::Stream;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::{Concatenate, Probe};
+use timely::dataflow::{Scope, Stream};
 
 /// A stream of items for the cut.
 pub type CommitStream<'scope> = Stream<'scope, Time, Vec<CommitItem>>;
@@ -18,6 +20,9 @@ pub type CommitStream<'scope> = Stream<'scope, Time, Vec<CommitItem>>;
 #[derive(Clone, Default)]
 pub struct Cut<'scope> {
     items: Rc<RefCell<Vec<CommitStream<'scope>>>>,
+    /// The frontier of all of them together, once [`Cut::all`] is called:
+    /// what sources wait for at the end of a run (see [`crate::stop`]).
+    release: ProbeHandle<Time>,
 }
 
 impl<'scope> Cut<'scope> {
@@ -31,10 +36,16 @@ impl<'scope> Cut<'scope> {
         self.register(files.map(CommitItem::from));
     }
 
-    /// Every stream registered so far (for the launcher, once the dataflow
-    /// is built).
-    pub fn take(&self) -> Vec<CommitStream<'scope>> {
-        std::mem::take(&mut *self.items.borrow_mut())
+    /// Every stream registered, as one (for the launcher, once the dataflow
+    /// is built), with [`Cut::release`] probing it.
+    pub fn all(&self, scope: Scope<'scope, Time>) -> CommitStream<'scope> {
+        let items = std::mem::take(&mut *self.items.borrow_mut());
+        scope.concatenate(items).probe_with(&self.release)
+    }
+
+    /// The frontier of everything registered (once [`Cut::all`] is called).
+    pub fn release(&self) -> ProbeHandle<Time> {
+        self.release.clone()
     }
 }
 

@@ -40,7 +40,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use timely::dataflow::Scope;
-use timely::dataflow::operators::Concatenate;
 pub use timely_args::TimelyArgs;
 
 /// A named dataflow: its tables and how to build it on one worker.
@@ -197,7 +196,7 @@ impl<'scope> Job<'scope> {
             backpressure: ctx.backpressure.clone(),
             stats: ctx.source_stats.clone(),
         };
-        let streams = kafka_source(self.scope, spec)?;
+        let streams = kafka_source(self.scope, spec, self.cut.release())?;
         use timely::dataflow::operators::vec::Map;
         self.cut
             .register(streams.progress.clone().map(crate::checkpoint::CommitItem::from));
@@ -571,7 +570,7 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
                     "no part of this dataflow reads this section (a typo, or a config for another dataflow?)",
                 ));
             }
-            let items = scope.concatenate(job.cut.take());
+            let items = job.cut.all(scope);
             crate::checkpoint::commit(items, commit_spec(&ctx));
             Result::Ok(())
         });
@@ -666,7 +665,6 @@ fn commit_spec(ctx: &Arc<JobContext>) -> CommitSpec {
             }
             stop.fail(e)
         }),
-        stop: ctx.stop.clone(),
         thread: ctx.commit_thread.clone(),
         manifests: ManifestStore::open(&ctx.job_dir).expect("checkpoint folder opened at start"),
         state_store: StateStore::new(&ctx.job_dir),

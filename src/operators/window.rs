@@ -37,21 +37,13 @@
 //!     the job for that hour; with it, live windows hold only the epochs
 //!     from their expected close on, and a backfill (event time far behind
 //!     the clock) only until the watermark passes them, which is quick.
-//! * **Never emitted at the end.** An empty frontier (the input ended, or the
-//!   job stopped) closes nothing: a window is emitted only when a *running*
-//!   input's frontier passes it. At the end of a run the open windows are in
-//!   the last snapshot, and the next run emits them exactly once. Nor does a
-//!   frontier seen once the job's [`StopSignal`] is set
-//!   ([`WindowParams::with_stop`]): each source drops its capability when it
-//!   sees the signal, and as they drop out one by one the frontier rises to
-//!   the watermark of those still running, past windows that records of the
-//!   stopped ones (read by the next run) still belong to. The signal is set
-//!   before any source drops, so within a process this is exact. Across
-//!   processes the signals are separate, and a stop that reaches them at
-//!   different moments can still close such a window early; so can the end
-//!   of a bounded run whose sources end one by one, if a later run reads on.
-//!   The cure belongs to the sources: to hold `(epoch, own watermark)` until
-//!   every source has stopped, and only then drop.
+//! * **The end of a run closes only what the sources' watermarks close.** A
+//!   run never ends the input (see [`crate::stop`]): once every source's run
+//!   is over, the frontier is at [`crate::time::STOPPED`], holding their last
+//!   watermarks, and the operator closes the windows below those one last
+//!   time; the rest stay in the last snapshot, and the next run emits them
+//!   exactly once ([`crate::time::event_progress`]). Nothing closes on a
+//!   frontier seen after that, nor on an input that ends without `STOPPED`.
 //!
 //! **Checkpoints** ([`WindowCheckpointed::window_checkpointed`]). The state
 //! is the live aggregates per (key, window), never the records: one
@@ -72,8 +64,7 @@
 
 use crate::checkpoint::state::{BackgroundWrite, StateCheckpoint, StateFile, StateKind, StateStore, restore_snapshots};
 use crate::operators::interval_join::key_hash;
-use crate::source::kafka::StopSignal;
-use crate::time::{Time, epoch_complete, event_frontier, stamp_time};
+use crate::time::{EventProgress, Time, epoch_complete, event_progress, stamp_time};
 use differential_dataflow::lattice::Lattice;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -175,20 +166,12 @@ pub struct WindowParams {
     /// The stamp floor of results (module docs); `None` stamps results at
     /// the join of their records' times alone.
     pub clock: Option<EpochClock>,
-    /// The job's stop signal: once it is set, no window closes any more
-    /// (module docs). `None` only where no source stops before its input
-    /// ends.
-    pub stop: Option<StopSignal>,
 }
 
 impl WindowParams {
-    /// `windows`, without a stamp floor or stop signal.
+    /// `windows`, without a stamp floor.
     pub fn new(windows: Windows) -> Self {
-        WindowParams {
-            windows,
-            clock: None,
-            stop: None,
-        }
+        WindowParams { windows, clock: None }
     }
 
     /// With the stamp floor of `clock`.
@@ -199,22 +182,9 @@ impl WindowParams {
         }
     }
 
-    /// With the job's stop signal.
-    pub fn with_stop(self, stop: StopSignal) -> Self {
-        WindowParams {
-            stop: Some(stop),
-            ..self
-        }
-    }
-
     /// The least time a result of the window ending at `end` is stamped at.
     fn floor(&self, end: u64) -> Time {
         Time::new(self.clock.map_or(0, |c| c.close_epoch(end)), end - 1)
-    }
-
-    /// Whether the job is stopping.
-    fn stopping(&self) -> bool {
-        self.stop.as_ref().is_some_and(StopSignal::is_stopped)
     }
 }
 
@@ -660,6 +630,8 @@ where
         }
         drop(caps);
         let mut gauge = 0;
+        // The run is over (module docs): nothing more closes.
+        let mut ended = false;
 
         move |frontiers| {
             let frontier = frontiers[0].frontier();
@@ -723,16 +695,19 @@ where
                 }
             });
 
-            // Emit the windows the frontier has passed. An empty frontier
-            // closes nothing (module docs): open windows stay for the
-            // snapshot, and their capabilities go. Nor does a stopping job:
-            // its sources drop out one by one, and the frontier then rises
-            // to the watermark of those still running.
+            // Emit the windows the frontier has passed. At the end of the
+            // run, once, those below the sources' last watermarks; the rest
+            // stay open for the snapshot, and their capabilities go.
             let mut results = 0;
-            if frontier.is_empty() {
-                held.clear();
-            } else if !params.stopping() {
-                let horizon = event_frontier(frontier.iter());
+            let horizon = match event_progress(frontier.iter()) {
+                _ if ended => None,
+                EventProgress::Below(horizon) => Some(horizon),
+                EventProgress::Ending { below } => {
+                    ended = true;
+                    Some(below)
+                }
+            };
+            if let Some(horizon) = horizon {
                 let mut closed: Vec<(Time, Windowed<K, A::Output>)> = Vec::new();
                 while let Some(entry) = open.first_entry() {
                     let start = *entry.key();
@@ -799,6 +774,9 @@ where
                         release(&mut held, &time);
                     }
                 }
+            }
+            if ended {
+                held.clear();
             }
 
             // Write the snapshots of the groups that are settled: their input

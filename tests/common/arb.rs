@@ -99,6 +99,11 @@ pub struct Classified {
     pub late_copies: usize,
     /// Messages that do not decode.
     pub malformed: u64,
+    /// Where event time is when a run has read everything (µs): the least
+    /// over partitions with trades of their largest event time minus
+    /// [`ALLOWANCE_MS`]. A run acts on event time below it only: the next
+    /// run acts on the rest (see `k2::stop`).
+    pub final_watermark_us: i64,
 }
 
 /// Sorts every trade of `topics` into on time and late (see [`Classified`]).
@@ -109,6 +114,7 @@ pub fn classify(brokers: &str, topics: &(String, String)) -> Classified {
         copies: 0,
         late_copies: 0,
         malformed: 0,
+        final_watermark_us: i64::MAX,
     };
     let mut seen = BTreeSet::new();
     for (side, (exchange, topic)) in [(Exchange::Binance, &topics.0), (Exchange::Kraken, &topics.1)]
@@ -145,6 +151,9 @@ pub fn classify(brokers: &str, topics: &(String, String)) -> Classified {
                         c.on_time[side].push(t);
                     }
                 }
+            }
+            if let Some(m) = max_us {
+                c.final_watermark_us = c.final_watermark_us.min(m - ALLOWANCE_MS * 1000);
             }
         }
     }

@@ -2,10 +2,10 @@
 //! workers against a sequential model, and restores across worker counts.
 
 use super::*;
+use crate::checkpoint::CommitGroups;
 use crate::checkpoint::state::add_live;
 use crate::operators::window::bars::Ohlcv;
-use crate::sink::iceberg::CommitGroups;
-use crate::source::kafka::StopSignal;
+use crate::time::{STOPPED, event_frontier};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{HashMap, HashSet};
@@ -234,17 +234,12 @@ enum End {
     /// that which windows close does not depend on how fast progress
     /// travels; then it drops.
     Hold(Time, u64, ProbeHandle<Time>),
-    /// A stop, as the engine's: once all `n` sources have played their
-    /// steps (counted in the counter), the stop signal is set, and each
-    /// source drops its capability when it notices, `linger` activations
-    /// later: as they drop out, the frontier rises to the watermark of those
-    /// still running.
-    Stop {
-        stop: StopSignal,
-        finished: Arc<AtomicUsize>,
-        n: usize,
-        linger: usize,
-    },
+    /// The end of a run, as the engine's (see `crate::stop`): each source
+    /// holds `(STOPPED, its watermark)` until `release` (the frontier of
+    /// everything downstream) is all at `STOPPED`, then drops `linger`
+    /// activations later: as they drop out one by one, the frontier rises to
+    /// the watermark of those still holding, which must close nothing.
+    Stop { release: ProbeHandle<Time>, linger: usize },
 }
 
 /// A source playing `steps`, up to `per_activation` records per
@@ -258,7 +253,7 @@ fn feed<'s, D: Clone + 'static>(
     source(scope, "Feed", move |cap, info| {
         let activator = scope.activator_for(info.address);
         let mut cap = Some(cap);
-        let (mut pos, mut counted, mut lingered) = (0, false, 0);
+        let (mut pos, mut lingered) = (0, 0);
         move |output| {
             let Some(c) = cap.as_mut() else { return };
             let mut sent = 0;
@@ -281,21 +276,14 @@ fn feed<'s, D: Clone + 'static>(
                     c.downgrade(time);
                     probe.with_frontier(|f| event_frontier(f.iter())) >= *watermark
                 }
-                End::Stop {
-                    stop,
-                    finished,
-                    n,
-                    linger,
-                } => {
-                    if !counted {
-                        counted = true;
-                        finished.fetch_add(1, Ordering::SeqCst);
+                End::Stop { release, linger } => {
+                    if c.time().epoch < STOPPED {
+                        // Without steps, a source holds no watermark (as a
+                        // worker without partitions).
+                        let event = if steps.is_empty() { u64::MAX } else { c.time().event };
+                        c.downgrade(&Time::new(STOPPED, event));
                     }
-                    if finished.load(Ordering::SeqCst) == *n {
-                        stop.stop_now();
-                    }
-                    // Without steps, a source holds nothing worth waiting with.
-                    if steps.is_empty() || stop.is_stopped() {
+                    if release.with_frontier(|f| f.iter().all(|t| t.epoch >= STOPPED)) {
                         lingered += 1;
                     }
                     lingered > *linger
@@ -337,13 +325,13 @@ struct RunSpec {
 fn run(case: &Case, spec: RunSpec) -> Run {
     let out: Arc<Mutex<Run>> = Arc::default();
     let stats = Arc::new(WindowStats::default());
-    let (stop, finished) = (StopSignal::default(), Arc::new(AtomicUsize::new(0)));
     let (case2, out2, stats2) = (Arc::new(case.clone()), out.clone(), stats.clone());
     timely::execute(timely::Config::process(spec.workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let (case, out, spec) = (case2.clone(), out2.clone(), spec.clone());
         let steps = steps(&case, index, peers, spec.from, spec.to);
         let probe = ProbeHandle::new();
+        let release = ProbeHandle::new();
         let end = match spec.finish {
             true if steps.is_empty() => End::Drop,
             true => End::Hold(
@@ -352,13 +340,11 @@ fn run(case: &Case, spec: RunSpec) -> Run {
                 probe.clone(),
             ),
             false => End::Stop {
-                stop: stop.clone(),
-                finished: finished.clone(),
-                n: peers,
+                release: release.clone(),
                 linger: spec.linger[index % spec.linger.len()],
             },
         };
-        let params = case.params.clone().with_stop(stop.clone());
+        let params = case.params.clone();
         worker.dataflow::<Time, _, _>(|scope| {
             let input = feed(scope, steps, spec.per_activation, end);
             let key = |r: &Rec| r.key;
@@ -384,16 +370,20 @@ fn run(case: &Case, spec: RunSpec) -> Run {
                         );
                     }
                 })
-                .probe_with(&probe);
+                .probe_with(&probe)
+                .probe_with(&release);
             let o = out.clone();
             late.inspect_core(move |event| {
                 if let Ok((stamp, records)) = event {
                     let time = *stamp.expect_singleton();
                     o.lock().unwrap().late.extend(records.iter().map(|r| (time, r.id)));
                 }
-            });
+            })
+            .probe_with(&release);
             let o = out.clone();
-            state.inspect(move |f: &StateFile| o.lock().unwrap().files.push(f.clone()));
+            state
+                .inspect(move |f: &StateFile| o.lock().unwrap().files.push(f.clone()))
+                .probe_with(&release);
         });
     })
     .unwrap();
@@ -709,10 +699,11 @@ fn snapshots_hold_the_state_as_of_their_group() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// A stopping job closes nothing: here one worker's source stops while the
-/// other's, at a higher watermark, still runs. The frontier then passes the
-/// window, but the stopped worker's partition may still hold records of it
-/// (the next run reads them), so it must stay open, in the snapshot.
+/// The end of a run closes nothing: here one worker's source ends at a low
+/// watermark and the other's at a higher one, and the low one lets go first.
+/// The frontier then passes the window, but the first worker's partition may
+/// still hold records of it (the next run reads them), so it must stay open,
+/// in the snapshot.
 #[test]
 fn a_stop_closes_no_window() {
     let dir = std::env::temp_dir().join(format!("k2-window-stop-{}", uuid::Uuid::new_v4().simple()));
@@ -727,7 +718,6 @@ fn a_stop_closes_no_window() {
         generation: 1,
         restore: vec![],
     };
-    let (stop, finished) = (StopSignal::default(), Arc::new(AtomicUsize::new(0)));
     let out: Arc<Mutex<Run>> = Arc::default();
     let out2 = out.clone();
     timely::execute(timely::Config::process(2), move |worker| {
@@ -744,26 +734,29 @@ fn a_stop_closes_no_window() {
         } else {
             (vec![(Time::new(1, 0), Some(rec)), (Time::new(2, 5_000), None)], 200)
         };
+        let release = ProbeHandle::new();
         let end = End::Stop {
-            stop: stop.clone(),
-            finished: finished.clone(),
-            n: 2,
+            release: release.clone(),
             linger,
         };
-        let params = WindowParams::new(Windows::tumbling(1_000).unwrap()).with_stop(stop.clone());
+        let params = WindowParams::new(Windows::tumbling(1_000).unwrap());
         let (ckpt, out) = (ckpt.clone(), out2.clone());
         worker.dataflow::<Time, _, _>(|scope| {
             let (results, _, files) = feed(scope, steps, 1, end)
                 .window_checkpointed(params, |r: &Rec| r.key, Ids::default(), Default::default(), ckpt, 0)
                 .unwrap();
             let o = out.clone();
-            results.inspect(move |w| {
-                o.lock()
-                    .unwrap()
-                    .results
-                    .push((Time::default(), w.key, 0, 0, w.value.clone()))
-            });
-            files.inspect(move |f| out.lock().unwrap().files.push(f.clone()));
+            results
+                .inspect(move |w| {
+                    o.lock()
+                        .unwrap()
+                        .results
+                        .push((Time::default(), w.key, 0, 0, w.value.clone()))
+                })
+                .probe_with(&release);
+            files
+                .inspect(move |f| out.lock().unwrap().files.push(f.clone()))
+                .probe_with(&release);
         });
     })
     .unwrap();

@@ -33,9 +33,13 @@
 //! bounded run, and the idle watermark in a continuous one (a partition added
 //! to the topic may be handed to it later, see [`super::watch`]).
 //!
-//! ## Stopping
-//! See [`crate::stop`]: a stopped source holds event time where it stopped
-//! until every worker's source has stopped.
+//! ## The end of a run
+//! Stopped, or at the end of a bounded input, the source reports where it
+//! got and holds `(STOPPED, watermark)` until `release` (the frontier of
+//! what the committer receives) is all at `STOPPED`; see [`crate::stop`].
+//! A partition read to the end of a bounded input still holds the
+//! watermark (it has more to come, for the next run); one without any
+//! message does not.
 //!
 //! ## Lateness and the future
 //! A trade is late when its event time is below its own partition's
@@ -93,10 +97,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
-use timely::dataflow::operators::{Capability, Probe};
 use timely::dataflow::{Scope, Stream};
 
 /// Counters of all source workers of a process.
@@ -396,9 +400,12 @@ fn add_partitions(
 }
 
 /// Builds the source for this worker; see the module docs.
+/// `release`: the frontier of everything the committer receives, to let go
+/// of the capabilities at the end of the run (module docs).
 pub fn kafka_source<'scope>(
     scope: Scope<'scope, Time>,
     spec: SourceSpec,
+    release: ProbeHandle<Time>,
 ) -> crate::error::Result<SourceStreams<'scope>> {
     let mut builder = OperatorBuilder::new(format!("KafkaSource(w{})", scope.index()), scope);
     let info = builder.operator_info();
@@ -410,9 +417,6 @@ pub fn kafka_source<'scope>(
     let mut progress_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<OffsetReport>>> =
         OutputBuilder::from(progress_out);
 
-    // Where every worker's source is: see "Stopping" in the module docs.
-    let stopped_probe = ProbeHandle::<Time>::new();
-    let stopped = stopped_probe.clone();
     let activator = scope.activator_for(Rc::clone(&info.address));
     let sync = scope.worker().sync_activator_for(info.address.to_vec());
     let wake = move || -> Box<dyn Fn() + Send + Sync> {
@@ -455,9 +459,9 @@ pub fn kafka_source<'scope>(
         move |_frontiers| {
             let Some(c) = caps.as_mut() else { return };
             if c.time().epoch == STOPPED {
-                // Stopped: hold event time where it is until every source
-                // worker of the job has stopped (see "Stopping" above).
-                if stopped.with_frontier(|f| f.iter().all(|t| t.epoch == STOPPED)) {
+                // The run is over: hold event time where it is until the
+                // final cut is taken (see "The end of a run" above).
+                if release.with_frontier(|f| f.iter().all(|t| t.epoch >= STOPPED)) {
                     caps = None;
                 } else {
                     activator.activate_after(Duration::from_millis(5));
@@ -631,12 +635,9 @@ pub fn kafka_source<'scope>(
                 progress_out.activate().session(&c.progress).give_iterator(reports);
             }
             if finishing {
-                if spec.stop.is_stopped() {
-                    c.downgrade(&Time::new(STOPPED, current.event));
-                    activator.activate();
-                } else {
-                    caps = None; // the end of the input
-                }
+                let watermark = watermark(&parts, now, now_instant, &spec).max(current.event);
+                c.downgrade(&Time::new(STOPPED, watermark));
+                activator.activate();
                 return;
             }
             let watermark = watermark(&parts, now, now_instant, &spec).max(current.event);
@@ -655,7 +656,7 @@ pub fn kafka_source<'scope>(
     Ok(SourceStreams {
         trades,
         dead_letters,
-        progress: progress.probe_with(&stopped_probe),
+        progress,
     })
 }
 
@@ -684,8 +685,10 @@ fn watermark(parts: &[Part], now_ms: u64, now: Instant, spec: &SourceSpec) -> u6
         .iter()
         .map(|p| &p.s)
         .filter(|p| {
+            // Read to the end of a bounded input, a partition still holds
+            // the watermark: its next messages come in the next run.
             let idle = p.caught_up && now.duration_since(p.last_message) >= idle;
-            !p.done && !idle
+            if p.done { p.max_event_us.is_some() } else { !idle }
         })
         .map(|p| p.max_event_us.unwrap_or(0).saturating_sub(ooo_us))
         .min();
