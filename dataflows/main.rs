@@ -6,7 +6,9 @@ mod bronze;
 mod demo;
 mod divergence;
 mod feed;
+mod gold;
 mod market;
+mod ohlcv;
 mod produce;
 mod registry;
 

@@ -9,6 +9,9 @@ extern crate self as k2;
 
 pub use k2_derive::{Columns, TableRow};
 
+/// A stream of records `D` in a K2 dataflow: what operators take and give.
+pub type Records<'scope, D> = timely::dataflow::Stream<'scope, time::Time, Vec<D>>;
+
 pub mod checkpoint;
 pub mod config;
 pub mod decimal;

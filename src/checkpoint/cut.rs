@@ -57,4 +57,6 @@ pub struct Checkpointed<'scope> {
     pub state: StateCheckpoint,
     /// The worker's cut.
     pub cut: Cut<'scope>,
+    /// The run's first epoch: restored state is held no earlier.
+    pub first_epoch: u64,
 }

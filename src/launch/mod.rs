@@ -93,6 +93,8 @@ pub struct JobContext {
     pub source_stats: Arc<SourceStats>,
     /// The counters of every dedup operator (see [`Job::dedup_stats`]).
     pub dedup_counters: Mutex<BTreeMap<String, Arc<DedupStats>>>,
+    /// Window operator counters by operator name.
+    pub window_counters: Mutex<BTreeMap<String, Arc<crate::operators::WindowStats>>>,
     /// Interval-join counters.
     pub join_stats: Arc<crate::operators::JoinStats>,
     /// Kafka sink counters.
@@ -216,7 +218,24 @@ impl<'scope> Job<'scope> {
                 restore: self.ctx.restored.as_ref().map(|m| m.state.clone()).unwrap_or_default(),
             },
             cut: self.cut.clone(),
+            first_epoch: self.ctx.first_epoch,
         }
+    }
+
+    /// Window parameters for `windows` under the job's epoch rule: results
+    /// are expected to close `source.max_out_of_orderness_ms` after their
+    /// window's end (see [`crate::operators::window`]).
+    pub fn window_params(&self, windows: crate::operators::Windows) -> crate::operators::WindowParams {
+        crate::operators::WindowParams::new(windows).with_clock(crate::operators::EpochClock {
+            epoch_ms: self.ctx.config.job.epoch_ms,
+            close_delay_us: self.ctx.config.source.max_out_of_orderness_ms.saturating_mul(1000),
+        })
+    }
+
+    /// The counters of the window operator `operator`, shared by its workers.
+    pub fn window_stats(&self, operator: &str) -> Arc<crate::operators::WindowStats> {
+        let mut counters = self.ctx.window_counters.lock().expect("window counters");
+        counters.entry(operator.to_string()).or_default().clone()
     }
 
     /// The table `name` of the dataflow, to write rows `R` into.
@@ -534,6 +553,7 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         backpressure: Default::default(),
         source_stats: Default::default(),
         dedup_counters: Default::default(),
+        window_counters: Default::default(),
         join_stats: Default::default(),
         kafka_stats: Default::default(),
         commit_stats: Default::default(),

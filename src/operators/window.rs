@@ -62,6 +62,7 @@
 //! merges on the order states are merged in): records reach a worker in an
 //! order that depends on scheduling.
 
+use crate::checkpoint::Checkpointed;
 use crate::checkpoint::state::{BackgroundWrite, StateCheckpoint, StateFile, StateKind, StateStore, restore_snapshots};
 use crate::operators::interval_join::key_hash;
 use crate::time::{EventProgress, Time, epoch_complete, event_progress, stamp_time};
@@ -293,8 +294,8 @@ pub struct WindowStats {
 /// Streams of a window's results and of its late records.
 pub type WindowStreams<'scope, K, O, D> = (Stream<'scope, Time, Vec<Windowed<K, O>>>, Stream<'scope, Time, Vec<D>>);
 
-/// Streams of a checkpointed window's results, late records, and state files.
-pub type CheckpointedWindowStreams<'scope, K, O, D> = (
+/// Streams of a window's results and late records, and of its state files.
+type AllStreams<'scope, K, O, D> = (
     Stream<'scope, Time, Vec<Windowed<K, O>>>,
     Stream<'scope, Time, Vec<D>>,
     Stream<'scope, Time, Vec<StateFile>>,
@@ -373,11 +374,10 @@ pub trait Window<'scope, D> {
 /// Windows with their state in the job's checkpoints.
 pub trait WindowCheckpointed<'scope, D> {
     /// Like [`Window::window`], and also writes the open windows per commit
-    /// group (module docs); the third stream reports the files to the
-    /// committer. The windows of `ckpt.restore` that route to this worker
-    /// are loaded first, and stamped no earlier than `first_epoch`, the
-    /// run's first epoch. Open windows are kept at the end of the input
-    /// (the last snapshot holds them), and emitted by the next run.
+    /// group into the job's cuts (module docs). The windows of the restored
+    /// checkpoint that route to this worker are loaded first, and stamped no
+    /// earlier than the run's first epoch. Open windows are kept at the end
+    /// of a run (the last snapshot holds them), and emitted by the next run.
     ///
     /// Fails if the restored state cannot be read.
     fn window_checkpointed<K, A, F>(
@@ -386,9 +386,8 @@ pub trait WindowCheckpointed<'scope, D> {
         key: F,
         init: A,
         stats: Arc<WindowStats>,
-        ckpt: StateCheckpoint,
-        first_epoch: u64,
-    ) -> crate::error::Result<CheckpointedWindowStreams<'scope, K, A::Output, D>>
+        ckpt: Checkpointed<'scope>,
+    ) -> crate::error::Result<WindowStreams<'scope, K, A::Output, D>>
     where
         K: WindowKey,
         A: Aggregate<D>,
@@ -426,15 +425,38 @@ where
         key: F,
         init: A,
         stats: Arc<WindowStats>,
-        ckpt: StateCheckpoint,
-        first_epoch: u64,
-    ) -> crate::error::Result<CheckpointedWindowStreams<'scope, K, A::Output, D>>
+        ckpt: Checkpointed<'scope>,
+    ) -> crate::error::Result<WindowStreams<'scope, K, A::Output, D>>
     where
         K: WindowKey,
         A: Aggregate<D>,
         F: Fn(&D) -> K + Clone + 'static,
     {
-        let scope = self.scope();
+        let (results, late, state) = window_with_state(self, params, key, init, stats, ckpt.state, ckpt.first_epoch)?;
+        ckpt.cut.register_state(state);
+        Ok((results, late))
+    }
+}
+
+/// [`WindowCheckpointed::window_checkpointed`], returning the state files'
+/// stream rather than registering it (for tests of the operator alone).
+fn window_with_state<'scope, D, K, A, F>(
+    stream: Stream<'scope, Time, Vec<D>>,
+    params: WindowParams,
+    key: F,
+    init: A,
+    stats: Arc<WindowStats>,
+    ckpt: StateCheckpoint,
+    first_epoch: u64,
+) -> crate::error::Result<AllStreams<'scope, K, A::Output, D>>
+where
+    D: EventTime + timely::ExchangeData,
+    K: WindowKey,
+    A: Aggregate<D>,
+    F: Fn(&D) -> K + Clone + 'static,
+{
+    {
+        let scope = stream.scope();
         let restored: Vec<((K, u64), A)> =
             restore_snapshots(&ckpt, scope.index(), scope.peers(), |(k, _): &(K, u64)| key_hash(k))?;
         let restored = restored
@@ -445,7 +467,7 @@ where
                 (key, start, time, state)
             })
             .collect();
-        Ok(build(self, params, key, init, stats, Some(ckpt), restored))
+        Ok(build(stream, params, key, init, stats, Some(ckpt), restored))
     }
 }
 
@@ -570,7 +592,7 @@ fn build<'scope, D, K, A, F>(
     stats: Arc<WindowStats>,
     ckpt: Option<StateCheckpoint>,
     restored: Restored<K, A>,
-) -> CheckpointedWindowStreams<'scope, K, A::Output, D>
+) -> AllStreams<'scope, K, A::Output, D>
 where
     D: EventTime + timely::ExchangeData,
     K: WindowKey,

@@ -349,8 +349,7 @@ fn run(case: &Case, spec: RunSpec) -> Run {
             let input = feed(scope, steps, spec.per_activation, end);
             let key = |r: &Rec| r.key;
             let (results, late, state) = match spec.ckpt.clone() {
-                Some(ckpt) => input
-                    .window_checkpointed(params, key, Ids::default(), stats2.clone(), ckpt, spec.from)
+                Some(ckpt) => window_with_state(input, params, key, Ids::default(), stats2.clone(), ckpt, spec.from)
                     .expect("restore"),
                 None => {
                     let (results, late) = input.window(params, key, Ids::default(), stats2.clone());
@@ -676,9 +675,17 @@ fn snapshots_hold_the_state_as_of_their_group() {
         let (ckpt, out) = (ckpt.clone(), out2.clone());
         worker.dataflow::<Time, _, _>(|scope| {
             let params = WindowParams::new(Windows::tumbling(1_000).unwrap());
-            let (_, _, files) = feed(scope, steps, 1, End::Drop)
-                .window_checkpointed(params, |r: &Rec| r.key, Ids::default(), Default::default(), ckpt, 0)
-                .unwrap();
+            let input = feed(scope, steps, 1, End::Drop);
+            let (_, _, files) = window_with_state(
+                input,
+                params,
+                |r: &Rec| r.key,
+                Ids::default(),
+                Default::default(),
+                ckpt,
+                0,
+            )
+            .unwrap();
             files.inspect(move |f| out.lock().unwrap().push(f.clone()));
         });
     })
@@ -742,9 +749,17 @@ fn a_stop_closes_no_window() {
         let params = WindowParams::new(Windows::tumbling(1_000).unwrap());
         let (ckpt, out) = (ckpt.clone(), out2.clone());
         worker.dataflow::<Time, _, _>(|scope| {
-            let (results, _, files) = feed(scope, steps, 1, end)
-                .window_checkpointed(params, |r: &Rec| r.key, Ids::default(), Default::default(), ckpt, 0)
-                .unwrap();
+            let input = feed(scope, steps, 1, end);
+            let (results, _, files) = window_with_state(
+                input,
+                params,
+                |r: &Rec| r.key,
+                Ids::default(),
+                Default::default(),
+                ckpt,
+                0,
+            )
+            .unwrap();
             let o = out.clone();
             results
                 .inspect(move |w| {

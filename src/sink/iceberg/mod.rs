@@ -16,6 +16,8 @@ pub mod rows;
 pub mod writer;
 
 pub use catalog::JobCatalog;
+/// `#[derive(TableRow)]` and `#[derive(Columns)]`, beside their traits.
+pub use k2_derive::{Columns, TableRow};
 pub use participant::{IcebergPart, IcebergParticipant, TableCommit};
 pub use rows::{Column, Columns, RowContext, TableDecl, TableRow};
 pub use writer::{StagedFiles, Table, TableWriter, WriteIceberg};
