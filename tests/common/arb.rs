@@ -211,7 +211,8 @@ pub fn produce_part(brokers: &str, topics: &(String, String), seed: u64, count: 
 /// repeats: every partition is read to its end (the last stable offset).
 pub fn committed_alert_ids(brokers: &str, topic: &str) -> Vec<String> {
     let mut ids = Vec::new();
-    k2::metrics::read_topic_to_end(brokers, topic, true, Duration::from_secs(60), |payload, _| {
+    let kafka = k2::config::KafkaConfig::plaintext(brokers);
+    k2::metrics::read_topic_to_end(&kafka, topic, true, Duration::from_secs(60), |payload, _| {
         let v: Value = serde_json::from_slice(payload).unwrap();
         ids.push(v["alert_id"].as_str().unwrap().to_string());
     })
