@@ -148,3 +148,47 @@ fn a_wrong_password_fails_fast_naming_the_broker_and_the_mechanism() {
         }
     }
 }
+
+/// Every topic K2 creates has `kafka.replication_factor` replicas: on the
+/// single test broker a factor of 2 cannot be met, and both the alerts
+/// topic (`k2 run market`) and the feed topics (`k2 produce`) are refused
+/// for it, over SASL_SSL as over PLAINTEXT.
+#[test]
+fn topics_k2_creates_take_the_configured_replication_factor() {
+    let sasl = sasl();
+    let topics = topics("replicas");
+    let dir = temp_dir("replicas");
+    let config = arbitrage_config(&dir, "replicas", &sasl.bootstrap, &topics, "");
+    let password = sasl.password_file();
+    append_config(
+        &config,
+        &sasl.security_table(&format!("{{ file = \"{}\" }}", password.display())),
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("poll_batch = 256", "poll_batch = 256\nreplication_factor = 2");
+    std::fs::write(&config, text).unwrap();
+    let job = k2()
+        .args(["run", "market", "--bounded", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let produce = produce_cmd_with_config(&config, &topics)
+        .args(["--count", "10"])
+        .output()
+        .unwrap();
+    for (what, out, topic) in [
+        ("k2 run", job, format!("{}.alerts", topics.0)),
+        ("k2 produce", produce, topics.0.clone()),
+    ] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{what} created a topic with 2 replicas on 1 broker:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("create topic `{topic}`")) && stderr.contains("kafka.replication_factor = 2"),
+            "{what}: {stderr}"
+        );
+    }
+}

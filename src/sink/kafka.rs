@@ -109,7 +109,12 @@ pub fn ensure_topic(kafka: &KafkaConfig, topic: &str, partitions: i32, configs: 
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((t, code)) => return Err(Error::Other(format!("create topic `{t}`: {code}"))),
+            Err((t, code)) => {
+                return Err(Error::Other(format!(
+                    "create topic `{t}` ({partitions} partitions, kafka.replication_factor = {}): {code}",
+                    kafka.replication_factor
+                )));
+            }
         }
     }
     Ok(())
