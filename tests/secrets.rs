@@ -105,7 +105,8 @@ fn no_secret_is_printed_when_runs_succeed_or_fail() {
         wrong_password.as_str(),
         passthrough_secret.as_str(),
     ];
-    let from_file = format!("{{ file = \"{}\" }}", sasl.password_file().display());
+    let password_file = sasl.password_file();
+    let from_file = format!("{{ file = \"{}\" }}", password_file.display());
     let from_env = "{ env = \"K2_TEST_KAFKA_PASSWORD\" }";
     let wrong_file = temp_dir("secret").join("wrong");
     std::fs::write(&wrong_file, &wrong_password).unwrap();
@@ -243,6 +244,8 @@ fn no_secret_is_printed_when_runs_succeed_or_fail() {
     for topic in [&topics.0, &topics.1] {
         delete_topic(&plain, topic);
     }
+    forget(&password_file);
+    forget(&wrong_file);
 }
 
 /// Every file under `dir`, recursively.

@@ -94,6 +94,7 @@ fn market_runs_exactly_once_over_sasl_ssl_with_transactional_alerts() {
     for topic in [&topics.0, &topics.1, &alerts_topic] {
         delete_topic(&plain, topic);
     }
+    forget(&password);
 }
 
 /// A wrong password (from the environment) stops the job within a few
@@ -191,4 +192,5 @@ fn topics_k2_creates_take_the_configured_replication_factor() {
             "{what}: {stderr}"
         );
     }
+    forget(&password);
 }

@@ -49,7 +49,7 @@ impl Sasl {
     }
 
     /// Writes the password into a file of its own (mode 600), in a folder
-    /// apart from any job's, and returns its path.
+    /// apart from any job's, and returns its path; [`forget`] removes it.
     pub fn password_file(&self) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
         let path = temp_dir("secret").join("kafka-password");
@@ -100,4 +100,11 @@ pub fn produce_cmd_with_config(config: &Path, topics: &(String, String)) -> Comm
         .args(["--binance-topic", &topics.0, "--kraken-topic", &topics.1])
         .args(["--partitions", "4"]);
     cmd
+}
+
+/// Removes a secret file written by [`Sasl::password_file`] (or beside it).
+pub fn forget(secret_file: &Path) {
+    if let Some(dir) = secret_file.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
