@@ -33,7 +33,7 @@ enum Command {
     #[command(disable_help_flag = true)]
     Run(RunArgs),
     /// Produce a deterministic two-exchange trade feed into Kafka.
-    Produce(produce::ProduceArgs),
+    Produce(Box<produce::ProduceArgs>),
     /// Start a local broker if needed, produce a few seconds of market data,
     /// run bronze + arbitrage on 2 workers and print what happened.
     Demo(demo::DemoArgs),
@@ -216,7 +216,7 @@ fn real_main() -> Result<()> {
             Ok(())
         }
         Command::Produce(args) => {
-            produce::produce(&args)?;
+            produce::produce(&args, &args.kafka.resolve()?)?;
             Ok(())
         }
         Command::Cluster(args) => cluster(&args),

@@ -15,14 +15,16 @@
 
 use crate::error::{Error, Result};
 use crate::record::Exchange;
+use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// A whole job's configuration: the engine's sections, typed and strict,
 /// and the sections of the job's dataflows (e.g. `[arbitrage]`), which each
-/// dataflow reads with [`Config::section`] into a type of its own.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+/// dataflow reads with [`Config::section`] into a type of its own. Its
+/// `Debug` is [`Config::effective`], without credentials.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Job identity and progress settings.
@@ -45,14 +47,30 @@ pub struct Config {
     origin: ConfigSource,
 }
 
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Config {}", self.effective())
+    }
+}
+
 /// The text and origin of a config, for error messages. Not part of what
-/// the config *is*: any two compare equal.
-#[derive(Clone, Debug, Default)]
+/// the config *is*: any two compare equal. Its `Debug` leaves the text out,
+/// which may hold credentials.
+#[derive(Clone, Default)]
 struct ConfigSource {
     text: String,
     file: String,
     /// Dotted keys set by the environment, and by which variable.
     from_env: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigSource")
+            .field("file", &self.file)
+            .field("from_env", &self.from_env)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PartialEq for ConfigSource {
@@ -137,7 +155,7 @@ pub enum RunMode {
 }
 
 /// `[kafka]`: the cluster and the topics.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// `bootstrap.servers`.
@@ -146,11 +164,17 @@ pub struct KafkaConfig {
     pub topics: TopicsConfig,
     /// Most messages one worker polls per activation before yielding.
     pub poll_batch: usize,
-    /// librdkafka properties for every client of the job (consumers, the
-    /// alert producers, the admin client): the place for the security
-    /// settings, e.g. `"security.protocol" = "SASL_SSL"`.
+    /// How clients connect and log in: TLS and SASL (see [`KafkaSecurity`]).
+    pub security: KafkaSecurity,
+    /// Other librdkafka properties for every client of the job (consumers,
+    /// producers, the admin client), passed through. Values may be strings,
+    /// numbers or booleans; those whose key names a credential are shown as
+    /// `***` wherever the config is printed.
+    #[serde(serialize_with = "serialize_redacted", deserialize_with = "deserialize_properties")]
     pub client: BTreeMap<String, String>,
-    /// Extra librdkafka consumer properties, passed through unchanged.
+    /// Extra librdkafka consumer properties, passed through unchanged (like
+    /// `client`).
+    #[serde(serialize_with = "serialize_redacted", deserialize_with = "deserialize_properties")]
     pub consumer: BTreeMap<String, String>,
     /// Replication factor of the topics K2 creates (the alerts topic).
     pub replication_factor: i32,
@@ -168,6 +192,7 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             topics: TopicsConfig::default(),
             poll_batch: 4096,
+            security: KafkaSecurity::default(),
             client: BTreeMap::new(),
             consumer: BTreeMap::new(),
             replication_factor: 1,
@@ -175,6 +200,418 @@ impl Default for KafkaConfig {
             connect_timeout_ms: 120_000,
         }
     }
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    /// As derived, but with the values of credential-named properties in
+    /// `client` and `consumer` shown as `***`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let KafkaConfig {
+            brokers,
+            topics,
+            poll_batch,
+            security,
+            client,
+            consumer,
+            replication_factor,
+            metadata_refresh_ms,
+            connect_timeout_ms,
+        } = self;
+        f.debug_struct("KafkaConfig")
+            .field("brokers", brokers)
+            .field("topics", topics)
+            .field("poll_batch", poll_batch)
+            .field("security", security)
+            .field("client", &redacted(client))
+            .field("consumer", &redacted(consumer))
+            .field("replication_factor", replication_factor)
+            .field("metadata_refresh_ms", metadata_refresh_ms)
+            .field("connect_timeout_ms", connect_timeout_ms)
+            .finish()
+    }
+}
+
+impl KafkaConfig {
+    /// A config for `brokers` with every other setting at its default
+    /// (plaintext, no login): for tools and tests.
+    pub fn plaintext(brokers: &str) -> Self {
+        KafkaConfig {
+            brokers: brokers.to_string(),
+            ..KafkaConfig::default()
+        }
+    }
+
+    /// Checks values that parse but make no sense; errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        if self.brokers.trim().is_empty() {
+            return Err(Error::config("kafka.brokers", "must not be empty"));
+        }
+        if self.poll_batch == 0 {
+            return Err(Error::config("kafka.poll_batch", "must be > 0"));
+        }
+        if self.replication_factor < 1 {
+            return Err(Error::config("kafka.replication_factor", "must be >= 1"));
+        }
+        if self.metadata_refresh_ms == 0 {
+            return Err(Error::config("kafka.metadata_refresh_ms", "must be > 0"));
+        }
+        if self.topics.binance == self.topics.kraken {
+            return Err(Error::config(
+                "kafka.topics.kraken",
+                "must differ from kafka.topics.binance",
+            ));
+        }
+        self.security.validate()?;
+        // One place per setting: a property that `[kafka.security]` sets
+        // must not also come from the passthrough, where it would win
+        // silently (or lose, depending on the order).
+        for (table, map) in [("client", &self.client), ("consumer", &self.consumer)] {
+            for name in self.security.property_names() {
+                let alias = match name {
+                    "sasl.mechanism" => "sasl.mechanisms",
+                    other => other,
+                };
+                if let Some(key) = [name, alias].into_iter().find(|k| map.contains_key(*k)) {
+                    return Err(Error::config(
+                        format!("kafka.{table}.\"{key}\""),
+                        "is also set by [kafka.security]; set it in one place",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[kafka.security]`: how every client of the job (consumers, producers,
+/// the admin client, `k2 produce`) reaches the brokers and logs in. The
+/// default is plaintext without a login.
+///
+/// ```toml
+/// [kafka.security]
+/// protocol = "SASL_SSL"
+/// sasl_mechanism = "SCRAM-SHA-512"
+/// username = "k2"
+/// password = { file = "/run/secrets/kafka-password" }   # or { env = "K2_KAFKA_PASSWORD" }
+/// ca_file = "/etc/k2/kafka-ca.pem"
+/// ```
+///
+/// Settings that only make sense with another protocol are refused rather
+/// than ignored (a password with `PLAINTEXT`, a CA file without TLS), and
+/// files are checked when the config loads.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSecurity {
+    /// `PLAINTEXT` (the default), `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`.
+    pub protocol: SecurityProtocol,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`; required with SASL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sasl_mechanism: Option<SaslMechanism>,
+    /// The SASL user; required with SASL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The SASL password, from the environment or a file (see
+    /// [`crate::secret`]); required with SASL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// PEM file of the CA certificates that signed the brokers'
+    /// certificates (TLS). Default: the system's trust store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of this client's certificate, for brokers that authenticate
+    /// clients by TLS (with `key_file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// The passphrase of `key_file`, if it is encrypted (a secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_password: Option<Secret>,
+}
+
+/// How Kafka clients talk to the brokers (librdkafka's `security.protocol`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum SecurityProtocol {
+    /// No TLS, no login.
+    #[default]
+    #[serde(rename = "PLAINTEXT", alias = "plaintext")]
+    Plaintext,
+    /// TLS, optionally with a client certificate.
+    #[serde(rename = "SSL", alias = "ssl")]
+    Ssl,
+    /// A SASL login without TLS: the credentials cross the network in the
+    /// clear with `PLAIN`.
+    #[serde(rename = "SASL_PLAINTEXT", alias = "sasl_plaintext")]
+    SaslPlaintext,
+    /// TLS, then a SASL login.
+    #[serde(rename = "SASL_SSL", alias = "sasl_ssl")]
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// The name as Kafka spells it, e.g. `SASL_SSL`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "PLAINTEXT",
+            SecurityProtocol::Ssl => "SSL",
+            SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
+            SecurityProtocol::SaslSsl => "SASL_SSL",
+        }
+    }
+
+    /// Whether connections use TLS.
+    pub fn tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+
+    /// Whether clients log in with SASL.
+    pub fn sasl(self) -> bool {
+        matches!(self, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
+    }
+}
+
+/// The SASL mechanisms K2 configures itself; others (GSSAPI, OAUTHBEARER)
+/// go through the `kafka.client` passthrough.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum SaslMechanism {
+    /// User and password in the clear (use it with `SASL_SSL` only).
+    #[serde(rename = "PLAIN", alias = "plain")]
+    Plain,
+    /// Salted challenge-response, SHA-256.
+    #[serde(rename = "SCRAM-SHA-256", alias = "scram-sha-256")]
+    ScramSha256,
+    /// Salted challenge-response, SHA-512.
+    #[serde(rename = "SCRAM-SHA-512", alias = "scram-sha-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The name as Kafka spells it, e.g. `SCRAM-SHA-512`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+impl KafkaSecurity {
+    /// The librdkafka properties these settings stand for, secrets
+    /// included: for [`crate::kafka::client_config`] only, never to print.
+    /// Empty for the default (plaintext), so that it changes nothing.
+    pub fn properties(&self) -> Vec<(&'static str, String)> {
+        let KafkaSecurity {
+            protocol,
+            sasl_mechanism,
+            username,
+            password,
+            ca_file,
+            cert_file,
+            key_file,
+            key_password,
+        } = self;
+        let mut p = Vec::new();
+        if *protocol == SecurityProtocol::Plaintext {
+            return p;
+        }
+        p.push(("security.protocol", protocol.name().to_ascii_lowercase()));
+        let path = |f: &PathBuf| absolute(f).display().to_string();
+        if let Some(m) = sasl_mechanism {
+            p.push(("sasl.mechanism", m.name().to_string()));
+        }
+        if let Some(u) = username {
+            p.push(("sasl.username", u.clone()));
+        }
+        if let Some(pw) = password {
+            p.push(("sasl.password", pw.expose().to_string()));
+        }
+        if let Some(f) = ca_file {
+            p.push(("ssl.ca.location", path(f)));
+        }
+        if let Some(f) = cert_file {
+            p.push(("ssl.certificate.location", path(f)));
+        }
+        if let Some(f) = key_file {
+            p.push(("ssl.key.location", path(f)));
+        }
+        if let Some(pw) = key_password {
+            p.push(("ssl.key.password", pw.expose().to_string()));
+        }
+        p
+    }
+
+    /// The names of [`KafkaSecurity::properties`].
+    pub fn property_names(&self) -> Vec<&'static str> {
+        self.properties().into_iter().map(|(k, _)| k).collect()
+    }
+
+    /// `SASL_SSL, SCRAM-SHA-512 as user k2`: how clients log in, for
+    /// messages (never the password).
+    pub fn describe(&self) -> String {
+        let mut s = self.protocol.name().to_string();
+        if let Some(m) = self.sasl_mechanism {
+            s.push_str(&format!(", SASL {}", m.name()));
+        }
+        if let Some(u) = &self.username {
+            s.push_str(&format!(" as user `{u}`"));
+        }
+        s
+    }
+
+    /// Checks that the settings fit the protocol, and that the files exist.
+    pub fn validate(&self) -> Result<()> {
+        let KafkaSecurity {
+            protocol,
+            sasl_mechanism,
+            username,
+            password,
+            ca_file,
+            cert_file,
+            key_file,
+            key_password,
+        } = self;
+        let key = |k: &str| format!("kafka.security.{k}");
+        let name = protocol.name();
+        if protocol.sasl() {
+            if sasl_mechanism.is_none() {
+                return Err(Error::config(
+                    key("sasl_mechanism"),
+                    format!("required with protocol {name}: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+                ));
+            }
+            if username.as_deref().is_none_or(|u| u.trim().is_empty()) {
+                return Err(Error::config(key("username"), format!("required with protocol {name}")));
+            }
+            match password {
+                None => {
+                    return Err(Error::config(
+                        key("password"),
+                        format!("required with protocol {name}: {{ env = \"VAR\" }} or {{ file = \"path\" }}"),
+                    ));
+                }
+                Some(p) if p.is_empty() => {
+                    return Err(Error::config(
+                        key("password"),
+                        format!("is empty (read from {})", p.origin()),
+                    ));
+                }
+                Some(_) => {}
+            }
+        } else {
+            let set = [
+                ("sasl_mechanism", sasl_mechanism.is_some()),
+                ("username", username.is_some()),
+                ("password", password.is_some()),
+            ];
+            if let Some((k, _)) = set.into_iter().find(|(_, on)| *on) {
+                return Err(Error::config(
+                    key(k),
+                    format!("is only used with protocol SASL_PLAINTEXT or SASL_SSL (protocol is {name})"),
+                ));
+            }
+        }
+        if !protocol.tls() {
+            let set = [
+                ("ca_file", ca_file.is_some()),
+                ("cert_file", cert_file.is_some()),
+                ("key_file", key_file.is_some()),
+                ("key_password", key_password.is_some()),
+            ];
+            if let Some((k, _)) = set.into_iter().find(|(_, on)| *on) {
+                return Err(Error::config(
+                    key(k),
+                    format!("is only used with protocol SSL or SASL_SSL (protocol is {name})"),
+                ));
+            }
+        }
+        match (cert_file, key_file) {
+            (Some(_), None) => return Err(Error::config(key("key_file"), "required with kafka.security.cert_file")),
+            (None, Some(_)) => return Err(Error::config(key("cert_file"), "required with kafka.security.key_file")),
+            _ => {}
+        }
+        if key_password.is_some() && key_file.is_none() {
+            return Err(Error::config(
+                key("key_password"),
+                "is only used with kafka.security.key_file",
+            ));
+        }
+        for (k, file) in [("ca_file", ca_file), ("cert_file", cert_file), ("key_file", key_file)] {
+            if let Some(f) = file {
+                let path = absolute(f);
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.is_file() => {}
+                    Ok(_) => return Err(Error::config(key(k), format!("`{}` is not a file", path.display()))),
+                    Err(e) => return Err(Error::config(key(k), format!("cannot read `{}`: {e}", path.display()))),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `map` with the values of credential-named keys replaced by `***`.
+fn redacted(map: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
+    map.iter()
+        .map(|(k, v)| {
+            let shown = if crate::secret::is_secret_name(k) {
+                "***"
+            } else {
+                v.as_str()
+            };
+            (k.as_str(), shown)
+        })
+        .collect()
+}
+
+/// Serializes a librdkafka property map with credentials as `***`, so that
+/// the effective config and the cluster handshake never carry them.
+fn serialize_redacted<S: serde::Serializer>(
+    map: &BTreeMap<String, String>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    redacted(map).serialize(s)
+}
+
+/// A librdkafka property value as written in TOML: a string, number or
+/// boolean, kept as the string librdkafka takes. A wrong type is reported
+/// without the value, which may be a credential.
+struct Property(String);
+
+impl<'de> Deserialize<'de> for Property {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Property;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Property, E> {
+                Ok(Property(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> std::result::Result<Property, E> {
+                Ok(Property(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Property, E> {
+                Ok(Property(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Property, E> {
+                Ok(Property(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<Property, E> {
+                Ok(Property(v.to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+fn deserialize_properties<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<BTreeMap<String, String>, D::Error> {
+    let map = BTreeMap::<String, Property>::deserialize(d)?;
+    Ok(map.into_iter().map(|(k, Property(v))| (k, v)).collect())
 }
 
 /// `[kafka.topics]`: one topic per exchange.
@@ -557,7 +994,11 @@ impl Config {
     }
 
     /// The effective config as JSON: the engine's sections and the
-    /// dataflows', all at the top level, as a file would write them.
+    /// dataflows', all at the top level, as a file would write them, without
+    /// credentials: secrets, string values whose key names a credential
+    /// (`sasl.password`, `s3.secret-access-key`, ...) and the user and
+    /// password of URIs (`postgres://***@db/x`) are shown as `***`. It is
+    /// what may be logged, and what the cluster handshake digests.
     pub fn effective(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("a config serializes");
         if let Some(map) = v.as_object_mut()
@@ -565,6 +1006,7 @@ impl Config {
         {
             map.extend(sections);
         }
+        redact_json(&mut v);
         v
     }
 
@@ -599,24 +1041,7 @@ impl Config {
                 ),
             ));
         }
-        if self.kafka.brokers.trim().is_empty() {
-            return Err(Error::config("kafka.brokers", "must not be empty"));
-        }
-        if self.kafka.poll_batch == 0 {
-            return Err(Error::config("kafka.poll_batch", "must be > 0"));
-        }
-        if self.kafka.replication_factor < 1 {
-            return Err(Error::config("kafka.replication_factor", "must be >= 1"));
-        }
-        if self.kafka.metadata_refresh_ms == 0 {
-            return Err(Error::config("kafka.metadata_refresh_ms", "must be > 0"));
-        }
-        if self.kafka.topics.binance == self.kafka.topics.kraken {
-            return Err(Error::config(
-                "kafka.topics.kraken",
-                "must differ from kafka.topics.binance",
-            ));
-        }
+        self.kafka.validate()?;
         if self.iceberg.namespace.is_empty() {
             return Err(Error::config("iceberg.namespace", "must not be empty"));
         }
@@ -624,6 +1049,23 @@ impl Config {
             return Err(Error::config("checkpoint.keep", "must be >= 1"));
         }
         Ok(())
+    }
+}
+
+/// Hides credentials in a config as JSON (see [`Config::effective`]).
+fn redact_json(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                match v {
+                    serde_json::Value::String(s) if crate::secret::is_secret_name(k) => *s = "***".into(),
+                    other => redact_json(other),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_json),
+        serde_json::Value::String(s) if s.contains("://") => *s = crate::secret::redact_uri(s),
+        _ => {}
     }
 }
 
@@ -738,6 +1180,171 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("must be > 0") && e.contains("line 2"), "{e}");
+    }
+
+    /// A file that exists, for `ca_file` and friends.
+    fn some_file() -> String {
+        let path = std::env::temp_dir().join(format!("k2-config-test-{}.pem", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&path, "not really a certificate").unwrap();
+        path.display().to_string()
+    }
+
+    #[test]
+    fn kafka_security_reaches_librdkafka_and_prints_no_secret() {
+        let ca = some_file();
+        let text = format!(
+            r#"
+[kafka]
+brokers = "b:9094"
+client = {{ "linger.ms" = 5, "enable.idempotence" = true, "sasl.oauthbearer.client.secret" = "oauth-s3cret" }}
+[kafka.security]
+protocol = "SASL_SSL"
+sasl_mechanism = "SCRAM-SHA-512"
+username = "k2"
+password = {{ env = "K2_TEST_KAFKA_PASSWORD" }}
+ca_file = "{ca}"
+"#
+        );
+        let c = parse(&text, &[("K2_TEST_KAFKA_PASSWORD", "hunter2")]);
+        // The variable is read from the process environment, not the override list.
+        assert!(c.unwrap_err().to_string().contains("K2_TEST_KAFKA_PASSWORD is not set"));
+        let text = text.replace("{ env = \"K2_TEST_KAFKA_PASSWORD\" }", "\"hunter2\"");
+        let c = parse(&text, &[]).unwrap();
+        let s = &c.kafka.security;
+        assert_eq!(s.protocol, SecurityProtocol::SaslSsl);
+        assert_eq!(s.sasl_mechanism, Some(SaslMechanism::ScramSha512));
+        let props: BTreeMap<&str, String> = s.properties().into_iter().collect();
+        assert_eq!(props["security.protocol"], "sasl_ssl");
+        assert_eq!(props["sasl.mechanism"], "SCRAM-SHA-512");
+        assert_eq!(props["sasl.password"], "hunter2");
+        assert_eq!(props["ssl.ca.location"], ca);
+        assert_eq!(c.kafka.client["linger.ms"], "5");
+        assert_eq!(c.kafka.client["enable.idempotence"], "true");
+        assert_eq!(s.describe(), "SASL_SSL, SASL SCRAM-SHA-512 as user `k2`");
+        for shown in [
+            c.effective().to_string(),
+            format!("{c:?}"),
+            format!("{:?}", c.kafka),
+            format!("{:?}", crate::kafka::client_config(&c.kafka)),
+        ] {
+            assert!(!shown.contains("hunter2") && !shown.contains("oauth-s3cret"), "{shown}");
+        }
+        assert_eq!(c.effective()["kafka"]["security"]["password"], "***");
+        assert_eq!(c.effective()["kafka"]["client"]["linger.ms"], "5");
+        // The default changes nothing in the clients' settings.
+        assert!(KafkaSecurity::default().properties().is_empty());
+    }
+
+    #[test]
+    fn effective_hides_credentials_of_every_section() {
+        let c = parse(
+            r#"
+[iceberg]
+catalog_uri = "postgres://k2:pg-s3cret@db:5432/cat?sslpassword=q-s3cret"
+[kafka.consumer]
+"ssl.key.password" = "key-s3cret"
+[mine]
+token = "t-s3cret"
+delta_ms = 5
+"#,
+            &[],
+        )
+        .unwrap();
+        for shown in [c.effective().to_string(), format!("{c:?}")] {
+            for secret in ["pg-s3cret", "q-s3cret", "key-s3cret", "t-s3cret"] {
+                assert!(!shown.contains(secret), "{shown}");
+            }
+        }
+        assert_eq!(
+            c.effective()["iceberg"]["catalog_uri"],
+            "postgres://***@db:5432/cat?sslpassword=***"
+        );
+        assert_eq!(c.effective()["mine"]["delta_ms"], 5);
+    }
+
+    #[test]
+    fn kafka_security_refuses_what_does_not_fit() {
+        let ca = some_file();
+        let cases = [
+            (
+                "protocol = \"SASL_SSL\"".to_string(),
+                "kafka.security.sasl_mechanism",
+                "required with protocol SASL_SSL",
+            ),
+            (
+                "protocol = \"SASL_SSL\"\nsasl_mechanism = \"PLAIN\"\nusername = \"u\"".into(),
+                "kafka.security.password",
+                "required",
+            ),
+            (
+                "protocol = \"SASL_SSL\"\nsasl_mechanism = \"PLAIN\"\npassword = \"p\"".into(),
+                "kafka.security.username",
+                "required",
+            ),
+            (
+                "password = \"p\"".into(),
+                "kafka.security.password",
+                "only used with protocol SASL_PLAINTEXT or SASL_SSL (protocol is PLAINTEXT)",
+            ),
+            (
+                format!(
+                    "protocol = \"SASL_PLAINTEXT\"\nsasl_mechanism = \"PLAIN\"\nusername = \"u\"\npassword = \"p\"\nca_file = \"{ca}\""
+                ),
+                "kafka.security.ca_file",
+                "only used with protocol SSL or SASL_SSL",
+            ),
+            (
+                "protocol = \"SSL\"\nca_file = \"/surely/not/there.pem\"".into(),
+                "kafka.security.ca_file",
+                "cannot read `/surely/not/there.pem`",
+            ),
+            (
+                format!("protocol = \"SSL\"\ncert_file = \"{ca}\""),
+                "kafka.security.key_file",
+                "required with kafka.security.cert_file",
+            ),
+            (
+                "protocol = \"TLS\"".into(),
+                "kafka.security.protocol",
+                "unknown variant `TLS`",
+            ),
+            (
+                "protocol = \"SASL_SSL\"\nsasl_mechanism = \"GSSAPI\"".into(),
+                "kafka.security.sasl_mechanism",
+                "unknown variant `GSSAPI`",
+            ),
+            (
+                "password = 12345678".into(),
+                "kafka.security.password",
+                "expected a secret",
+            ),
+        ];
+        for (body, key, says) in cases {
+            let e = parse(&format!("[kafka.security]\n{body}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("config `{key}`")) && e.contains(says),
+                "{body}: {e}"
+            );
+            assert!(!e.contains("12345678"), "a secret in an error: {e}");
+        }
+        // A setting in both places is refused; the passthrough alone is fine.
+        let both = "[kafka.security]\nprotocol = \"SASL_SSL\"\nsasl_mechanism = \"PLAIN\"\nusername = \"u\"\npassword = \"p\"\n[kafka.client]\n\"sasl.mechanisms\" = \"PLAIN\"\n";
+        let e = parse(both, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("kafka.client.\"sasl.mechanisms\"") && e.contains("set it in one place"),
+            "{e}"
+        );
+        parse("[kafka.client]\n\"security.protocol\" = \"SASL_SSL\"\n", &[]).unwrap();
+        // A passthrough value of the wrong type is not echoed.
+        let e = parse("[kafka.client]\n\"sasl.password\" = [\"s3cret\"]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("expected a string, number or boolean") && !e.contains("s3cret"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -74,7 +74,16 @@ impl Error {
     }
 
     /// A Kafka error with context.
+    /// librdkafka's config errors repeat the value, which is hidden when
+    /// the property names a credential (`sasl.password`, ...).
     pub fn kafka(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
+        use rdkafka::error::KafkaError;
+        let source = match source {
+            KafkaError::ClientConfig(code, description, key, _) if crate::secret::is_secret_name(&key) => {
+                KafkaError::ClientConfig(code, description, key, "***".into())
+            }
+            other => other,
+        };
         Error::Kafka {
             context: context.into(),
             source: Box::new(source),

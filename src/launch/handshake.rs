@@ -276,6 +276,26 @@ mod tests {
     }
 
     #[test]
+    fn the_handshake_carries_nothing_of_a_secret() {
+        let config = |password: &str| {
+            let text = format!(
+                "[kafka]\nclient = {{ \"ssl.key.password\" = \"{password}\" }}\n[kafka.security]\nprotocol = \"SASL_PLAINTEXT\"\n\
+                 sasl_mechanism = \"SCRAM-SHA-512\"\nusername = \"k2\"\npassword = \"{password}\"\n\
+                 [iceberg]\ncatalog_uri = \"postgres://k2:{password}@db/cat\"\n"
+            );
+            crate::config::Config::from_toml_with_env(&text, []).unwrap()
+        };
+        let (a, b) = (config("hunter2"), config("swordfish"));
+        // Not even a digest of a secret: it could be brute-forced.
+        assert_eq!(Fingerprint::digest(&a.effective()), Fingerprint::digest(&b.effective()));
+        let wire = serde_json::to_string(&Fingerprint::digest(&a.effective())).unwrap();
+        assert!(
+            wire.contains("kafka.security.password") && !wire.contains("hunter2"),
+            "{wire}"
+        );
+    }
+
+    #[test]
     fn followers_get_the_agreement_or_the_reason() {
         let agreement = Agreement {
             generation: 7,

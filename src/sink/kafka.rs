@@ -84,7 +84,11 @@ pub struct KafkaSinkStats {
 
 /// Creates `topic` unless it exists. Alert topics use `LogAppendTime`, so a
 /// record's timestamp is its arrival time, which latency is measured to.
+/// Its replication factor is `kafka.replication_factor`, as for every topic
+/// K2 creates. Waits for the brokers first (see
+/// [`crate::kafka::wait_for_brokers`]).
 pub fn ensure_topic(kafka: &KafkaConfig, topic: &str, partitions: i32, configs: &[(&str, &str)]) -> Result<()> {
+    crate::kafka::wait_for_brokers(kafka, topic)?;
     let admin: AdminClient<Quiet> = client_config(kafka)
         .create_with_context(Quiet)
         .map_err(|e| Error::kafka("create admin client", e))?;
@@ -105,7 +109,12 @@ pub fn ensure_topic(kafka: &KafkaConfig, topic: &str, partitions: i32, configs: 
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((t, code)) => return Err(Error::Other(format!("create topic `{t}`: {code}"))),
+            Err((t, code)) => {
+                return Err(Error::Other(format!(
+                    "create topic `{t}` ({partitions} partitions, kafka.replication_factor = {}): {code}",
+                    kafka.replication_factor
+                )));
+            }
         }
     }
     Ok(())

@@ -208,7 +208,13 @@ pub fn produce_feed(brokers: &str, topics: &(String, String), seed: u64) {
 
 /// `count` messages per exchange, event times from `event_start_ms` on.
 pub fn produce_part(brokers: &str, topics: &(String, String), seed: u64, count: u64, event_start_ms: i64) {
-    ok(produce_cmd(brokers, topics)
+    produce_part_with(produce_cmd(brokers, topics), seed, count, event_start_ms);
+}
+
+/// [`produce_part`] through `produce`, a `k2 produce` command with its Kafka
+/// settings and topics (e.g. [`super::sasl::produce_cmd_with_config`]).
+pub fn produce_part_with(mut produce: Command, seed: u64, count: u64, event_start_ms: i64) {
+    ok(produce
         .args(["--count", &count.to_string(), "--rate", "0"])
         .args(["--duplicates", "0.05", "--malformed", "0.01"])
         .args(["--out-of-order-ms", "400", "--seed", &seed.to_string()])
@@ -219,8 +225,14 @@ pub fn produce_part(brokers: &str, topics: &(String, String), seed: u64, count: 
 /// Alert ids in `topic` as a `read_committed` consumer sees them, with
 /// repeats: every partition is read to its end (the last stable offset).
 pub fn committed_alert_ids(brokers: &str, topic: &str) -> Vec<String> {
+    committed_alert_ids_in(&k2::config::KafkaConfig::plaintext(brokers), topic)
+}
+
+/// [`committed_alert_ids`] read with the client settings of `kafka` (e.g.
+/// over SASL_SSL).
+pub fn committed_alert_ids_in(kafka: &k2::config::KafkaConfig, topic: &str) -> Vec<String> {
     let mut ids = Vec::new();
-    k2::metrics::read_topic_to_end(brokers, topic, true, Duration::from_secs(60), |payload, _| {
+    k2::metrics::read_topic_to_end(kafka, topic, true, Duration::from_secs(60), |payload, _| {
         let v: Value = serde_json::from_slice(payload).unwrap();
         ids.push(v["alert_id"].as_str().unwrap().to_string());
     })

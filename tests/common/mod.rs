@@ -4,6 +4,7 @@
 
 pub mod arb;
 pub mod job;
+pub mod sasl;
 
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};

@@ -39,7 +39,10 @@ impl JobCatalog {
             .with_storage_factory(Arc::new(LocalFsStorageFactory))
             .load(&cfg.catalog_name, props)
             .await
-            .map_err(|e| Error::iceberg("<catalog>", format!("open catalog {}", cfg.catalog_uri()), e))?;
+            .map_err(|e| {
+                let uri = crate::secret::redact_uri(&cfg.catalog_uri());
+                Error::iceberg("<catalog>", format!("open catalog {uri}"), e)
+            })?;
         let namespace = NamespaceIdent::new(cfg.namespace.clone());
         let exists = catalog
             .namespace_exists(&namespace)

@@ -86,10 +86,9 @@ impl SourcePlan {
         let consumer: BaseConsumer<Quiet> = client
             .create_with_context(Quiet)
             .map_err(|e| Error::kafka("create consumer", e))?;
-        let brokers = client.get("bootstrap.servers").unwrap_or("?").to_string();
         let mut partitions = Vec::new();
         for (index, (exchange, topic)) in topics.iter().enumerate() {
-            let metadata = wait_for_metadata(&consumer, &brokers, topic, connect_timeout)?;
+            let metadata = crate::kafka::wait_for_metadata(&consumer, client, topic, connect_timeout)?;
             let ids = topic_partitions(&metadata, topic)?;
             for partition in ids {
                 let key = (index as u16, partition);
@@ -215,47 +214,6 @@ fn check_resume(topic: &str, partition: i32, next: i64, low: i64, high: i64) -> 
         )));
     }
     Ok(())
-}
-
-/// The topic's metadata, waiting (with backoff, saying why) while the
-/// brokers cannot be reached, up to `timeout`.
-fn wait_for_metadata(
-    consumer: &BaseConsumer<Quiet>,
-    brokers: &str,
-    topic: &str,
-    timeout: Duration,
-) -> Result<Metadata> {
-    let deadline = Instant::now() + timeout;
-    let mut delays = crate::retry::backoff(Duration::from_millis(500), Duration::from_secs(10));
-    loop {
-        // Short tries, so that the wait is reported while it lasts.
-        let attempt = Duration::from_secs(2).min(deadline.saturating_duration_since(Instant::now()));
-        match consumer.fetch_metadata(Some(topic), attempt.max(Duration::from_millis(100))) {
-            Ok(m) => return Ok(m),
-            Err(e) if Instant::now() < deadline => {
-                let wait = delays
-                    .next()
-                    .unwrap_or(Duration::from_secs(10))
-                    .min(deadline.saturating_duration_since(Instant::now()));
-                tracing::warn!(
-                    brokers,
-                    topic,
-                    error = %e,
-                    "waiting for Kafka at {brokers} (kafka.brokers); retrying in {wait:?}, giving up after kafka.connect_timeout_ms"
-                );
-                std::thread::sleep(wait);
-            }
-            Err(e) => {
-                return Err(Error::kafka(
-                    format!(
-                        "reach the brokers at {brokers} (kafka.brokers) for topic `{topic}` within kafka.connect_timeout_ms = {} ms",
-                        timeout.as_millis()
-                    ),
-                    e,
-                ));
-            }
-        }
-    }
 }
 
 /// The sorted partition ids of `topic` in `metadata`, or why there are none.
