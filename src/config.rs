@@ -39,6 +39,8 @@ pub struct Config {
     pub iceberg: IcebergConfig,
     /// Where checkpoints live.
     pub checkpoint: CheckpointConfig,
+    /// The S3-compatible object store of `s3://` warehouses and checkpoints.
+    pub s3: S3Config,
     /// The dataflows' own sections, by name, as written (see [`Config::section`]).
     #[serde(skip_deserializing)]
     pub sections: BTreeMap<String, toml::Value>,
@@ -93,7 +95,7 @@ impl ConfigSource {
 }
 
 /// The engine's own top-level sections; every other one belongs to a dataflow.
-const ENGINE_SECTIONS: [&str; 6] = ["job", "kafka", "source", "dedup", "iceberg", "checkpoint"];
+const ENGINE_SECTIONS: [&str; 7] = ["job", "kafka", "source", "dedup", "iceberg", "checkpoint", "s3"];
 
 /// How alerts reach Kafka.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -750,12 +752,23 @@ impl DedupConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct IcebergConfig {
+    /// `sql` (the default: SQLite in the warehouse, or `catalog_uri`) or
+    /// `rest` (an Iceberg REST catalog at `catalog_uri`).
+    pub catalog: CatalogKind,
     /// Catalog name; outside readers must use the same one.
     pub catalog_name: String,
-    /// Warehouse folder (relative paths are taken from the working directory).
+    /// Warehouse: a folder (relative paths are taken from the working
+    /// directory) or `s3://bucket/prefix` (see `[s3]`). With a REST
+    /// catalog, the warehouse the catalog is asked for (its own name for it,
+    /// if it has one).
     pub warehouse: PathBuf,
-    /// SQL catalog URI; defaults to a SQLite file `catalog.db` in the warehouse.
+    /// SQL catalog URI (defaults to a SQLite file `catalog.db` in a local
+    /// warehouse), or the REST catalog's base URI.
     pub catalog_uri: Option<String>,
+    /// REST catalog: OAuth2 client credential, `client_id:client_secret`.
+    pub credential: Option<Secret>,
+    /// REST catalog: a bearer token.
+    pub token: Option<Secret>,
     /// Namespace of the job's tables.
     pub namespace: String,
     /// Data files are rolled at this size, as well as at every commit.
@@ -770,9 +783,12 @@ pub struct IcebergConfig {
 impl Default for IcebergConfig {
     fn default() -> Self {
         IcebergConfig {
+            catalog: CatalogKind::Sql,
             catalog_name: "k2".into(),
             warehouse: PathBuf::from(".k2/warehouse"),
             catalog_uri: None,
+            credential: None,
+            token: None,
             namespace: "market_data".into(),
             target_file_size_bytes: 128 * 1024 * 1024,
             max_snapshot_age_ms: 24 * 3600 * 1000,
@@ -782,9 +798,14 @@ impl Default for IcebergConfig {
 }
 
 impl IcebergConfig {
-    /// The warehouse as an absolute path.
+    /// The warehouse as an absolute path (for a local warehouse).
     pub fn warehouse_abs(&self) -> PathBuf {
         absolute(&self.warehouse)
+    }
+
+    /// Where the warehouse is.
+    pub fn warehouse_location(&self) -> Location {
+        Location::of(&self.warehouse)
     }
 
     /// The catalog URI, defaulted from the warehouse.
@@ -800,7 +821,9 @@ impl IcebergConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointConfig {
-    /// Folder for manifests and operator state; every process must reach it.
+    /// Where manifests, operator state, the job's lease and generations
+    /// live: a folder every process reaches, or `s3://bucket/prefix` (see
+    /// `[s3]`), which needs nothing shared but the store.
     pub dir: PathBuf,
     /// How many manifests to keep.
     pub keep: usize,
@@ -816,9 +839,142 @@ impl Default for CheckpointConfig {
 }
 
 impl CheckpointConfig {
-    /// This job's checkpoint folder, absolute.
+    /// This job's checkpoint folder, absolute (for local checkpoints).
     pub fn job_dir(&self, job: &str) -> PathBuf {
         absolute(&self.dir).join(job)
+    }
+
+    /// Where this job's checkpoints are.
+    pub fn job_location(&self, job: &str) -> Location {
+        match Location::of(&self.dir) {
+            Location::Local(_) => Location::Local(self.job_dir(job)),
+            Location::S3 { bucket, prefix } => Location::S3 {
+                bucket,
+                prefix: join_key(&prefix, job),
+            },
+        }
+    }
+}
+
+/// `[iceberg] catalog`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CatalogKind {
+    /// A SQL catalog (SQLite by default).
+    #[default]
+    Sql,
+    /// An Iceberg REST catalog.
+    Rest,
+}
+
+/// Where a warehouse or the checkpoints are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A local (or mounted) folder, absolute.
+    Local(PathBuf),
+    /// A prefix in an S3 bucket (no leading or trailing `/`).
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The prefix, possibly empty.
+        prefix: String,
+    },
+}
+
+impl Location {
+    /// `s3://bucket/prefix` or a folder (relative to the working directory).
+    pub fn of(path: &Path) -> Location {
+        let text = path.to_string_lossy();
+        match text.strip_prefix("s3://").or_else(|| text.strip_prefix("s3a://")) {
+            Some(rest) => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                Location::S3 {
+                    bucket: bucket.to_string(),
+                    prefix: prefix.trim_matches('/').to_string(),
+                }
+            }
+            None => Location::Local(absolute(path)),
+        }
+    }
+
+    /// As a URI: `file:///...` or `s3://bucket/prefix`.
+    pub fn uri(&self) -> String {
+        match self {
+            Location::Local(p) => format!("file://{}", p.display()),
+            Location::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
+            Location::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+/// `a/b` from `a` and `b`, either of which may be empty.
+fn join_key(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_string(),
+        (_, true) => a.to_string(),
+        _ => format!("{a}/{b}"),
+    }
+}
+
+/// `[s3]`: the S3-compatible object store that `s3://` locations are in.
+/// Credentials default to the usual `AWS_ACCESS_KEY_ID` and
+/// `AWS_SECRET_ACCESS_KEY` environment variables.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// The endpoint, e.g. `http://127.0.0.1:8333`; AWS's if absent.
+    pub endpoint: Option<String>,
+    /// The region.
+    pub region: String,
+    /// Path-style requests (`endpoint/bucket/key`), which most S3-compatible
+    /// servers want.
+    pub path_style: bool,
+    /// The access key id.
+    pub access_key_id: Option<Secret>,
+    /// The secret access key.
+    pub secret_access_key: Option<Secret>,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: None,
+            region: "us-east-1".into(),
+            path_style: true,
+            access_key_id: None,
+            secret_access_key: None,
+        }
+    }
+}
+
+impl S3Config {
+    /// The access key id and secret: as configured, else from the
+    /// environment's `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
+    pub fn credentials(&self) -> (Option<Secret>, Option<Secret>) {
+        let env = |name: &str| Secret::from_env(name).ok();
+        (
+            self.access_key_id.clone().or_else(|| env("AWS_ACCESS_KEY_ID")),
+            self.secret_access_key.clone().or_else(|| env("AWS_SECRET_ACCESS_KEY")),
+        )
+    }
+
+    /// The settings of iceberg-rust's S3 file IO (`s3.*` properties).
+    pub fn iceberg_props(&self) -> Vec<(String, String)> {
+        let mut props = vec![
+            ("s3.region".to_string(), self.region.clone()),
+            ("s3.path-style-access".to_string(), self.path_style.to_string()),
+        ];
+        if let Some(endpoint) = &self.endpoint {
+            props.push(("s3.endpoint".into(), endpoint.clone()));
+        }
+        let (id, secret) = self.credentials();
+        if let Some(id) = id {
+            props.push(("s3.access-key-id".into(), id.expose().to_string()));
+        }
+        if let Some(secret) = secret {
+            props.push(("s3.secret-access-key".into(), secret.expose().to_string()));
+        }
+        props
     }
 }
 
@@ -1047,6 +1203,25 @@ impl Config {
         }
         if self.checkpoint.keep == 0 {
             return Err(Error::config("checkpoint.keep", "must be >= 1"));
+        }
+        if self.iceberg.catalog == CatalogKind::Rest && self.iceberg.catalog_uri.is_none() {
+            return Err(Error::config(
+                "iceberg.catalog_uri",
+                "required with catalog = \"rest\": the REST catalog's base URI, e.g. http://127.0.0.1:8182",
+            ));
+        }
+        for (key, location) in [
+            ("iceberg.warehouse", Location::of(&self.iceberg.warehouse)),
+            ("checkpoint.dir", Location::of(&self.checkpoint.dir)),
+        ] {
+            if let Location::S3 { bucket, .. } = location
+                && bucket.is_empty()
+            {
+                return Err(Error::config(
+                    key,
+                    "an s3:// location needs a bucket: s3://bucket/prefix",
+                ));
+            }
         }
         Ok(())
     }
