@@ -243,7 +243,8 @@ fn cluster(args: &ClusterArgs) -> Result<()> {
         program: std::env::current_exe().context("the k2 executable")?,
         dataflow: args.dataflow.clone(),
         config: std::path::absolute(&args.config)?,
-        job_dir: config.checkpoint.job_dir(&config.job.name),
+        store: k2::checkpoint::store::open(&config.checkpoint.job_location(&config.job.name), &config.s3)?,
+        work_dir: std::env::temp_dir().join(format!("k2-cluster-{}-{}", config.job.name, std::process::id())),
         processes: args.processes,
         workers: args.workers,
         bounded: args.bounded,
@@ -286,12 +287,12 @@ fn checkpoints(args: &CheckpointsArgs) -> Result<()> {
         None => Config::default(),
     };
     let job = args.job.clone().unwrap_or_else(|| config.job.name.clone());
-    let dir = config.checkpoint.job_dir(&job);
-    if !dir.exists() {
-        anyhow::bail!("no checkpoints of job `{job}` in {}", dir.display());
-    }
-    let store = k2::checkpoint::ManifestStore::open(&dir)?;
+    let location = config.checkpoint.job_location(&job);
+    let store = k2::checkpoint::ManifestStore::open(k2::checkpoint::store::open(&location, &config.s3)?);
     let epochs = store.epochs()?;
+    if epochs.is_empty() && !args.verify {
+        anyhow::bail!("no checkpoints of job `{job}` in {}", location.uri());
+    }
     if args.verify {
         return verify(&config, &store, &epochs);
     }
@@ -299,7 +300,7 @@ fn checkpoints(args: &CheckpointsArgs) -> Result<()> {
         println!(
             "job `{job}`: {} checkpoints in {} (newest last)",
             epochs.len(),
-            dir.display()
+            location.uri()
         );
         println!(
             "{:>12}  {:<23}  {:>4}  {:>10}  {:>12}  tables committed (rows)",

@@ -827,6 +827,10 @@ pub struct CheckpointConfig {
     pub dir: PathBuf,
     /// How many manifests to keep.
     pub keep: usize,
+    /// On an object store, the job's lease lasts this long after its
+    /// holder's last renewal (every third of it): a restart after a crash
+    /// waits up to this long for the dead instance's lease.
+    pub lease_ms: u64,
 }
 
 impl Default for CheckpointConfig {
@@ -834,6 +838,7 @@ impl Default for CheckpointConfig {
         CheckpointConfig {
             dir: PathBuf::from(".k2/checkpoints"),
             keep: 10,
+            lease_ms: 10_000,
         }
     }
 }
@@ -1203,6 +1208,9 @@ impl Config {
         }
         if self.checkpoint.keep == 0 {
             return Err(Error::config("checkpoint.keep", "must be >= 1"));
+        }
+        if self.checkpoint.lease_ms < 300 {
+            return Err(Error::config("checkpoint.lease_ms", "must be >= 300"));
         }
         if self.iceberg.catalog == CatalogKind::Rest && self.iceberg.catalog_uri.is_none() {
             return Err(Error::config(

@@ -32,13 +32,15 @@ pub mod manifest;
 pub mod participant;
 pub mod recovery;
 pub mod state;
+pub mod store;
 
 pub use backpressure::Backpressure;
 pub use committer::{CommitSpec, CommitStats, commit};
 pub use cut::{Checkpointed, Cut};
-pub use fence::{Fence, JobLock};
+pub use fence::Fence;
 pub use groups::{CommitGroups, GroupBuffer};
 pub use manifest::{Manifest, ManifestStore};
 pub use participant::{CommitItem, Committed, OffsetReport, Participant, Prepared, Staged};
 pub use recovery::{Recovered, Reset, Resume, recover};
 pub use state::StateFile;
+pub use store::{JobLock, Store};

@@ -157,10 +157,11 @@ pub fn recover(
         )));
     }
     for f in &manifest.state {
-        if !state.exists(f) {
+        if !state.exists(f)? {
             return Err(Error::Checkpoint(format!(
                 "state file {} of epoch {} is missing",
-                f.path, manifest.epoch
+                state.location(f),
+                manifest.epoch
             )));
         }
     }

@@ -20,8 +20,8 @@ pub mod timely_args;
 
 use crate::checkpoint::state::{StateCheckpoint, StateStore};
 use crate::checkpoint::{
-    Checkpointed, CommitGroups, CommitSpec, CommitStats, Cut, Fence, JobLock, Manifest, ManifestStore, Participant,
-    Recovered, Reset, Resume,
+    Checkpointed, CommitGroups, CommitSpec, CommitStats, Cut, Fence, Manifest, ManifestStore, Participant, Recovered,
+    Reset, Resume,
 };
 use crate::config::{Config, RunMode, StartPosition};
 use crate::error::{Error, Result};
@@ -106,7 +106,7 @@ pub struct JobContext {
     /// The participants of the job's cuts, in commit order.
     pub participants: Vec<Arc<dyn Participant>>,
     /// The job's checkpoint folder.
-    pub job_dir: std::path::PathBuf,
+    pub store: Arc<dyn crate::checkpoint::Store>,
     /// This instance's generation.
     pub fence: Fence,
     /// The checkpoint this run resumed from, if any.
@@ -211,7 +211,7 @@ impl<'scope> Job<'scope> {
         Checkpointed {
             state: StateCheckpoint {
                 operator: operator.to_string(),
-                store: StateStore::new(&self.ctx.job_dir),
+                store: StateStore::new(self.ctx.store.clone()),
                 groups: self.ctx.groups(),
                 run_id: self.ctx.run_id.clone(),
                 generation: self.ctx.fence.generation,
@@ -413,7 +413,7 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
     if let Some(position) = options.reset {
         config.source.start = position;
     }
-    let job_dir = config.checkpoint.job_dir(&config.job.name);
+    let store = crate::checkpoint::store::open(&config.checkpoint.job_location(&config.job.name), &config.s3)?;
     let fingerprint = handshake::Fingerprint {
         dataflow: dataflow.name.to_string(),
         processes: timely.processes,
@@ -425,7 +425,11 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
     // Only the leader (process 0) locks, fences and recovers; the others
     // take its plan and checkpoint in the handshake.
     let _lock = leader
-        .then(|| JobLock::acquire(&job_dir, &config.job.name))
+        .then(|| {
+            let lost = stop.clone();
+            let lease = Duration::from_millis(config.checkpoint.lease_ms);
+            store.lock(&config.job.name, lease, Box::new(move |reason| lost.fail(reason)))
+        })
         .transpose()?;
     // A follower asks first: by the answer, process 0 has created the tables.
     let agreed = if leader {
@@ -465,16 +469,16 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         )),
         Arc::new(KafkaParticipant::new(config.kafka.clone(), &config.job.name)),
     ];
-    let manifests = ManifestStore::open(&job_dir)?;
-    let state = StateStore::new(&job_dir);
+    let manifests = ManifestStore::open(store.clone());
+    let state = StateStore::new(store.clone());
     let (fence, recovered, plan) = match agreed {
         Some(agreed) => {
-            let fence = Fence::joined(&job_dir, &config.job.name, agreed.generation);
+            let fence = Fence::joined(store.clone(), &config.job.name, agreed.generation);
             let manifest = match agreed.checkpoint_epoch {
                 Some(epoch) => Some(manifests.read(epoch).map_err(|e| {
                     Error::Checkpoint(format!(
                         "process 0 resumes from epoch {epoch}, which this process cannot read \
-                         (checkpoint.dir must be a folder all processes share): {e}"
+                         (checkpoint.dir must be a folder all processes share, or an object store): {e}"
                     ))
                 })?),
                 None => None,
@@ -490,7 +494,7 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
             (fence, recovered, agreed.plan)
         }
         None => {
-            let fence = Fence::take(&job_dir, &config.job.name)?;
+            let fence = Fence::take(store.clone(), &config.job.name)?;
             let reset = options.reset.map(|position| Reset {
                 position,
                 acknowledged: options.reset_acknowledged,
@@ -559,7 +563,7 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         commit_stats: Default::default(),
         commit_thread: Default::default(),
         participants,
-        job_dir: job_dir.clone(),
+        store: store.clone(),
         fence,
         restored: recovered.manifest,
         resume: recovered.resume,
@@ -686,8 +690,8 @@ fn commit_spec(ctx: &Arc<JobContext>) -> CommitSpec {
             stop.fail(e)
         }),
         thread: ctx.commit_thread.clone(),
-        manifests: ManifestStore::open(&ctx.job_dir).expect("checkpoint folder opened at start"),
-        state_store: StateStore::new(&ctx.job_dir),
+        manifests: ManifestStore::open(ctx.store.clone()),
+        state_store: StateStore::new(ctx.store.clone()),
         fence: ctx.fence.clone(),
         keep_manifests: ctx.config.checkpoint.keep,
         resume: ctx.resume.clone(),

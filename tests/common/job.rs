@@ -57,7 +57,8 @@ pub fn latest_manifest(dir: &Path, job: &str) -> Option<k2::checkpoint::Manifest
     if !job_dir.exists() {
         return None;
     }
-    k2::checkpoint::ManifestStore::open(&job_dir).unwrap().latest().unwrap()
+    let store = std::sync::Arc::new(k2::checkpoint::store::LocalStore::new(&job_dir));
+    k2::checkpoint::ManifestStore::open(store).latest().unwrap()
 }
 
 /// Waits (up to `secs`) for a manifest whose offsets reach `ends`; returns it.

@@ -564,7 +564,7 @@ fn chain(case: &Case, seed: u64, workers: &[usize]) -> (Vec<Result>, Vec<u64>, u
         };
         let ckpt = StateCheckpoint {
             operator: "window".into(),
-            store: StateStore::new(&dir),
+            store: StateStore::local(&dir),
             groups,
             run_id: format!("r{i}"),
             generation: i as u64 + 1,
@@ -655,7 +655,7 @@ fn snapshots_hold_the_state_as_of_their_group() {
     };
     let ckpt = StateCheckpoint {
         operator: "window".into(),
-        store: StateStore::new(&dir),
+        store: StateStore::local(&dir),
         groups,
         run_id: "r".into(),
         generation: 1,
@@ -691,7 +691,7 @@ fn snapshots_hold_the_state_as_of_their_group() {
     })
     .unwrap();
     let files = out.lock().unwrap().clone();
-    let store = StateStore::new(&dir);
+    let store = StateStore::local(&dir);
     let by_group: BTreeMap<u64, Vec<u64>> = files
         .iter()
         .map(|f| {
@@ -716,7 +716,7 @@ fn a_stop_closes_no_window() {
     let dir = std::env::temp_dir().join(format!("k2-window-stop-{}", uuid::Uuid::new_v4().simple()));
     let ckpt = StateCheckpoint {
         operator: "window".into(),
-        store: StateStore::new(&dir),
+        store: StateStore::local(&dir),
         groups: CommitGroups {
             epoch_ms: EPOCH_MS,
             commit_interval_ms: EPOCH_MS,
@@ -777,7 +777,7 @@ fn a_stop_closes_no_window() {
     .unwrap();
     let out = out.lock().unwrap();
     assert_eq!(out.results, vec![], "a window closed by a stop");
-    let store = StateStore::new(&dir);
+    let store = StateStore::local(&dir);
     let last = out.files.iter().max_by_key(|f| f.group).expect("a snapshot");
     let entries: Vec<((u8, u64), Ids)> = store.read(last).unwrap();
     assert_eq!(entries.len(), 1);
