@@ -34,7 +34,7 @@ pub mod recovery;
 pub mod state;
 
 pub use backpressure::Backpressure;
-pub use committer::{CommitSpec, CommitStats, commit};
+pub use committer::{CommitHook, CommitSpec, CommitStats, commit};
 pub use cut::{Checkpointed, Cut};
 pub use fence::{Fence, JobLock};
 pub use groups::{CommitGroups, GroupBuffer};

@@ -675,6 +675,7 @@ fn commit_spec(ctx: &Arc<JobContext>) -> CommitSpec {
         resume: ctx.resume.clone(),
         restored: ctx.restored.clone(),
         workers: ctx.workers,
+        on_committed: None,
     }
 }
 
