@@ -522,6 +522,7 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
             leader,
         },
         consumer_config(&config),
+        config.kafka.commit_group_offsets,
         recovered.manifest.as_ref(),
         &handle,
     )?);

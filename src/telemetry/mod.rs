@@ -1,5 +1,5 @@
-//! What a running job tells the outside: Prometheus metrics, a progress
-//! line, and the log format.
+//! What a running job tells the outside: Prometheus metrics, the consumer
+//! group's offsets, a progress line, and the log format.
 //!
 //! Nothing here touches the record path. The operators already count in
 //! atomics they own ([`crate::source::kafka::SourceStats`],
@@ -9,11 +9,13 @@
 //! partitions' ends for lag ([`lag`]), and sets the metrics from that
 //! ([`prometheus`]) and logs the progress line ([`progress`]). The committer
 //! tells [`Telemetry::on_cut`] of each committed cut, which records the
-//! commit's duration and the checkpoint's age and size.
+//! commit's duration and hands the cut's offsets to the consumer group
+//! ([`group`]) on a thread of its own.
 //!
 //! So a metric is at most one tick (1 s) old when scraped, and counters
 //! count from 0 again after a restart, which Prometheus's `rate()` handles.
 
+pub mod group;
 pub mod lag;
 pub mod process;
 pub mod progress;
@@ -22,6 +24,7 @@ pub mod snapshot;
 
 use crate::checkpoint::Manifest;
 use crate::error::Result;
+use group::GroupOffsets;
 use prometheus::Exporter;
 use rdkafka::ClientConfig;
 use snapshot::{CheckpointInfo, Snapshot, Sources};
@@ -32,6 +35,9 @@ use std::time::Duration;
 
 /// How often the telemetry thread reads the counters and fetches the ends.
 const TICK: Duration = Duration::from_secs(1);
+
+/// How long the end of a run waits for the last cut's group offsets.
+const GROUP_CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 /// What a run shows besides its report.
 #[derive(Clone, Debug, Default)]
@@ -92,6 +98,7 @@ pub struct Identity {
 /// One run's telemetry; see the module docs.
 pub struct Telemetry {
     exporter: Option<Arc<Exporter>>,
+    group: Option<GroupOffsets>,
     checkpoint: Arc<Mutex<Option<CheckpointInfo>>>,
     sampler: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     options: TelemetryOptions,
@@ -99,13 +106,15 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Starts the metrics endpoint (an address already in use is an error).
-    /// `consumer` is the source's consumer config; `restored` the
-    /// checkpoint the run resumes from.
+    /// Starts the metrics endpoint (an address already in use is an error)
+    /// and, in the committing process when `group_offsets` is on, the
+    /// consumer-group offset thread. `consumer` is the source's consumer
+    /// config; `restored` the checkpoint the run resumes from.
     pub fn start(
         options: &TelemetryOptions,
         who: &Identity,
         consumer: ClientConfig,
+        group_offsets: bool,
         restored: Option<&Manifest>,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Telemetry> {
@@ -118,8 +127,17 @@ impl Telemetry {
             }
             None => None,
         };
+        let group = (who.leader && group_offsets).then(|| {
+            let exporter = exporter.clone();
+            GroupOffsets::start(consumer.clone(), move |ok| {
+                if let Some(e) = &exporter {
+                    e.group_commit(ok);
+                }
+            })
+        });
         Ok(Telemetry {
             exporter,
+            group,
             checkpoint: Arc::new(Mutex::new(restored.map(CheckpointInfo::of))),
             sampler: Mutex::new(None),
             options: options.clone(),
@@ -133,6 +151,9 @@ impl Telemetry {
             e.commit_took(took);
         }
         *self.checkpoint.lock().expect("checkpoint info") = Some(CheckpointInfo::of(manifest));
+        if let Some(g) = &self.group {
+            g.offer(manifest.epoch, manifest.offsets.clone());
+        }
     }
 
     /// Starts the thread that reads `sources` every tick, when there is
@@ -185,11 +206,15 @@ impl Telemetry {
         }
     }
 
-    /// Ends the run's telemetry: stops the thread.
+    /// Ends the run's telemetry: stops the thread and commits the last
+    /// cut's offsets to the consumer group (waiting a few seconds at most).
     pub fn finish(&self) {
         if let Some((stop, thread)) = self.sampler.lock().expect("sampler").take() {
             drop(stop);
             let _ = thread.join();
+        }
+        if let Some(g) = &self.group {
+            g.close(GROUP_CLOSE_WAIT);
         }
     }
 }

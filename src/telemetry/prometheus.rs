@@ -187,6 +187,13 @@ pub const STATE_BYTES: Metric = metric(
     "",
     "Bytes of operator state the newest checkpoint references.",
 );
+/// `k2_group_offset_commits_total`.
+pub const GROUP_COMMITS: Metric = metric(
+    "k2_group_offset_commits_total",
+    Kind::Counter,
+    "result",
+    "Commits of the checkpointed offsets to the consumer group (informational), by result: ok or error.",
+);
 /// `k2_process_resident_memory_bytes`.
 pub const RSS: Metric = metric(
     "k2_process_resident_memory_bytes",
@@ -217,6 +224,7 @@ pub const METRICS: &[Metric] = &[
     CHECKPOINT_AGE,
     CHECKPOINT_EPOCH,
     STATE_BYTES,
+    GROUP_COMMITS,
     RSS,
 ];
 
@@ -283,6 +291,12 @@ impl Exporter {
     /// Records one cut's commit time.
     pub fn commit_took(&self, took: Duration) {
         self.with(|| ::metrics::histogram!(COMMIT_DURATION.name).record(took.as_secs_f64()));
+    }
+
+    /// Counts one commit of offsets to the consumer group.
+    pub fn group_commit(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.with(|| ::metrics::counter!(GROUP_COMMITS.name, "result" => result).increment(1));
     }
 
     /// Sets every series from `s`.
