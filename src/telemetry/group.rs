@@ -105,7 +105,7 @@ impl GroupOffsets {
     }
 
     /// Commits what waits, waiting up to `limit` for that; the thread then
-    /// ends on its own (see [`GroupOffsets::spawn`]).
+    /// ends on its own, closing its client.
     pub fn close(&self, limit: Duration) {
         let Some(thread) = self.thread.lock().expect("group offsets thread").take() else {
             return;
