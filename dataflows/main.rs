@@ -17,7 +17,12 @@ use anyhow::{Context, Result, anyhow};
 use clap::{Parser, Subcommand};
 use k2::config::{Config, RunMode, StartPosition};
 use k2::launch::{RunOptions, TimelyArgs};
+use k2::telemetry::{LogFormat, TelemetryOptions};
+use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// K2 Stream: exactly-once Kafka → Iceberg streaming on timely dataflow.
 #[derive(Parser)]
@@ -25,6 +30,10 @@ use std::path::PathBuf;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as `text` or as `json` objects (one per line, for log
+    /// collectors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "K2_LOG_FORMAT")]
+    log_format: LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -63,6 +72,16 @@ struct CheckpointsArgs {
     verify: bool,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Progress {
+    /// When stderr is a terminal.
+    Auto,
+    /// Always (also into log files and pipes).
+    Always,
+    /// Never.
+    Never,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum ResetPosition {
     Earliest,
@@ -87,6 +106,17 @@ struct RunArgs {
     /// what the reset does to them when refused).
     #[arg(long, requires = "reset")]
     yes: bool,
+    /// Serve Prometheus metrics over HTTP at this `host:port`, e.g.
+    /// `127.0.0.1:9464` (per process: each process of a cluster needs its own).
+    #[arg(long, value_name = "HOST:PORT", value_parser = socket_addr, env = "K2_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Log a progress line (messages/s, lag, watermark lag, last commit) every
+    /// `--progress-every` seconds: `auto` when stderr is a terminal.
+    #[arg(long, value_enum, default_value_t = Progress::Auto)]
+    progress: Progress,
+    /// Seconds between progress lines.
+    #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    progress_every: u64,
     #[command(flatten)]
     timely: TimelyArgs,
     /// Print help.
@@ -130,21 +160,37 @@ struct ClusterArgs {
     help: Option<bool>,
 }
 
+/// Set when logs are JSON: then the last error and panics are JSON log
+/// lines too, so that a log collector parses every line.
+static JSON_LOGS: AtomicBool = AtomicBool::new(false);
+
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,iceberg=warn,sqlx=warn")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only for a terminal, not in log files and pipes.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let cli = Cli::parse();
+    k2::telemetry::init_logging(cli.log_format);
+    JSON_LOGS.store(cli.log_format == LogFormat::Json, Ordering::Relaxed);
     std::panic::set_hook(Box::new(one_line_panic));
-    if let Err(e) = real_main() {
-        eprintln!("error: {}", chain(&e));
+    if let Err(e) = real_main(cli) {
+        fatal(&chain(&e));
         std::process::exit(1);
     }
+}
+
+/// The one line a failing `k2` ends with.
+fn fatal(message: &str) {
+    if JSON_LOGS.load(Ordering::Relaxed) {
+        tracing::error!("{message}");
+    } else {
+        eprintln!("error: {message}");
+    }
+}
+
+/// `host:port`, resolved (so `localhost:9464` works too).
+fn socket_addr(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    s.to_socket_addrs()
+        .map_err(|e| format!("`{s}`: {e} (expected host:port, e.g. 127.0.0.1:9464)"))?
+        .next()
+        .ok_or_else(|| format!("`{s}` resolves to no address"))
 }
 
 /// The error and its causes on one line, each cause once: K2's errors
@@ -177,21 +223,20 @@ fn one_line_panic(info: &std::panic::PanicHookInfo<'_>) {
         .unwrap_or_else(|| "unknown panic".to_string());
     let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
     if message.contains("timely communication error") {
-        eprintln!(
-            "error: lost the connection to another process of the cluster ({}); exiting",
+        fatal(&format!(
+            "lost the connection to another process of the cluster ({}); exiting",
             message.lines().next().unwrap_or("")
-        );
+        ));
         std::process::exit(1);
     }
     let at = info
         .location()
         .map(|l| format!(" at {}:{}", l.file(), l.line()))
         .unwrap_or_default();
-    eprintln!("error: thread `{thread}` failed{at}: {}", message.replace('\n', " "));
+    fatal(&format!("thread `{thread}` failed{at}: {}", message.replace('\n', " ")));
 }
 
-fn real_main() -> Result<()> {
-    let cli = Cli::parse();
+fn real_main(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => {
             let dataflow = registry::lookup(&args.dataflow)
@@ -206,6 +251,15 @@ fn real_main() -> Result<()> {
                     ResetPosition::Latest => StartPosition::Latest,
                 }),
                 reset_acknowledged: args.yes,
+                telemetry: TelemetryOptions {
+                    metrics_addr: args.metrics_addr,
+                    progress_every: match args.progress {
+                        Progress::Always => true,
+                        Progress::Never => false,
+                        Progress::Auto => std::io::stderr().is_terminal(),
+                    }
+                    .then(|| Duration::from_secs(args.progress_every)),
+                },
                 ..RunOptions::default()
             };
             let report = k2::launch::run(dataflow, config, &args.timely, options)?;

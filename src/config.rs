@@ -186,6 +186,12 @@ pub struct KafkaConfig {
     /// How long a job waits at start for unreachable brokers before it gives
     /// up, ms (it logs what it waits for meanwhile).
     pub connect_timeout_ms: u64,
+    /// After each committed cut, also commit its offsets to the job's
+    /// consumer group (the consumer's `group.id`, `k2-<job name>` unless
+    /// `kafka.consumer."group.id"` says otherwise), so that Kafka's tools
+    /// show the job's lag. Informational: the job resumes from its
+    /// checkpoints, and a failed group commit is only logged.
+    pub commit_group_offsets: bool,
 }
 
 impl Default for KafkaConfig {
@@ -200,6 +206,7 @@ impl Default for KafkaConfig {
             replication_factor: 1,
             metadata_refresh_ms: 5000,
             connect_timeout_ms: 120_000,
+            commit_group_offsets: true,
         }
     }
 }
@@ -218,6 +225,7 @@ impl std::fmt::Debug for KafkaConfig {
             replication_factor,
             metadata_refresh_ms,
             connect_timeout_ms,
+            commit_group_offsets,
         } = self;
         f.debug_struct("KafkaConfig")
             .field("brokers", brokers)
@@ -229,6 +237,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("replication_factor", replication_factor)
             .field("metadata_refresh_ms", metadata_refresh_ms)
             .field("connect_timeout_ms", connect_timeout_ms)
+            .field("commit_group_offsets", commit_group_offsets)
             .finish()
     }
 }

@@ -28,4 +28,5 @@ pub mod secret;
 pub mod sink;
 pub mod source;
 pub mod stop;
+pub mod telemetry;
 pub mod time;

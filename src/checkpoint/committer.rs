@@ -103,7 +103,14 @@ pub struct CommitSpec {
     pub restored: Option<Manifest>,
     /// Workers of this instance, recorded in manifests.
     pub workers: usize,
+    /// Told of every committed cut, after its participants committed: its
+    /// manifest and how long the whole commit took. For observers only
+    /// (metrics, informational consumer-group offsets): it must not block.
+    pub on_committed: Option<CommitHook>,
 }
+
+/// See [`CommitSpec::on_committed`].
+pub type CommitHook = Arc<dyn Fn(&Manifest, std::time::Duration) + Send + Sync>;
 
 /// One cut to commit.
 struct Cut {
@@ -307,6 +314,7 @@ fn start_commit_thread(spec: CommitSpec) -> mpsc::Sender<Cut> {
 }
 
 fn commit_cut(spec: &CommitSpec, mut cut: Cut) -> crate::error::Result<()> {
+    let started = std::time::Instant::now();
     fault::point("before-manifest");
     spec.fence.check()?;
     let mut parts = BTreeMap::new();
@@ -374,6 +382,9 @@ fn commit_cut(spec: &CommitSpec, mut cut: Cut) -> crate::error::Result<()> {
     stats.first_commit_at.get_or_insert_with(std::time::Instant::now);
     let prune = stats.cuts % 10 == 1;
     drop(stats);
+    if let Some(hook) = &spec.on_committed {
+        hook(&manifest, started.elapsed());
+    }
     if prune {
         prune_checkpoints(&spec.manifests, &spec.state_store, spec.keep_manifests, cut.epoch);
     }

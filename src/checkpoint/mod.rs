@@ -35,7 +35,7 @@ pub mod state;
 pub mod store;
 
 pub use backpressure::Backpressure;
-pub use committer::{CommitSpec, CommitStats, commit};
+pub use committer::{CommitHook, CommitSpec, CommitStats, commit};
 pub use cut::{Checkpointed, Cut};
 pub use fence::Fence;
 pub use groups::{CommitGroups, GroupBuffer};

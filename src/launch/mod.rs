@@ -31,6 +31,7 @@ use crate::sink::iceberg::{IcebergParticipant, JobCatalog, RowContext, Table, Ta
 use crate::sink::kafka::{KafkaParticipant, KafkaTopic};
 use crate::source::kafka::{PartitionWatch, SourcePlan, SourceSpec, SourceStats, SourceStreams, kafka_source};
 use crate::stop::StopSignal;
+use crate::telemetry::Telemetry;
 use crate::time::Time;
 use iceberg::table::Table as IcebergTable;
 use rdkafka::ClientConfig;
@@ -69,6 +70,8 @@ pub struct RunOptions {
     pub reset: Option<StartPosition>,
     /// The user confirmed a reset of a job whose tables hold rows (`--yes`).
     pub reset_acknowledged: bool,
+    /// Metrics endpoint and progress line.
+    pub telemetry: crate::telemetry::TelemetryOptions,
 }
 
 /// Shared by every worker of a process: configuration, plan, tables, stats.
@@ -92,9 +95,9 @@ pub struct JobContext {
     /// Source counters.
     pub source_stats: Arc<SourceStats>,
     /// The counters of every dedup operator (see [`Job::dedup_stats`]).
-    pub dedup_counters: Mutex<BTreeMap<String, Arc<DedupStats>>>,
+    pub dedup_counters: Arc<Mutex<BTreeMap<String, Arc<DedupStats>>>>,
     /// Window operator counters by operator name.
-    pub window_counters: Mutex<BTreeMap<String, Arc<crate::operators::WindowStats>>>,
+    pub window_counters: Arc<Mutex<BTreeMap<String, Arc<crate::operators::WindowStats>>>>,
     /// Interval-join counters.
     pub join_stats: Arc<crate::operators::JoinStats>,
     /// Kafka sink counters.
@@ -121,6 +124,8 @@ pub struct JobContext {
     pub processes: usize,
     /// Dataflow sections read while building (checked against the config's).
     pub sections_read: Mutex<BTreeSet<String>>,
+    /// Metrics, consumer-group offsets and progress.
+    pub telemetry: Arc<Telemetry>,
 }
 
 impl JobContext {
@@ -363,25 +368,9 @@ pub struct RunReport {
 
 /// `(cpu seconds, peak RSS MiB)` of this process, from `/proc` (Linux).
 pub fn process_usage() -> (f64, f64) {
-    let cpu = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // Fields after the parenthesised command name; utime and stime are 14 and 15.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-            Some(ticks / 100.0)
-        })
-        .unwrap_or(0.0);
-    let rss = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-            line.split_whitespace().nth(1)?.parse::<f64>().ok()
-        })
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(0.0);
-    (cpu, rss)
+    use crate::telemetry::process;
+    let peak = process::peak_resident_bytes().map_or(0.0, |b| b as f64 / (1024.0 * 1024.0));
+    (process::cpu_seconds().unwrap_or(0.0), peak)
 }
 
 /// How long a job waits at start for a busy catalog before giving up.
@@ -546,6 +535,19 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
             Duration::from_millis(config.kafka.metadata_refresh_ms),
         )
     });
+    let telemetry = Arc::new(Telemetry::start(
+        &options.telemetry,
+        &crate::telemetry::Identity {
+            job: config.job.name.clone(),
+            dataflow: dataflow.name.to_string(),
+            process: timely.process,
+            leader,
+        },
+        consumer_config(&config),
+        config.kafka.commit_group_offsets,
+        recovered.manifest.as_ref(),
+        &handle,
+    )?);
     let ctx = Arc::new(JobContext {
         config,
         plan,
@@ -571,6 +573,15 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         workers: timely.total_workers(),
         processes: timely.processes,
         sections_read: Default::default(),
+        telemetry,
+    });
+    ctx.telemetry.watch(crate::telemetry::snapshot::Sources {
+        source: ctx.source_stats.clone(),
+        dedup: ctx.dedup_counters.clone(),
+        windows: ctx.window_counters.clone(),
+        join: ctx.join_stats.clone(),
+        kafka_sink: ctx.kafka_stats.clone(),
+        commits: leader.then(|| ctx.commit_stats.clone()),
     });
     let started = Instant::now();
     let build = dataflow.build;
@@ -624,6 +635,7 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
     if let Some(watch) = &ctx.watch {
         watch.stop();
     }
+    ctx.telemetry.finish();
     if let Some(e) = ctx.stop.failure() {
         return Err(Error::Other(e));
     }
@@ -697,6 +709,10 @@ fn commit_spec(ctx: &Arc<JobContext>) -> CommitSpec {
         resume: ctx.resume.clone(),
         restored: ctx.restored.clone(),
         workers: ctx.workers,
+        on_committed: Some({
+            let telemetry = ctx.telemetry.clone();
+            Arc::new(move |manifest: &Manifest, took: Duration| telemetry.on_cut(manifest, took))
+        }),
     }
 }
 

@@ -29,9 +29,15 @@ impl Job {
 /// Starts `k2 run <dataflow>` (continuous) with its stderr in `log` and
 /// its stdout (the run report) piped.
 pub fn spawn_job(config: &Path, dataflow: &str, workers: usize, log: &Path) -> Job {
+    spawn_job_with(config, dataflow, workers, log, &[])
+}
+
+/// [`spawn_job`] with more `k2 run` arguments.
+pub fn spawn_job_with(config: &Path, dataflow: &str, workers: usize, log: &Path, args: &[&str]) -> Job {
     let child = k2()
         .args(["run", dataflow, "-w", &workers.to_string(), "--config"])
         .arg(config)
+        .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log).unwrap())

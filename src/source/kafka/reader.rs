@@ -69,6 +69,13 @@
 //! Polls use a zero timeout. The operator is re-activated by librdkafka when a
 //! queue becomes non-empty, after a full batch, and at the next epoch boundary.
 //!
+//! ## Observability
+//! Counters ([`SourceStats`]) are added once per activation, and each
+//! partition's read position and each worker's watermark are published
+//! once per activation too ([`SourceStats::partitions`],
+//! [`SourceStats::watermarks`]): the telemetry thread reads them for
+//! consumer lag and event-time lag, so nothing is added per record.
+//!
 //! ## Stopping on a lost position
 //! If the broker no longer has the offset a partition reads from (the topic
 //! was deleted and re-created, or retention overtook the reader), librdkafka
@@ -93,8 +100,8 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::Capability;
@@ -126,6 +133,25 @@ pub struct SourceStats {
     pub control: [AtomicU64; ControlKind::ALL.len()],
     /// Partitions added to the topics while the job ran, now read.
     pub partitions_added: AtomicU64,
+    /// Every partition this process reads, with its position.
+    pub partitions: Mutex<Vec<Arc<PartitionProgress>>>,
+    /// Each source worker's event-time watermark, µs (`u64::MAX`: a worker
+    /// with nothing to read in a bounded run).
+    pub watermarks: Mutex<Vec<Arc<AtomicU64>>>,
+}
+
+/// Where a source worker is in one partition, published once per
+/// activation (two relaxed stores), for consumer lag.
+#[derive(Debug)]
+pub struct PartitionProgress {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+    /// The next offset to read.
+    pub next: AtomicI64,
+    /// The partition reported its end and nothing was read since.
+    pub caught_up: AtomicBool,
 }
 
 impl SourceStats {
@@ -190,6 +216,7 @@ pub struct SourceStreams<'scope> {
 struct Part {
     queue: PartitionQueue<Quiet>,
     s: PartState,
+    progress: Arc<PartitionProgress>,
 }
 
 /// What has been read from one partition.
@@ -363,6 +390,7 @@ fn add_partitions(
     consumer: &Arc<BaseConsumer<Quiet>>,
     plans: Vec<PartitionPlan>,
     wake: &dyn Fn() -> Box<dyn Fn() + Send + Sync>,
+    stats: &SourceStats,
 ) -> crate::error::Result<Vec<Part>> {
     let mut tpl = TopicPartitionList::new();
     let mut parts = Vec::with_capacity(plans.len());
@@ -378,8 +406,15 @@ fn add_partitions(
         queue.set_nonempty_callback(wake);
         tpl.add_partition_offset(&plan.topic_name, plan.partition, Offset::Offset(plan.start))
             .map_err(|e| crate::error::Error::kafka("build assignment", e))?;
+        let progress = Arc::new(PartitionProgress {
+            topic: plan.topic_name.clone(),
+            partition: plan.partition,
+            next: AtomicI64::new(plan.start),
+            caught_up: AtomicBool::new(false),
+        });
         parts.push(Part {
             queue,
+            progress,
             s: PartState {
                 next: plan.start,
                 max_event_us: plan.max_event_us,
@@ -396,6 +431,11 @@ fn add_partitions(
             .incremental_assign(&tpl)
             .map_err(|e| crate::error::Error::kafka("assign partitions", e))?;
     }
+    stats
+        .partitions
+        .lock()
+        .expect("source partitions")
+        .extend(parts.iter().map(|p| p.progress.clone()));
     Ok(parts)
 }
 
@@ -430,10 +470,16 @@ pub fn kafka_source<'scope>(
     let mut parts = Vec::new();
     if !spec.partitions.is_empty() {
         let c = consumer(&spec)?;
-        parts = add_partitions(&c, spec.partitions.clone(), &wake)?;
+        parts = add_partitions(&c, spec.partitions.clone(), &wake, &spec.stats)?;
         client = Some(c);
     }
     let mut watch_version = spec.watch.as_ref().map_or(0, PartitionWatch::version);
+    let published_watermark = Arc::new(AtomicU64::new(0));
+    spec.stats
+        .watermarks
+        .lock()
+        .expect("source watermarks")
+        .push(published_watermark.clone());
 
     builder.build(move |caps| {
         let mut caps = caps.into_iter();
@@ -451,6 +497,7 @@ pub fn kafka_source<'scope>(
         if let Some(c) = caps.as_mut() {
             c.downgrade(&first);
         }
+        published_watermark.store(first.event, Ordering::Relaxed);
         let mut drain_applied = false;
         let mut last_error_log: Option<Instant> = None;
         let mut trade_buf = Vec::new();
@@ -496,9 +543,9 @@ pub fn kafka_source<'scope>(
                     .collect();
                 if !new.is_empty() {
                     let added = match &client {
-                        Some(c) => add_partitions(c, new.clone(), &wake),
+                        Some(c) => add_partitions(c, new.clone(), &wake, &spec.stats),
                         None => consumer(&spec).and_then(|c| {
-                            let added = add_partitions(&c, new.clone(), &wake);
+                            let added = add_partitions(&c, new.clone(), &wake, &spec.stats);
                             client = Some(c);
                             added
                         }),
@@ -598,6 +645,10 @@ pub fn kafka_source<'scope>(
                 }
                 polled_full |= polled >= per_partition;
             }
+            for p in &parts {
+                p.progress.next.store(p.s.next, Ordering::Relaxed);
+                p.progress.caught_up.store(p.s.caught_up, Ordering::Relaxed);
+            }
             let stats = &spec.stats;
             if poll.read > 0 {
                 stats.messages.fetch_add(poll.read, Ordering::Relaxed);
@@ -644,6 +695,7 @@ pub fn kafka_source<'scope>(
             let next = Time::new(epoch, watermark);
             if next != current {
                 c.downgrade(&next);
+                published_watermark.store(watermark, Ordering::Relaxed);
             }
             if polled_full {
                 activator.activate();
