@@ -24,7 +24,7 @@ use crate::arbitrage::ArbitrageConfig;
 use k2::error::Result;
 use k2::launch::{Dataflow, Job};
 use k2::operators::{DedupCheckpointed, LogState, key_hash, key_worker, read_logged};
-use k2::record::{Alert, Exchange, Trade};
+use k2::record::{Alert, Exchange, MessageId, Symbol, Trade};
 use k2::sink::iceberg::{TableDecl, WriteIceberg};
 use k2::time::{EventProgress, Time, event_progress};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -81,10 +81,10 @@ enum Out {
 }
 
 /// Per trade, by `(event µs, message id)`: the order of "before" and "last".
-type Key = (i64, String);
+type Key = (i64, MessageId);
 
 /// Per symbol, each exchange's trades of the last Δ (indexed by `Exchange as usize`).
-type History = HashMap<String, [BTreeMap<Key, Trade>; 2]>;
+type History = HashMap<Symbol, [BTreeMap<Key, Trade>; 2]>;
 
 /// The state logs of the restored cut: the trades given, the keys compared.
 type Restored = (Vec<(Time, Trade)>, Vec<(Time, Key)>);
@@ -112,7 +112,7 @@ fn divergence<'scope>(
     let (mut history, mut waiting) = (History::new(), Vec::new());
     for (_, t) in mine {
         if done.contains(&key(&t)) {
-            history.entry(t.symbol.clone()).or_default()[t.exchange as usize].insert(key(&t), t);
+            history.entry(t.symbol).or_default()[t.exchange as usize].insert(key(&t), t);
         } else {
             waiting.push(t); // given, not compared: the end of a run left it
         }
@@ -146,7 +146,7 @@ fn divergence<'scope>(
             };
             while let Some(entry) = pending.first_entry().filter(|e| e.get().1.event_time() < horizon) {
                 let (key, (caps, t)) = entry.remove_entry();
-                let sides = history.entry(t.symbol.clone()).or_default();
+                let sides = history.entry(t.symbol).or_default();
                 let (own, other) = (t.exchange as usize, 1 - t.exchange as usize);
                 let last = sides[other].range(..&key).next_back().map(|(_, o)| o);
                 let fresh = last.filter(|o| t.event_us - o.event_us <= max_age_us as i64);
@@ -154,7 +154,7 @@ fn divergence<'scope>(
                 if let Some(alert) = fresh.and_then(|o| alert(&t, o, threshold_bps)) {
                     session.give(Out::Alert(alert));
                 }
-                session.give(Out::Compared(key.clone()));
+                session.give(Out::Compared(key));
                 sides[own].insert(key, t);
             }
             if ended {
@@ -182,15 +182,15 @@ fn alert(t: &Trade, other: &Trade, threshold_bps: f64) -> Option<Alert> {
     let t_is_binance = t.exchange == Exchange::Binance;
     let [b, k] = if t_is_binance { [t, other] } else { [other, t] };
     Some(Alert {
-        alert_id: Alert::id_of(&b.message_id, &k.message_id),
-        symbol: t.symbol.clone(),
+        alert_id: Alert::id_of(b.message_id, k.message_id),
+        symbol: t.symbol,
         buy_exchange: buy.exchange,
         sell_exchange: sell.exchange,
         buy_price: buy.price,
         sell_price: sell.price,
         spread_millibps: (bps.abs() * 1000.0).round() as i64,
-        binance_message_id: b.message_id.clone(),
-        kraken_message_id: k.message_id.clone(),
+        binance_message_id: b.message_id,
+        kraken_message_id: k.message_id,
         binance_event_us: b.event_us,
         kraken_event_us: k.event_us,
         produce_ms: b.source.kafka_ts_ms.max(k.source.kafka_ts_ms),
@@ -201,5 +201,5 @@ fn alert(t: &Trade, other: &Trade, threshold_bps: f64) -> Option<Alert> {
 }
 
 fn key(t: &Trade) -> Key {
-    (t.event_us, t.message_id.clone())
+    (t.event_us, t.message_id)
 }

@@ -1142,8 +1142,8 @@ mod tests {
                         MessageKind::Valid { message_ids } | MessageKind::Duplicate { message_ids } => {
                             let trades =
                                 decoded.unwrap_or_else(|e| panic!("{} {e}", String::from_utf8_lossy(&msg.payload)));
-                            let ids: Vec<_> = trades.iter().map(|t| &t.message_id).collect();
-                            assert_eq!(ids, message_ids.iter().collect::<Vec<_>>());
+                            let ids: Vec<_> = trades.iter().map(|t| t.message_id.to_string()).collect();
+                            assert_eq!(&ids, message_ids);
                             for t in &trades {
                                 assert_eq!(t.native_symbol.as_bytes(), &msg.key[..]);
                                 assert!(t.price > Decimal(0) && t.quantity > Decimal(0));
@@ -1307,7 +1307,7 @@ mod tests {
                         let frac = t.price.to_string();
                         pepe_decimals = pepe_decimals.max(frac.len() - 2);
                     }
-                    last.insert((exchange, t.symbol.clone()), t.price.to_f64());
+                    last.insert((exchange, t.symbol.to_string()), t.price.to_f64());
                 }
             }
             if let (Some(b), Some(k)) = (

@@ -18,7 +18,7 @@ use crate::ohlcv;
 use k2::error::Result;
 use k2::launch::{Dataflow, Job};
 use k2::operators::{Bar, BarRow, Ohlcv, WindowCheckpointed, Windows, bar_symbol};
-use k2::record::Exchange;
+use k2::record::{Exchange, Symbol};
 use k2::sink::iceberg::{TableDecl, WriteIceberg};
 use timely::dataflow::operators::vec::Map;
 
@@ -47,7 +47,7 @@ fn build(job: &Job<'_>) -> Result<()> {
     let minute_us = minutes_us(job)?;
 
     let hourly = job.window_params(Windows::tumbling(HOUR_US)?);
-    let by_key = |b: &Bar<(Exchange, String)>| b.key.clone();
+    let by_key = |b: &Bar<(Exchange, Symbol)>| b.key;
     let stats = job.window_stats("gold-1h");
     let (hours, _) =
         minutes

@@ -13,7 +13,7 @@ use k2::Records;
 use k2::error::Result;
 use k2::launch::{Dataflow, Job};
 use k2::operators::{Bar, BarRow, Ohlcv, WindowCheckpointed, Windows, by_exchange_symbol};
-use k2::record::{Exchange, Trade};
+use k2::record::{Exchange, Symbol, Trade};
 use k2::sink::iceberg::{TableDecl, WriteIceberg};
 use timely::dataflow::operators::vec::Map;
 
@@ -51,7 +51,7 @@ fn build(job: &Job<'_>) -> Result<()> {
 }
 
 /// The bars of `trades`, into `ohlcv_1m`; returned for gold to roll up.
-pub fn part<'s>(job: &Job<'s>, trades: Records<'s, Trade>) -> Result<Records<'s, Bar<(Exchange, String)>>> {
+pub fn part<'s>(job: &Job<'s>, trades: Records<'s, Trade>) -> Result<Records<'s, Bar<(Exchange, Symbol)>>> {
     let cfg: OhlcvConfig = job.section("ohlcv")?;
     let windows = job.window_params(Windows::tumbling(cfg.window_ms * 1000)?);
     let (stats, state) = (job.window_stats("ohlcv"), job.state("ohlcv"));

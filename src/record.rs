@@ -55,6 +55,191 @@ impl std::str::FromStr for Exchange {
     }
 }
 
+/// An interned string: symbols and message-id streams, of which a feed has a
+/// few hundred, carried by every trade. Copying one copies a pointer; no
+/// trade allocates for its symbols. Equal, ordered and hashed by its text,
+/// so it routes and sorts the same in every process; serialized as its
+/// text, and interned again when read.
+///
+/// Interned strings live as long as the process: a feed of ever new symbols
+/// would grow it, so [`Symbol::intern`] refuses more than [`Symbol::LIMIT`].
+#[derive(Clone, Copy, Default)]
+pub struct Symbol(&'static str);
+
+/// The process's interned strings.
+static SYMBOLS: std::sync::Mutex<Option<std::collections::HashSet<&'static str>>> = std::sync::Mutex::new(None);
+
+thread_local! {
+    /// This thread's view of [`SYMBOLS`]: a hit takes no lock.
+    static SEEN: std::cell::RefCell<std::collections::HashSet<&'static str>> =
+        std::cell::RefCell::new(std::collections::HashSet::new());
+}
+
+impl Symbol {
+    /// The most distinct strings a process interns.
+    pub const LIMIT: usize = 1_000_000;
+
+    /// The symbol of `text`; `None` once [`Symbol::LIMIT`] strings are interned.
+    pub fn intern(text: &str) -> Option<Symbol> {
+        if let Some(hit) = SEEN.with(|seen| seen.borrow().get(text).copied()) {
+            return Some(Symbol(hit));
+        }
+        let mut all = SYMBOLS.lock().unwrap_or_else(|e| e.into_inner());
+        let all = all.get_or_insert_with(Default::default);
+        let interned = match all.get(text) {
+            Some(s) => *s,
+            None if all.len() >= Self::LIMIT => return None,
+            None => {
+                let leaked: &'static str = Box::leak(text.to_owned().into_boxed_str());
+                all.insert(leaked);
+                leaked
+            }
+        };
+        SEEN.with(|seen| seen.borrow_mut().insert(interned));
+        Some(Symbol(interned))
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &'static str {
+        self.0
+    }
+}
+
+impl std::ops::Deref for Symbol {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.0
+    }
+}
+
+impl PartialEq for Symbol {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.0, other.0) || self.0 == other.0
+    }
+}
+impl Eq for Symbol {}
+impl PartialOrd for Symbol {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Symbol {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(other.0)
+    }
+}
+impl std::hash::Hash for Symbol {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state)
+    }
+}
+impl fmt::Debug for Symbol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.0, f)
+    }
+}
+impl fmt::Display for Symbol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+impl Serialize for Symbol {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0)
+    }
+}
+impl<'de> Deserialize<'de> for Symbol {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Symbol::intern(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("more than {} distinct symbols", Symbol::LIMIT)))
+    }
+}
+/// For literals and tests: panics past [`Symbol::LIMIT`] (input goes
+/// through [`Symbol::intern`], which says so instead).
+impl From<&str> for Symbol {
+    fn from(text: &str) -> Symbol {
+        Symbol::intern(text).expect("fewer than Symbol::LIMIT distinct symbols")
+    }
+}
+
+impl PartialEq<str> for Symbol {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+impl PartialEq<&str> for Symbol {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+/// A trade's message id, `{exchange}:{native symbol}:{trade id}`, kept as
+/// its stream (`{exchange}:{native symbol}`, interned) and the number:
+/// written to tables as the text, ordered as (stream, number).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct MessageId {
+    /// `{exchange}:{native symbol}`: trade numbers are unique within it.
+    pub stream: Symbol,
+    /// The exchange's trade id.
+    pub trade_id: u64,
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.stream, self.trade_id)
+    }
+}
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+impl std::str::FromStr for MessageId {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (stream, id) = text
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{text}` is no message id (exchange:symbol:number)"))?;
+        let trade_id = id
+            .parse()
+            .map_err(|_| format!("`{text}` is no message id: `{id}` is no number"))?;
+        let stream = Symbol::intern(stream).ok_or_else(|| format!("more than {} distinct symbols", Symbol::LIMIT))?;
+        Ok(MessageId { stream, trade_id })
+    }
+}
+/// For literals and tests: panics on text that is no message id (input goes
+/// through [`str::parse`], which says why instead).
+impl From<&str> for MessageId {
+    fn from(text: &str) -> MessageId {
+        text.parse().expect("a message id: exchange:symbol:number")
+    }
+}
+
+impl Serialize for MessageId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+impl<'de> Deserialize<'de> for MessageId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+impl PartialEq<str> for MessageId {
+    fn eq(&self, other: &str) -> bool {
+        other
+            .rsplit_once(':')
+            .is_some_and(|(stream, id)| self.stream == stream && id.parse() == Ok(self.trade_id))
+    }
+}
+impl PartialEq<&str> for MessageId {
+    fn eq(&self, other: &&str) -> bool {
+        *self == **other
+    }
+}
+
 /// The taker's side of a trade.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Side {
@@ -104,13 +289,13 @@ pub struct Trade {
     /// Deterministic id: `{exchange}:{native_symbol}:{trade_id}`. Exchanges
     /// number trades per instrument, so this is unique and stable across
     /// re-deliveries, which is what dedup keys on.
-    pub message_id: String,
+    pub message_id: MessageId,
     /// The exchange the trade happened on.
     pub exchange: Exchange,
     /// Normalized symbol, `BASE/QUOTE`.
-    pub symbol: String,
+    pub symbol: Symbol,
     /// The exchange's own spelling of the symbol.
-    pub native_symbol: String,
+    pub native_symbol: Symbol,
     /// The exchange's trade id.
     pub trade_id: u64,
     /// Price, exact.
@@ -197,7 +382,7 @@ pub struct Alert {
     /// Deterministic: FNV-1a 64 of `"<binance message id>|<kraken message id>"`.
     pub alert_id: String,
     /// Normalized symbol.
-    pub symbol: String,
+    pub symbol: Symbol,
     /// Where to buy (the cheaper side).
     pub buy_exchange: Exchange,
     /// Where to sell.
@@ -211,9 +396,9 @@ pub struct Alert {
     #[row(thousandths, rename = "spread_bps")]
     pub spread_millibps: i64,
     /// The Binance trade's message id.
-    pub binance_message_id: String,
+    pub binance_message_id: MessageId,
     /// The Kraken trade's message id.
-    pub kraken_message_id: String,
+    pub kraken_message_id: MessageId,
     /// Binance trade time, µs.
     #[row(timestamp, rename = "binance_event_time")]
     pub binance_event_us: i64,
@@ -237,7 +422,7 @@ impl Alert {
     }
 
     /// The alert id of a pair: FNV-1a 64 of `"<binance id>|<kraken id>"`, hex.
-    pub fn id_of(binance_message_id: &str, kraken_message_id: &str) -> String {
+    pub fn id_of(binance_message_id: impl fmt::Display, kraken_message_id: impl fmt::Display) -> String {
         let pair = format!("{binance_message_id}|{kraken_message_id}");
         format!("{:016x}", crate::hash::fnv1a(pair.as_bytes()))
     }
@@ -270,7 +455,7 @@ impl Alert {
 #[cfg(test)]
 pub(crate) fn test_trade(exchange: Exchange, id: u64, price: &str, event_us: i64) -> Trade {
     Trade {
-        message_id: format!("{exchange}:BTCUSDT:{id}"),
+        message_id: MessageId::from(format!("{exchange}:BTCUSDT:{id}").as_str()),
         exchange,
         symbol: "BTC/USDT".into(),
         native_symbol: "BTCUSDT".into(),

@@ -100,7 +100,10 @@ fn oracle(brokers: &str, topics: &(String, String)) -> BTreeMap<&'static str, BT
             } else {
                 String::new()
             };
-            groups.entry((exchange, t.symbol.clone(), start)).or_default().push(t);
+            groups
+                .entry((exchange, t.symbol.to_string(), start))
+                .or_default()
+                .push(t);
         }
         out.insert(table, groups.iter().map(|(k, ts)| (k.clone(), bar(ts))).collect());
     }

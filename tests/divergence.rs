@@ -31,7 +31,7 @@ fn oracle_pairs(brokers: &str, topics: &(String, String)) -> BTreeMap<String, (i
     let horizon = classified.final_watermark_us;
     let mut by_symbol: BTreeMap<String, Vec<&Trade>> = BTreeMap::new();
     for t in classified.on_time.iter().flatten().filter(|t| t.event_us < horizon) {
-        by_symbol.entry(t.symbol.clone()).or_default().push(t);
+        by_symbol.entry(t.symbol.to_string()).or_default().push(t);
     }
     let mut alerts = BTreeMap::new();
     for trades in by_symbol.values_mut() {
@@ -49,10 +49,10 @@ fn oracle_pairs(brokers: &str, topics: &(String, String)) -> BTreeMap<String, (i
                         (o, *t)
                     };
                     alerts.insert(
-                        Alert::id_of(&b.message_id, &k.message_id),
+                        Alert::id_of(b.message_id, k.message_id),
                         (
                             (bps.abs() * 1000.0).round() as i64,
-                            (b.message_id.clone(), k.message_id.clone()),
+                            (b.message_id.to_string(), k.message_id.to_string()),
                         ),
                     );
                 }

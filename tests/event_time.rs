@@ -256,7 +256,7 @@ fn late_trades_are_kept_in_late_trades_and_every_message_is_accounted_for() {
         .on_time
         .iter()
         .flatten()
-        .map(|t| t.message_id.clone())
+        .map(|t| t.message_id.to_string())
         .collect();
     let (late, malformed) = (classified.late, classified.malformed);
     assert!(late.len() > 20, "the feed has late trades: {}", late.len());

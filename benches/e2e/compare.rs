@@ -627,10 +627,10 @@ fn oracle(brokers: &str, topics: &(String, String), plan: &Plan) -> Value {
     };
     let mut by_symbol: HashMap<String, (Vec<Trade>, Vec<Trade>)> = HashMap::new();
     for t in read_trades(brokers, &topics.0, Exchange::Binance) {
-        by_symbol.entry(t.symbol.clone()).or_default().0.push(t);
+        by_symbol.entry(t.symbol.to_string()).or_default().0.push(t);
     }
     for t in read_trades(brokers, &topics.1, Exchange::Kraken) {
-        by_symbol.entry(t.symbol.clone()).or_default().1.push(t);
+        by_symbol.entry(t.symbol.to_string()).or_default().1.push(t);
     }
     let delta = plan.delta_ms as i64 * 1000;
     let (mut pairs, mut alerts) = (0u64, 0u64);

@@ -90,13 +90,9 @@ pub trait DedupKey {
 /// the message id without its last part.
 impl DedupKey for crate::record::Trade {
     fn dedup_id(&self) -> DedupId<'_> {
-        let stream = self
-            .message_id
-            .rsplit_once(':')
-            .map_or(self.message_id.as_str(), |(stream, _)| stream);
         DedupId::Sequenced {
-            stream,
-            seq: self.trade_id,
+            stream: self.message_id.stream.as_str(),
+            seq: self.message_id.trade_id,
         }
     }
     fn event_us(&self) -> u64 {

@@ -77,8 +77,8 @@ pub trait JoinSide {
 
 /// Trades join by normalized symbol (`BTC/USDT`) at their exchange event time.
 impl JoinSide for crate::record::Trade {
-    type Key = String;
-    fn join_key(&self) -> &String {
+    type Key = crate::record::Symbol;
+    fn join_key(&self) -> &crate::record::Symbol {
         &self.symbol
     }
     fn event_us(&self) -> u64 {

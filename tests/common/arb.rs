@@ -142,11 +142,11 @@ pub fn classify(brokers: &str, topics: &(String, String)) -> Classified {
                     max_us = Some(max_us.map_or(us, |m| m.max(us)));
                     c.copies += 1;
                     c.late_copies += usize::from(is_late);
-                    if !seen.insert(t.message_id.clone()) {
+                    if !seen.insert(t.message_id) {
                         continue; // a repeat: the first copy decided
                     }
                     if is_late {
-                        c.late.push(t.message_id);
+                        c.late.push(t.message_id.to_string());
                     } else {
                         c.on_time[side].push(t);
                     }
@@ -171,7 +171,7 @@ pub fn oracle(brokers: &str, topics: &(String, String)) -> Oracle {
     } = classify(brokers, topics);
     let mut all: BTreeSet<String> = late.iter().cloned().collect();
     for side in &on_time {
-        all.extend(side.iter().map(|t| t.message_id.clone()));
+        all.extend(side.iter().map(|t| t.message_id.to_string()));
     }
     // Every pair, brute force, at most Δ apart in µs.
     let mut alerts = BTreeMap::new();
@@ -188,7 +188,7 @@ pub fn oracle(brokers: &str, topics: &(String, String)) -> Oracle {
             };
             if spread > THRESHOLD {
                 alerts.insert(
-                    k2::record::Alert::id_of(&b.message_id, &k.message_id),
+                    k2::record::Alert::id_of(b.message_id, k.message_id),
                     (spread * 1000.0).round() as i64,
                 );
             }

@@ -22,7 +22,7 @@
 
 use super::{Aggregate, Merge, Windowed};
 use crate::decimal::{Decimal, Rounding, Wide};
-use crate::record::{Exchange, Trade};
+use crate::record::{Exchange, Symbol, Trade};
 use serde::{Deserialize, Serialize};
 
 /// Where a trade sits in a bar's order: by event time, then by trade id.
@@ -186,18 +186,18 @@ impl Aggregate<Trade> for Ohlcv {
 pub type Bar<K> = Windowed<K, Ohlcv>;
 
 /// The key of per-exchange bars: exchange and symbol.
-pub fn by_exchange_symbol(t: &Trade) -> (Exchange, String) {
-    (t.exchange, t.symbol.clone())
+pub fn by_exchange_symbol(t: &Trade) -> (Exchange, Symbol) {
+    (t.exchange, t.symbol)
 }
 
 /// The key of cross-exchange bars of trades: the symbol.
-pub fn by_symbol(t: &Trade) -> String {
-    t.symbol.clone()
+pub fn by_symbol(t: &Trade) -> Symbol {
+    t.symbol
 }
 
 /// The key of cross-exchange bars rolled up from per-exchange bars: the symbol.
-pub fn bar_symbol(bar: &Bar<(Exchange, String)>) -> String {
-    bar.key.1.clone()
+pub fn bar_symbol(bar: &Bar<(Exchange, Symbol)>) -> Symbol {
+    bar.key.1
 }
 
 /// A bar as a table row: the columns of `ohlcv_1m` and its roll-ups,
@@ -257,12 +257,12 @@ impl BarRow {
     }
 
     /// The row of a bar per exchange and symbol.
-    pub fn per_exchange(bar: Bar<(Exchange, String)>) -> Option<BarRow> {
+    pub fn per_exchange(bar: Bar<(Exchange, Symbol)>) -> Option<BarRow> {
         BarRow::of(&bar, Some(bar.key.0), &bar.key.1)
     }
 
     /// The row of a bar per symbol, across exchanges.
-    pub fn per_symbol(bar: Bar<String>) -> Option<BarRow> {
+    pub fn per_symbol(bar: Bar<Symbol>) -> Option<BarRow> {
         BarRow::of(&bar, None, &bar.key)
     }
 }
@@ -432,7 +432,7 @@ mod tests {
         assert_eq!(b.vwap(Rounding::HalfEven), Some(d("2.5")));
         assert_eq!(
             by_exchange_symbol(&t(1, 1, "1")),
-            (Exchange::Kraken, "BTC/USDT".to_string())
+            (Exchange::Kraken, Symbol::from("BTC/USDT"))
         );
     }
 

@@ -5,6 +5,7 @@ use super::*;
 use crate::checkpoint::CommitGroups;
 use crate::checkpoint::state::add_live;
 use crate::operators::window::bars::Ohlcv;
+use crate::record::Symbol;
 use crate::time::{STOPPED, event_frontier};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -822,7 +823,7 @@ fn minute_bars_roll_up_through_the_operator() {
                             max_seen = max_seen.max(event);
                             id += 1;
                             Trade {
-                                symbol: symbol.to_string(),
+                                symbol: Symbol::from(*symbol),
                                 price: crate::decimal::Decimal(rng.random_range(1..1_000_000i128) * 10i128.pow(14)),
                                 quantity: crate::decimal::Decimal(rng.random_range(1..1_000i128) * 10i128.pow(15)),
                                 ..crate::record::test_trade(*exchange, id, "1", event as i64)
@@ -852,7 +853,7 @@ fn minute_bars_roll_up_through_the_operator() {
     let (minutes, hours, across) = (
         model(&by_stream, MINUTE),
         model(&by_stream, 60 * MINUTE),
-        model(&|t: &Trade| t.symbol.clone(), MINUTE),
+        model(&|t: &Trade| t.symbol.to_string(), MINUTE),
     );
     assert!(
         hours.len() >= 8 && minutes.len() > 400,
@@ -906,11 +907,11 @@ fn minute_bars_roll_up_through_the_operator() {
                 let (bars, _) = trades.window(minute.clone(), by_exchange_symbol, Ohlcv::default(), Default::default());
                 let (hourly, late_hour) =
                     bars.clone()
-                        .window(hour, |b: &Bar<_>| b.key.clone(), Ohlcv::default(), Default::default());
+                        .window(hour, |b: &Bar<_>| b.key, Ohlcv::default(), Default::default());
                 let (symbol, late_symbol) =
                     bars.clone()
                         .window(minute, super::bars::bar_symbol, Ohlcv::default(), Default::default());
-                let named = |b: Bar<(Exchange, String)>| Windowed {
+                let named = |b: Bar<(Exchange, Symbol)>| Windowed {
                     key: format!("{:?}", b.key),
                     start_us: b.start_us,
                     end_us: b.end_us,
@@ -919,7 +920,13 @@ fn minute_bars_roll_up_through_the_operator() {
                 use timely::dataflow::operators::vec::Map;
                 collect(bars.map(named), m2);
                 collect(hourly.map(named), h2).probe_with(&probe);
-                collect(symbol, a2).probe_with(&probe);
+                let named_symbol = |b: Bar<Symbol>| Windowed {
+                    key: b.key.to_string(),
+                    start_us: b.start_us,
+                    end_us: b.end_us,
+                    value: b.value,
+                };
+                collect(symbol.map(named_symbol), a2).probe_with(&probe);
                 for late in [late_hour.map(|_| ()), late_symbol.map(|_| ())] {
                     let l = l2.clone();
                     late.inspect(move |_| {

@@ -220,6 +220,42 @@ column!(
     |v, b, ctx| b.append_value(v)
 );
 
+/// Interned strings are written as their text.
+impl Column for crate::record::Symbol {
+    type Builder = StringBuilder;
+    fn iceberg_type() -> IcebergType {
+        IcebergType::Primitive(PrimitiveType::String)
+    }
+    fn builder(capacity: usize) -> Self::Builder {
+        StringBuilder::with_capacity(capacity, capacity * 12)
+    }
+    fn append(&self, b: &mut Self::Builder, _: &RowContext) {
+        b.append_value(self.as_str())
+    }
+    fn append_null(b: &mut Self::Builder) {
+        b.append_null()
+    }
+}
+
+/// Message ids are written as their text, formatted straight into the column.
+impl Column for crate::record::MessageId {
+    type Builder = StringBuilder;
+    fn iceberg_type() -> IcebergType {
+        IcebergType::Primitive(PrimitiveType::String)
+    }
+    fn builder(capacity: usize) -> Self::Builder {
+        StringBuilder::with_capacity(capacity, capacity * 28)
+    }
+    fn append(&self, b: &mut Self::Builder, _: &RowContext) {
+        use std::fmt::Write;
+        let _ = write!(b, "{self}");
+        b.append_value("");
+    }
+    fn append_null(b: &mut Self::Builder) {
+        b.append_null()
+    }
+}
+
 impl Column for String {
     type Builder = StringBuilder;
     fn iceberg_type() -> IcebergType {

@@ -544,7 +544,7 @@ mod tests {
             .map(|i| trade(i, 1_767_225_600_000_000 + (i % 3) as i64 * day_us))
             .collect();
         let want: Vec<String> = {
-            let mut v: Vec<String> = rows.iter().map(|t| t.message_id.clone()).collect();
+            let mut v: Vec<String> = rows.iter().map(|t| t.message_id.to_string()).collect();
             v.sort();
             v
         };
