@@ -444,7 +444,7 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         // A catalog that is busy (a locked SQLite file, a restarting server)
         // is waited for, as commits wait for it mid-run.
         let catalog = crate::retry::retry_async("opening the catalog", CATALOG_WAIT, || {
-            JobCatalog::open(&config.iceberg)
+            JobCatalog::open(&config.iceberg, &config.s3)
         })
         .await?;
         let mut tables = BTreeMap::new();

@@ -515,7 +515,7 @@ mod tests {
             ..Default::default()
         };
         let table = runtime.block_on(async {
-            let catalog = super::super::JobCatalog::open(&cfg).await.unwrap();
+            let catalog = super::super::JobCatalog::open(&cfg, &Default::default()).await.unwrap();
             catalog
                 .ensure_table(&crate::sink::iceberg::TableDecl::of::<Trade>("t"))
                 .await
