@@ -22,6 +22,7 @@
 //! carries credentials itself is refused.
 
 use super::rows::TableDecl;
+use super::schema;
 use crate::config::{CatalogKind, IcebergConfig, Location, S3Config};
 use crate::error::{Error, Result};
 use crate::secret::redact_uri;
@@ -92,10 +93,10 @@ impl JobCatalog {
     }
 
     /// Loads the table `decl` declares, creating it with its row type's
-    /// schema and partition if it does not exist. An existing table that
-    /// lacks columns the row type has gets them (as nullable columns: older
-    /// rows read as null); one whose columns K2 cannot write is refused when
-    /// written (see the writer).
+    /// schema and partition if it does not exist. An existing table is
+    /// checked against the row type and evolved by [`schema::check`]'s rules:
+    /// the columns it lacks are added (optional: older rows read as null),
+    /// and a change K2 cannot write through is an [`Error::Schema`].
     pub async fn ensure_table(&self, decl: &TableDecl) -> Result<Table> {
         let name = decl.name;
         let ident = self.ident(name);
@@ -108,7 +109,7 @@ impl JobCatalog {
             .map_err(|e| Error::iceberg(&q, "check table", e))?
         {
             let table = self.load(name).await?;
-            return self.evolve(table, &schema).await;
+            return self.evolve(table, &schema, (decl.partitioning)()).await;
         }
         let mut spec = UnboundPartitionSpec::builder();
         if let Some((column, transform)) = (decl.partitioning)() {
@@ -125,7 +126,7 @@ impl JobCatalog {
         }
         let creation = TableCreation::builder()
             .name(name.to_string())
-            .schema(schema)
+            .schema(schema.clone())
             // The spec id is optional in iceberg-rust's JSON, but Java REST
             // servers (Iceberg's own, 1.10) refuse a spec without one.
             .partition_spec(spec.build().with_spec_id(0))
@@ -137,29 +138,35 @@ impl JobCatalog {
             .build();
         match self.catalog.create_table(&self.namespace, creation).await {
             Ok(t) => Ok(t),
-            Err(_) if self.catalog.table_exists(&ident).await.unwrap_or(false) => self.load(name).await,
+            // Another process of the job created it meanwhile.
+            Err(_) if self.catalog.table_exists(&ident).await.unwrap_or(false) => {
+                let table = self.load(name).await?;
+                self.evolve(table, &schema, (decl.partitioning)()).await
+            }
             Err(e) => Err(Error::iceberg(&q, format!("create table in {}", self.description), e)),
         }
     }
 
-    /// Adds to `table` the columns of `schema` it lacks, as nullable columns.
-    async fn evolve(&self, table: Table, schema: &Schema) -> Result<Table> {
+    /// Checks `table` against K2's `schema` and adds the columns it lacks.
+    async fn evolve(&self, table: Table, schema: &Schema, partitioning: Option<(&str, Transform)>) -> Result<Table> {
         use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
         let name = table.identifier().name().to_string();
         let q = self.qualified(&name);
-        let current = table.metadata().current_schema().clone();
-        let missing: Vec<_> = schema
-            .as_struct()
-            .fields()
-            .iter()
-            .filter(|f| current.field_by_name(&f.name).is_none())
-            .collect();
-        if missing.is_empty() {
+        let metadata = table.metadata();
+        let evolution = schema::check(
+            &q,
+            metadata.current_schema(),
+            metadata.schemas_iter().map(|s| s.as_ref()),
+            metadata.default_partition_spec(),
+            schema,
+            partitioning,
+        )?;
+        if evolution.missing.is_empty() {
             return Ok(table);
         }
         let tx = Transaction::new(&table);
         let mut action = tx.update_schema();
-        for f in &missing {
+        for f in &evolution.missing {
             tracing::info!(
                 table = q,
                 column = f.name,
