@@ -241,7 +241,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         warehouse: args.warehouse.clone(),
         ..IcebergConfig::default()
     };
-    let catalog = runtime.block_on(JobCatalog::open(&iceberg))?;
+    let catalog = runtime.block_on(JobCatalog::open(&iceberg, &Default::default()))?;
     // A table name for the life of the process, as TableDecl wants.
     let table_name: &'static str = Box::leak(args.table.clone().into_boxed_str());
     let table = runtime.block_on(catalog.ensure_table(&TableDecl::of::<Trade>(table_name)))?;

@@ -368,7 +368,7 @@ fn bench_parquet_write(c: &mut Criterion) {
         ..Default::default()
     };
     let table = runtime.block_on(async {
-        let catalog = JobCatalog::open(&cfg).await.expect("open catalog");
+        let catalog = JobCatalog::open(&cfg, &Default::default()).await.expect("open catalog");
         catalog
             .ensure_table(&TableDecl::of::<Trade>("bronze_binance_trades"))
             .await

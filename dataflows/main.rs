@@ -404,7 +404,7 @@ fn verify(config: &Config, store: &k2::checkpoint::ManifestStore, epochs: &[u64]
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut problems = Vec::new();
     runtime.block_on(async {
-        let catalog = k2::sink::iceberg::JobCatalog::open(&config.iceberg).await?;
+        let catalog = k2::sink::iceberg::JobCatalog::open(&config.iceberg, &config.s3).await?;
         for table in &tables {
             let (checked, bad) = k2::sink::iceberg::maintenance::verify_table(&catalog, table).await?;
             println!(

@@ -436,15 +436,18 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
     let (catalog, tables) = handle.block_on(async {
         // A catalog that is busy (a locked SQLite file, a restarting server)
         // is waited for, as commits wait for it mid-run.
-        let catalog = crate::retry::retry_async("opening the catalog", CATALOG_WAIT, || {
-            JobCatalog::open(&config.iceberg)
+        // A wrong config or an incompatible table is reported at once.
+        let transient = |e: &crate::error::Error| !e.is_permanent();
+        let catalog = crate::retry::retry_async_if("opening the catalog", CATALOG_WAIT, transient, || {
+            JobCatalog::open(&config.iceberg, &config.s3)
         })
         .await?;
         let mut tables = BTreeMap::new();
         for decl in dataflow.tables {
             let name = decl.name;
             let what = format!("creating or loading table `{name}`");
-            let table = crate::retry::retry_async(&what, CATALOG_WAIT, || catalog.ensure_table(decl)).await?;
+            let table =
+                crate::retry::retry_async_if(&what, CATALOG_WAIT, transient, || catalog.ensure_table(decl)).await?;
             tables.insert(name.to_string(), table);
         }
         Result::Ok((catalog, tables))

@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod maintenance;
 pub mod participant;
 pub mod rows;
+pub mod schema;
 pub mod writer;
 
 pub use catalog::JobCatalog;

@@ -13,6 +13,39 @@
 //!   beyond the newest manifest means checkpoints were lost: refuse. The cut
 //!   still to roll forward must have its data files, whole;
 //! * **clean** (recovery): orphan files, snapshot expiry ([`maintenance`]).
+//!
+//! # Design note: one commit per table, not a multi-table transaction
+//!
+//! The Iceberg REST spec has `POST /v1/{prefix}/transactions/commit`, which
+//! would append a cut to all its tables in one request. K2 does not use it,
+//! because nothing on the path makes it atomic (checked 2026-11-30):
+//!
+//! * iceberg-catalog-rest 0.10.1 has no client for it: iceberg 0.10.1's
+//!   `Catalog` trait commits one table per call (`update_table`, i.e.
+//!   `POST …/namespaces/{ns}/tables/{table}`).
+//! * Iceberg 1.10.0's `RESTCatalogServer` (what `scripts/iceberg-rest.sh`
+//!   runs) answers the route in `RESTCatalogAdapter.commitTransaction`
+//!   (iceberg-core 1.10.0 `tests` jar; `CatalogHandlers` has no such
+//!   handler in 1.10.0). Read from its bytecode: for each table it loads the
+//!   table, opens a `Transaction` and applies the requirements and updates
+//!   in memory (`CatalogHandlers.commit`), and only if all pass does it run
+//!   `transactions.forEach(Transaction::commitTransaction)`: one commit per
+//!   table, each a separate conditional `UPDATE` of that table's metadata
+//!   location in the JDBC catalog (`JdbcTableOperations.doCommit`). A writer
+//!   that commits to the second table after the check (a compaction), or a
+//!   server crash between the two updates, leaves the first table committed
+//!   and the second not. Tried against the running server: requirements
+//!   failing on the second table change neither table (the check is up
+//!   front), but that is all it guarantees.
+//!
+//! So a cut would still need what it has now: the manifest as the commit
+//! point, each table's append identified by its `k2.commit-id`, and recovery
+//! rolling the rest forward. An unanswered request (a timeout, a 5xx) leaves
+//! the outcome unknown with the endpoint too. A catalog that commits every
+//! table of the request in one database transaction would let readers see
+//! all tables of a cut at once; with per-table commits they read a
+//! consistent view as `DESIGN.md` ("Reading several tables consistently")
+//! says.
 
 use super::catalog::JobCatalog;
 use super::maintenance;

@@ -109,6 +109,25 @@ fn relabel(col: ArrayRef, to: &DataType) -> ArrayRef {
     arrow_array::make_array(data)
 }
 
+/// `col` widened to `to` as Iceberg promotes a column's type (`int` to
+/// `long`, `float` to `double`; a wider decimal is [`same_layout`]), if
+/// that is the difference; see [`super::schema`].
+fn promote(col: &ArrayRef, to: &DataType) -> Option<ArrayRef> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float32Type, Int32Type};
+    match (col.data_type(), to) {
+        (DataType::Int32, DataType::Int64) => {
+            let wide: arrow_array::Int64Array = col.as_primitive::<Int32Type>().unary(i64::from);
+            Some(Arc::new(wide))
+        }
+        (DataType::Float32, DataType::Float64) => {
+            let wide: arrow_array::Float64Array = col.as_primitive::<Float32Type>().unary(f64::from);
+            Some(Arc::new(wide))
+        }
+        _ => None,
+    }
+}
+
 /// Rows encoded per Arrow batch: bounds the Arrow copy of a big group.
 const BATCH_ROWS: usize = 65_536;
 
@@ -184,6 +203,8 @@ impl<R: TableRow> TableWriter<R> {
                         out.push(col.clone());
                     } else if same_layout(col.data_type(), field.data_type()) {
                         out.push(relabel(col.clone(), field.data_type()));
+                    } else if let Some(promoted) = promote(col, field.data_type()) {
+                        out.push(promoted);
                     } else {
                         return Err(err(format!(
                             "table `{}`: column `{}` is {}, but K2 writes {}: an incompatible schema change",
@@ -515,7 +536,7 @@ mod tests {
             ..Default::default()
         };
         let table = runtime.block_on(async {
-            let catalog = super::super::JobCatalog::open(&cfg).await.unwrap();
+            let catalog = super::super::JobCatalog::open(&cfg, &Default::default()).await.unwrap();
             catalog
                 .ensure_table(&crate::sink::iceberg::TableDecl::of::<Trade>("t"))
                 .await
