@@ -32,7 +32,7 @@ pub enum Error {
         source: Box<rdkafka::error::KafkaError>,
     },
     /// An Iceberg operation failed.
-    #[error("iceberg table `{table}` ({context}): {source}")]
+    #[error("iceberg table `{table}` ({context}): {}", without_stacks(&source.to_string()))]
     Iceberg {
         /// The table, `namespace.name`.
         table: String,
@@ -124,5 +124,47 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// `text` without the server-side stack traces that some REST catalogs put
+/// into error responses (`"stack":["...", ...]`, often kilobytes per error).
+fn without_stacks(text: &str) -> String {
+    const KEY: &str = "\"stack\":[";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(KEY) {
+        out.push_str(&rest[..at + KEY.len()]);
+        let tail = &rest[at + KEY.len()..];
+        let (mut in_string, mut escaped, mut end) = (false, false, tail.len());
+        for (i, c) in tail.char_indices() {
+            match (in_string, escaped, c) {
+                (true, true, _) => escaped = false,
+                (true, false, '\\') => escaped = true,
+                (_, false, '"') => in_string = !in_string,
+                (false, _, ']') => {
+                    end = i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        out.push('…');
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stack_traces_are_left_out_of_catalog_errors() {
+        let text = r#"Unexpected, json: {"error":{"message":"Failed","code":500,"stack":["a [SQLITE_BUSY] \"x]\"","\tat b"]}} => status"#;
+        assert_eq!(
+            super::without_stacks(text),
+            r#"Unexpected, json: {"error":{"message":"Failed","code":500,"stack":[…]}} => status"#
+        );
+        assert_eq!(super::without_stacks("plain"), "plain");
     }
 }
