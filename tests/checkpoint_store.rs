@@ -128,4 +128,22 @@ fn the_object_stores_lease_admits_one_live_instance() {
     drop(second);
     drop(third);
     assert_eq!(store.get("lease.json").unwrap(), None, "released");
+
+    // A holder on this host whose process is gone (killed, restarted by
+    // its supervisor): its fresh, long lease is taken over at once.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let fresh = serde_json::json!({"holder": "killed", "host": host.trim(), "pid": pid,
+        "renewed_ms": chrono::Utc::now().timestamp_millis(), "lease_ms": 60_000});
+    store.put("lease.json", fresh.to_string().as_bytes()).unwrap();
+    let started = Instant::now();
+    let fourth = store.lock("j", lease, counted(&lost)).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a dead local holder's lease is taken over at once: {:?}",
+        started.elapsed()
+    );
+    drop(fourth);
 }

@@ -425,10 +425,17 @@ impl Lease {
                 // Dead: a lease not renewed while we watched it for its
                 // whole length, or one whose last renewal is long past (by
                 // the holder's clock, as recorded: twice the length allows
-                // for skew). So is a garbled one.
+                // for skew), or one held by a process of this host that no
+                // longer exists (a restart after a crash need not wait). So
+                // is a garbled one. Taking over a live holder's lease by
+                // mistake costs no correctness: it is fenced at its next
+                // renewal or commit.
                 Some(o) => {
                     now_ms() - o.renewed_ms > 2 * o.lease_ms as i64
                         || (seen.as_deref() == Some(&etag) && waited >= Duration::from_millis(o.lease_ms) + step)
+                        || (o.host == record.host
+                            && o.pid != record.pid
+                            && !Path::new(&format!("/proc/{}", o.pid)).exists())
                 }
                 None => true,
             };
