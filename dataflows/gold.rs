@@ -13,11 +13,12 @@
 //! the coarser window that holds it; the roll-ups close when the watermark
 //! passes their end, and checkpoint their open bars like the minute bars.
 
+use crate::bars::BarRow;
 use crate::bronze;
 use crate::ohlcv;
 use k2::error::Result;
 use k2::launch::{Dataflow, Job};
-use k2::operators::{Bar, BarRow, Ohlcv, WindowCheckpointed, Windows, bar_symbol};
+use k2::operators::{Bar, Ohlcv, WindowCheckpointed, Windows, bar_symbol};
 use k2::record::{Exchange, Symbol};
 use k2::sink::iceberg::{TableDecl, WriteIceberg};
 use timely::dataflow::operators::vec::Map;

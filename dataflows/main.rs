@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod arbitrage;
+mod bars;
 mod bronze;
 mod demo;
 mod divergence;

@@ -8,11 +8,12 @@
 //! operator checkpoints the open bars, not the trades. Late trades are in
 //! bronze, flagged, and counted; they are in no bar.
 
+use crate::bars::BarRow;
 use crate::bronze;
 use k2::Records;
 use k2::error::Result;
 use k2::launch::{Dataflow, Job};
-use k2::operators::{Bar, BarRow, Ohlcv, WindowCheckpointed, Windows, by_exchange_symbol};
+use k2::operators::{Bar, Ohlcv, WindowCheckpointed, Windows, by_exchange_symbol};
 use k2::record::{Exchange, Symbol, Trade};
 use k2::sink::iceberg::{TableDecl, WriteIceberg};
 use timely::dataflow::operators::vec::Map;
