@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::store::*;
 use common::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -62,6 +63,15 @@ fn catch_up(config: &Path) {
         .arg(config));
 }
 
+/// The number of kill rounds: `K2_CRASH_ROUNDS` (`scripts/soak.sh` raises
+/// it), else `default`.
+fn rounds(default: usize) -> usize {
+    std::env::var("K2_CRASH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(default)
+}
+
 #[test]
 fn sigkill_at_random_moments_and_protocol_gaps_loses_and_duplicates_nothing() {
     let brokers = broker();
@@ -69,12 +79,71 @@ fn sigkill_at_random_moments_and_protocol_gaps_loses_and_duplicates_nothing() {
     let dir = temp_dir("crash");
     create_topics(&brokers, &topics);
     let config = bronze_config(&dir, "crash", &brokers, &topics, "");
-    // `scripts/soak.sh` raises the number of rounds; the suite runs 24.
-    let rounds: usize = std::env::var("K2_CRASH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(24);
-    let mut producer = start_producer(&brokers, &topics, &dir, 2500, (rounds as u64 * 5 / 4).max(10), 5);
+    kill_rounds(&config, &dir, &brokers, &topics, rounds(24), 5, Duration::ZERO);
+
+    catch_up(&config);
+    let exp = expected(&read_truth(&dir.join("truth.jsonl")));
+    check_exactly_once(&dir, &topics, &exp, "crash");
+    check_cuts(&dir, &topics, &exp);
+
+    // Every manifest the job kept is listed by `k2 checkpoints`.
+    let out = ok(k2().args(["checkpoints", "crash", "--config"]).arg(&config));
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("epoch"), "{listing}");
+}
+
+/// The production path: checkpoints (manifests, state, the lease and the
+/// generations) in the S3 store, the tables in S3 through the REST catalog.
+/// The same kills as on local disk, fewer rounds.
+#[test]
+fn on_s3_checkpoints_and_the_rest_catalog_sigkill_loses_and_duplicates_nothing() {
+    let brokers = broker();
+    let topics = topics("crashs3");
+    let dir = temp_dir("crashs3");
+    create_topics(&brokers, &topics);
+    let catalog = Catalog::rest("crashs3");
+    let config = job_config(&dir, "crashs3", &brokers, &topics, &catalog);
+    // The killed holder's lease is taken over at once (its process is
+    // gone); reaching S3 makes a start slower than on disk.
+    let checkpoints = checkpoints_in_s3(&config, "crashs3", 1000);
+    kill_rounds(
+        &config,
+        &dir,
+        &brokers,
+        &topics,
+        rounds(12),
+        6,
+        Duration::from_millis(500),
+    );
+
+    catch_up(&config);
+    let exp = expected(&read_truth(&dir.join("truth.jsonl")));
+    check_exactly_once_in(&catalog, &dir, &topics, &exp, "crashs3");
+    check_cuts_in(&catalog, &topics, &exp);
+    // Nothing of the job was kept on local disk.
+    assert!(!dir.join("checkpoints").exists(), "checkpoints were written locally");
+    assert!(
+        s3_list(&format!("{checkpoints}/crashs3/manifests")).len() >= 2,
+        "the manifests are in S3"
+    );
+    catalog.drop();
+    s3_delete_prefix(&checkpoints);
+}
+
+/// Kills `k2 run bronze` (continuous, 1 or 2 workers) `rounds` times while
+/// a producer runs: at random moments, and every fourth round at a gap of
+/// the commit protocol (`K2_FAULT`). Each gap must be hit at least once.
+/// A random moment is counted from `settle` after the start.
+fn kill_rounds(
+    config: &Path,
+    dir: &Path,
+    brokers: &str,
+    topics: &(String, String),
+    rounds: usize,
+    seed: u64,
+    settle: Duration,
+) {
+    let mut producer = start_producer(brokers, topics, dir, 2500, (rounds as u64 * 5 / 4).max(10), seed);
 
     // At least 20 kills: random moments, plus each protocol gap twice.
     let faults = ["before-manifest:2", "after-manifest:2", "between-tables:1"];
@@ -84,8 +153,8 @@ fn sigkill_at_random_moments_and_protocol_gaps_loses_and_duplicates_nothing() {
         let fault = (round % 4 == 3).then(|| faults[(round / 4) % 3]);
         let log = dir.join(format!("run-{round}.log"));
         let workers = 1 + round % 2;
-        let mut child = start_job(&config, workers, &log, fault);
-        let deadline = Instant::now() + Duration::from_millis(rng.random_range(300..1800));
+        let mut child = start_job(config, workers, &log, fault);
+        let deadline = Instant::now() + settle + Duration::from_millis(rng.random_range(300..1800));
         if fault.is_some() {
             // Let the fault fire (the process aborts itself), or time out.
             let limit = Instant::now() + Duration::from_secs(20);
@@ -117,16 +186,6 @@ fn sigkill_at_random_moments_and_protocol_gaps_loses_and_duplicates_nothing() {
         injected.iter().all(|n| *n >= 1),
         "every protocol gap was hit at least once: {injected:?}"
     );
-
-    catch_up(&config);
-    let exp = expected(&read_truth(&dir.join("truth.jsonl")));
-    check_exactly_once(&dir, &topics, &exp, "crash");
-    check_cuts(&dir, &topics, &exp);
-
-    // Every manifest the job kept is listed by `k2 checkpoints`.
-    let out = ok(k2().args(["checkpoints", "crash", "--config"]).arg(&config));
-    let listing = String::from_utf8_lossy(&out.stdout);
-    assert!(listing.contains("epoch"), "{listing}");
 }
 
 #[test]

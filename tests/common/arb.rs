@@ -19,8 +19,14 @@ pub const THRESHOLD: f64 = -4.5;
 
 pub fn arbitrage_config(dir: &Path, job: &str, brokers: &str, topics: &(String, String), extra: &str) -> PathBuf {
     let path = bronze_config(dir, job, brokers, topics, "poll_batch = 256");
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    text.push_str(&format!(
+    super::job::append_config(&path, &arbitrage_sections(topics, extra));
+    path
+}
+
+/// The `[source]` and `[arbitrage]` sections the oracle assumes; `extra`
+/// lines go into `[arbitrage]`.
+pub fn arbitrage_sections(topics: &(String, String), extra: &str) -> String {
+    format!(
         r#"
 [source]
 max_out_of_orderness_ms = {ALLOWANCE_MS}
@@ -34,9 +40,7 @@ alerts_topic = "{}.alerts"
 {extra}
 "#,
         FEES.0, FEES.1, topics.0
-    ));
-    std::fs::write(&path, text).unwrap();
-    path
+    )
 }
 
 /// Every message of `topic`, per partition in offset order: (offset, Kafka
@@ -242,7 +246,12 @@ pub fn committed_alert_ids_in(kafka: &k2::config::KafkaConfig, topic: &str) -> V
 
 /// The engine's alerts (id -> millibps) and late trade ids, read with pyiceberg.
 pub fn engine_output(dir: &Path) -> (BTreeMap<String, i64>, Vec<String>) {
-    let t = read_tables(dir, &["arbitrage_signals"], "alert_id,spread_bps", false);
+    engine_output_in(&store::Catalog::local(dir))
+}
+
+/// [`engine_output`] for the tables of `catalog`.
+pub fn engine_output_in(catalog: &store::Catalog) -> (BTreeMap<String, i64>, Vec<String>) {
+    let t = read_tables_in(catalog, &["arbitrage_signals"], "alert_id,spread_bps", false);
     let alerts = t[0]["rows"]
         .as_array()
         .map(|rows| {
@@ -259,7 +268,7 @@ pub fn engine_output(dir: &Path) -> (BTreeMap<String, i64>, Vec<String>) {
     let n = alerts.len();
     let alerts: BTreeMap<String, i64> = alerts.into_iter().collect();
     assert_eq!(n, alerts.len(), "an alert was committed twice");
-    let late = table_ids(dir, "late_trades");
+    let late = table_ids_in(catalog, "late_trades");
     (alerts, late)
 }
 
@@ -296,9 +305,14 @@ pub fn assert_same_late(got: &[String], want: &[String], what: &str) {
 
 /// The message ids in both bronze tables; fails if one is there twice.
 pub fn bronze_ids(dir: &Path) -> BTreeSet<String> {
+    bronze_ids_in(&store::Catalog::local(dir))
+}
+
+/// [`bronze_ids`] for the tables of `catalog`.
+pub fn bronze_ids_in(catalog: &store::Catalog) -> BTreeSet<String> {
     let mut all = BTreeSet::new();
-    for t in read_tables(
-        dir,
+    for t in read_tables_in(
+        catalog,
         &["bronze_binance_trades", "bronze_kraken_trades"],
         "message_id",
         false,
@@ -312,7 +326,12 @@ pub fn bronze_ids(dir: &Path) -> BTreeSet<String> {
 
 /// Asserts the bronze tables hold exactly the oracle's trades.
 pub fn assert_bronze(what: &str, dir: &Path, want: &Oracle) {
-    let got = bronze_ids(dir);
+    assert_bronze_in(what, &store::Catalog::local(dir), want)
+}
+
+/// [`assert_bronze`] for the tables of `catalog`.
+pub fn assert_bronze_in(what: &str, catalog: &store::Catalog, want: &Oracle) {
+    let got = bronze_ids_in(catalog);
     let missing: Vec<_> = want.trades.difference(&got).take(5).collect();
     let extra: Vec<_> = got.difference(&want.trades).take(5).collect();
     assert!(
@@ -320,5 +339,23 @@ pub fn assert_bronze(what: &str, dir: &Path, want: &Oracle) {
         "{what}: bronze holds {} trades vs {} distinct in the topics; missing {missing:?}, extra {extra:?}",
         got.len(),
         want.trades.len()
+    );
+}
+
+/// Asserts the transactional alerts topic holds, as a `read_committed`
+/// consumer sees it, exactly the oracle's alerts, each once.
+pub fn assert_alerts_topic(brokers: &str, topic: &str, want: &Oracle) {
+    let ids = committed_alert_ids(brokers, topic);
+    let n = ids.len();
+    let set: BTreeSet<String> = ids.into_iter().collect();
+    assert_eq!(n, set.len(), "an alert was published twice to the transactional topic");
+    let want_ids: BTreeSet<String> = want.alerts.keys().cloned().collect();
+    let missing: Vec<_> = want_ids.difference(&set).take(5).collect();
+    let extra: Vec<_> = set.difference(&want_ids).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "alerts topic: {} alerts vs oracle {}; missing {missing:?}, extra {extra:?}",
+        set.len(),
+        want_ids.len()
     );
 }

@@ -159,7 +159,12 @@ pub fn bronze_config_timed(
 
 /// The sorted message ids of `table` (none while the table has no snapshot).
 pub fn table_ids(dir: &Path, table: &str) -> Vec<String> {
-    let t = read_tables(dir, &[table], "message_id", false);
+    table_ids_in(&store::Catalog::local(dir), table)
+}
+
+/// [`table_ids`] for the tables of `catalog`.
+pub fn table_ids_in(catalog: &store::Catalog, table: &str) -> Vec<String> {
+    let t = read_tables_in(catalog, &[table], "message_id", false);
     let mut ids: Vec<String> = t[0]["rows"]
         .as_array()
         .map(|rows| {

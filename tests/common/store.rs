@@ -332,3 +332,20 @@ dir = "{}"
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// Moves the checkpoints of the job config at `config` (written by
+/// [`job_config`]) to a fresh prefix of the S3 store, with a lease of
+/// `lease_ms`; returns the prefix (no leading `/`), to delete at the end.
+pub fn checkpoints_in_s3(config: &Path, name: &str, lease_ms: u64) -> String {
+    require_s3();
+    let prefix = format!("k2-tests/{}", unique_namespace(name));
+    let text = std::fs::read_to_string(config).unwrap();
+    let start = text.find("[checkpoint]\ndir = ").expect("a [checkpoint] dir");
+    let end = start + text[start..].find("\"\n").unwrap() + 2;
+    let section = format!(
+        "[checkpoint]\ndir = \"s3://{}/{prefix}\"\nlease_ms = {lease_ms}\n",
+        s3_bucket()
+    );
+    std::fs::write(config, format!("{}{section}{}", &text[..start], &text[end..])).unwrap();
+    prefix
+}

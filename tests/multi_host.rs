@@ -1,0 +1,207 @@
+//! Many hosts that share nothing but Kafka, the S3 store and the REST
+//! catalog: two `k2 run -n 2 -p i -h hosts` processes, each in its own
+//! empty working directory, one killed with SIGKILL and restarted, and the
+//! bronze tables, the alerts table and the alerts topic exactly what the
+//! sequential oracle computes from the topics.
+
+mod common;
+
+use common::arb::*;
+use common::job::create_feed_topics;
+use common::store::*;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const START_MS: i64 = 1767225600000;
+
+/// Feed part `i`: 1500 messages per exchange, overlapping the previous part
+/// a little in event time so that pairs span the restart.
+fn part(brokers: &str, topics: &(String, String), i: u64) {
+    produce_part(brokers, topics, 301 + i, 1500, START_MS + i as i64 * 2800);
+}
+
+/// One host: an empty working directory holding only the job's config and
+/// the hosts file, as a deployment tool would copy them.
+struct Host {
+    index: usize,
+    cwd: PathBuf,
+    log: PathBuf,
+}
+
+impl Host {
+    fn new(base: &Path, index: usize, config: &str, hosts: &str) -> Host {
+        let cwd = base.join(format!("host{index}"));
+        std::fs::create_dir_all(&cwd).unwrap();
+        std::fs::write(cwd.join("job.toml"), config).unwrap();
+        std::fs::write(cwd.join("hosts"), hosts).unwrap();
+        Host {
+            index,
+            cwd,
+            log: base.join(format!("host{index}.log")),
+        }
+    }
+
+    /// Starts process `index` of the 2-process job (continuous), appending
+    /// its stderr to the host's log.
+    fn start(&self) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        k2().current_dir(&self.cwd)
+            .args(["run", "market", "-w", "1", "-n", "2", "-p", &self.index.to_string()])
+            .args(["-h", "hosts", "--config", "job.toml"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The files in the working directory: still only what was copied in.
+    fn files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.cwd)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// Sum of the next offsets of the job's newest manifest in S3 (0 before the
+/// first).
+fn committed_offsets(checkpoints: &str, job: &str) -> i64 {
+    let Some(newest) = s3_list(&format!("{checkpoints}/{job}/manifests"))
+        .into_iter()
+        .filter(|k| k.ends_with(".json"))
+        .max()
+    else {
+        return 0;
+    };
+    let m: serde_json::Value = serde_json::from_slice(&s3_read(&newest)).unwrap();
+    m["offsets"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|p| p.as_object().unwrap().values())
+        .map(|v| v.as_i64().unwrap())
+        .sum()
+}
+
+/// Messages in both topics.
+fn topic_ends(brokers: &str, topics: &(String, String)) -> i64 {
+    [&topics.0, &topics.1]
+        .into_iter()
+        .map(|t| read_topic(brokers, t).values().map(|m| m.len() as i64).sum::<i64>())
+        .sum()
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < until, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    ok(Command::new("kill").args([sig, &child.id().to_string()]));
+}
+
+#[test]
+fn two_hosts_sharing_only_kafka_s3_and_the_catalog_recover_from_sigkill_exactly_once() {
+    let brokers = broker();
+    let topics = topics("hosts");
+    let base = temp_dir("hosts");
+    create_feed_topics(&brokers, &topics);
+    part(&brokers, &topics, 0);
+
+    // The config names no local path: checkpoints in S3, tables through the
+    // REST catalog into S3.
+    let catalog = Catalog::rest("hosts");
+    let config = job_config(&base, "hosts", &brokers, &topics, &catalog);
+    let checkpoints = checkpoints_in_s3(&config, "hosts", 1000);
+    common::job::append_config(&config, &arbitrage_sections(&topics, "kafka_sink = \"transactional\""));
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(!text.contains(base.to_str().unwrap()), "no local path in:\n{text}");
+    let ports: Vec<u16> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let hosts_file = format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]);
+    let hosts: Vec<Host> = (0..2).map(|i| Host::new(&base, i, &text, &hosts_file)).collect();
+
+    let mut procs: Vec<Child> = hosts.iter().map(Host::start).collect();
+    wait_until("the first checkpoint", Duration::from_secs(120), || {
+        committed_offsets(&checkpoints, "hosts") > 0
+    });
+
+    // Host 1 dies; host 0 must notice and stop with an error (its
+    // orchestrator restarts it), not hang or commit alone.
+    procs[1].kill().unwrap();
+    procs[1].wait().unwrap();
+    let limit = Instant::now() + Duration::from_secs(60);
+    while procs[0].try_wait().unwrap().is_none() && Instant::now() < limit {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let survivor = procs[0].try_wait().unwrap();
+    if survivor.is_none() {
+        procs[0].kill().unwrap();
+    }
+    assert!(
+        survivor.is_some_and(|s| !s.success()),
+        "the surviving process stops with an error when its peer dies:\n{}",
+        hosts[0].log()
+    );
+
+    // Both restart, in the same directories; more data arrives meanwhile.
+    part(&brokers, &topics, 1);
+    let mut procs: Vec<Child> = hosts.iter().map(Host::start).collect();
+    part(&brokers, &topics, 2);
+    let ends = topic_ends(&brokers, &topics);
+    wait_until("everything to be committed", Duration::from_secs(180), || {
+        committed_offsets(&checkpoints, "hosts") == ends
+    });
+    for p in &procs {
+        signal(p, "-TERM");
+    }
+    for (p, h) in procs.iter_mut().zip(&hosts) {
+        let status = p.wait().unwrap();
+        assert!(
+            status.success(),
+            "host {} stops cleanly on SIGTERM:\n{}",
+            h.index,
+            h.log()
+        );
+    }
+
+    let want = oracle(&brokers, &topics);
+    assert!(want.alerts.len() > 50, "the feed yields alerts: {}", want.alerts.len());
+    assert_bronze_in("two hosts after a SIGKILL", &catalog, &want);
+    let (alerts, late) = engine_output_in(&catalog);
+    assert_matches("two hosts after a SIGKILL", &alerts, &want);
+    assert_same_late(&late, &want.late, "two hosts after a SIGKILL");
+    assert_alerts_topic(&brokers, &format!("{}.alerts", topics.0), &want);
+    for h in &hosts {
+        assert_eq!(
+            h.files(),
+            ["hosts", "job.toml"],
+            "host {} wrote nothing locally",
+            h.index
+        );
+        assert!(!h.log().contains("panicked at"), "host {}: {}", h.index, h.log());
+    }
+    catalog.drop();
+    s3_delete_prefix(&checkpoints);
+}
