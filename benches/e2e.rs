@@ -5,6 +5,7 @@
 //! cargo bench --bench e2e -- compare [--quick]            # K2 vs baseline, Flink, Spark
 //! cargo bench --bench e2e -- throughput | latency | profile [--quick]
 //! cargo bench --bench e2e -- scaling [--quick]            # 1 vs 2 workers, 1x2 vs 2x1 processes
+//! cargo bench --bench e2e -- storage [--quick]            # local disk + SQLite vs S3 + REST catalog
 //! ```
 //!
 //! `benches/run.sh [--quick]` builds what the comparison needs, runs
@@ -27,6 +28,8 @@ mod compare;
 mod measure;
 #[path = "e2e/scaling.rs"]
 mod scaling;
+#[path = "e2e/storage.rs"]
+mod storage;
 
 use common::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -257,6 +260,10 @@ fn main() {
             "scaling",
             json!({"summary": section["summary"], "ratios": section["ratios"]}),
         );
+    }
+    if want("storage") {
+        let rows = storage::storage(&brokers, quick);
+        record("storage", rows);
     }
     let compare = want("compare");
     let plan = compare::Plan::new(quick);

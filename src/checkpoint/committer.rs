@@ -49,6 +49,8 @@ pub struct CommitStats {
     pub latency_ms: Histogram<u64>,
     /// Time taken by each commit to a participant, µs.
     pub commit_us: Histogram<u64>,
+    /// Time taken by each cut, µs: prepare, manifest, every participant.
+    pub cut_us: Histogram<u64>,
     /// The last committed cut's epoch.
     pub last_epoch: Option<u64>,
     /// When the first cut of this run was committed.
@@ -65,6 +67,7 @@ impl Default for CommitStats {
             rows: BTreeMap::new(),
             latency_ms: Histogram::new(3).expect("histogram"),
             commit_us: Histogram::new(3).expect("histogram"),
+            cut_us: Histogram::new(3).expect("histogram"),
             last_epoch: None,
             first_commit_at: None,
             error: None,
@@ -381,9 +384,11 @@ fn commit_cut(spec: &CommitSpec, mut cut: Cut) -> crate::error::Result<()> {
     stats.last_epoch = Some(cut.epoch);
     stats.first_commit_at.get_or_insert_with(std::time::Instant::now);
     let prune = stats.cuts % 10 == 1;
+    let took = started.elapsed();
+    let _ = stats.cut_us.record(took.as_micros() as u64);
     drop(stats);
     if let Some(hook) = &spec.on_committed {
-        hook(&manifest, started.elapsed());
+        hook(&manifest, took);
     }
     if prune {
         prune_checkpoints(&spec.manifests, &spec.state_store, spec.keep_manifests, cut.epoch);

@@ -358,6 +358,9 @@ pub struct RunReport {
     pub rows: BTreeMap<String, u64>,
     /// Produce-to-visible latency, ms: (p50, p99, max).
     pub latency_ms: Option<(u64, u64, u64)>,
+    /// Time to commit one cut (prepare, manifest, every table and
+    /// transaction), ms: p50, p99, max.
+    pub commit_ms: Option<(f64, f64, f64)>,
     /// Last committed epoch.
     pub last_epoch: Option<u64>,
     /// CPU time of this process (user + system), seconds.
@@ -678,6 +681,14 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         snapshots: stats.snapshots,
         rows: stats.rows.clone(),
         latency_ms: latency,
+        commit_ms: (!stats.cut_us.is_empty()).then(|| {
+            let ms = |us: u64| us as f64 / 1000.0;
+            (
+                ms(stats.cut_us.value_at_quantile(0.5)),
+                ms(stats.cut_us.value_at_quantile(0.99)),
+                ms(stats.cut_us.max()),
+            )
+        }),
         last_epoch: stats.last_epoch,
         cpu_s: process_usage().0,
         peak_rss_mib: process_usage().1,
