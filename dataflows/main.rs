@@ -7,6 +7,7 @@ mod demo;
 mod divergence;
 mod market;
 mod produce;
+mod query;
 mod registry;
 
 use anyhow::{Context, Result, anyhow};
@@ -42,6 +43,8 @@ enum Command {
     Dataflows,
     /// List a job's checkpoints: epoch, time, offsets, state size, tables.
     Checkpoints(CheckpointsArgs),
+    /// SQL over a job's tables: history, the Kafka tail, or both joined exactly.
+    Query(query::QueryArgs),
 }
 
 #[derive(clap::Args)]
@@ -219,6 +222,7 @@ fn real_main() -> Result<()> {
         Command::Cluster(args) => cluster(&args),
         Command::Demo(args) => demo::demo(&args),
         Command::Checkpoints(args) => checkpoints(&args),
+        Command::Query(args) => query::run(&args),
         Command::Dataflows => {
             println!("{}", registry::listing());
             Ok(())

@@ -1,0 +1,326 @@
+//! Reading the Kafka tail: the messages beyond a snapshot's cut, up to the
+//! high watermarks read at query start, decoded as the job decodes them.
+//!
+//! A message becomes what the job's source makes of it (see
+//! `source::kafka::reader`): trades, a dead letter with the same reason, or
+//! nothing (a control message under `source.control = "skip"`). Lateness is
+//! not decided here: bronze tables keep late trades, and no column records
+//! it.
+
+use super::error::{QueryError, QueryResult};
+use crate::config::{Config, ControlPolicy, FuturePolicy};
+use crate::error::Error;
+use crate::kafka::Quiet;
+use crate::record::{DeadLetter, Exchange, SourcePosition, Trade};
+use crate::source::kafka::decode::{Decoded, decode};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// One of the job's topics: its index in the topic list (as in
+/// [`SourcePosition::topic`]), name and exchange.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Index in `kafka.topics.list()`.
+    pub index: u16,
+    /// Topic name.
+    pub name: String,
+    /// Whose messages it carries.
+    pub exchange: Exchange,
+}
+
+/// Low and high watermark per partition of one topic.
+pub type Watermarks = BTreeMap<i32, (i64, i64)>;
+
+/// What the tail of one topic decoded to, in `(partition, offset)` order.
+#[derive(Debug, Default)]
+pub struct TopicTail {
+    /// Messages read.
+    pub messages: u64,
+    /// Trades, in Kafka order per partition, partitions in order.
+    pub trades: Vec<Trade>,
+    /// Dead letters, in the same order.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// How the job's source treats what is not a plain trade.
+#[derive(Clone, Copy, Debug)]
+struct Policy {
+    future: FuturePolicy,
+    max_future_ms: u64,
+    control: ControlPolicy,
+}
+
+/// The tail reader: one consumer, reused by every query of a
+/// [`super::Query`] (creating a consumer and connecting costs more than
+/// reading a small tail). Queries of one [`super::Query`] read the tail one
+/// at a time.
+pub struct TailReader {
+    consumer: Mutex<BaseConsumer<Quiet>>,
+    policy: Policy,
+    brokers: String,
+}
+
+impl std::fmt::Debug for TailReader {
+    // The client settings may hold credentials: show the brokers only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TailReader({})", self.brokers)
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl TailReader {
+    /// A reader with the job's Kafka settings (`kafka.client` and
+    /// `kafka.consumer` included, so security settings apply) under a group
+    /// id of its own; it never commits offsets.
+    pub fn new(config: &Config) -> QueryResult<TailReader> {
+        let mut client = crate::launch::consumer_config(config);
+        // Never joined or committed; a name of its own keeps it apart from
+        // the job's group in monitoring tools.
+        client.set("group.id", format!("k2-query-{}", config.job.name));
+        let consumer = client
+            .create_with_context(Quiet)
+            .map_err(|e| Error::kafka("create the query's consumer", e))?;
+        Ok(TailReader {
+            consumer: Mutex::new(consumer),
+            policy: Policy {
+                future: config.source.future,
+                max_future_ms: config.source.max_future_ms,
+                control: config.source.control,
+            },
+            brokers: config.kafka.brokers.clone(),
+        })
+    }
+
+    fn consumer(&self) -> std::sync::MutexGuard<'_, BaseConsumer<Quiet>> {
+        // A panic while holding it cannot leave the consumer half-changed in
+        // a way the next query's `assign` does not reset.
+        self.consumer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The low and high watermarks of every partition of `topics`, read now.
+    pub fn watermarks(&self, topics: &[&str], timeout: Duration) -> QueryResult<BTreeMap<String, Watermarks>> {
+        let consumer = self.consumer();
+        let mut out = BTreeMap::new();
+        for &topic in topics {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), timeout)
+                .map_err(|e| Error::kafka(format!("fetch metadata of `{topic}` from {}", self.brokers), e))?;
+            let t = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .ok_or_else(|| Error::Other(format!("topic `{topic}` not found")))?;
+            if let Some(err) = t.error() {
+                return Err(Error::Other(format!("topic `{topic}`: {err:?}")).into());
+            }
+            let mut marks = Watermarks::new();
+            for p in t.partitions() {
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, p.id(), timeout)
+                    .map_err(|e| Error::kafka(format!("fetch watermarks of {topic}/{}", p.id()), e))?;
+                marks.insert(p.id(), (low, high));
+            }
+            out.insert(topic.to_string(), marks);
+        }
+        Ok(out)
+    }
+
+    /// Reads `[from, to)` of each `(topic, partition)` in `ranges` and
+    /// decodes it; one [`TopicTail`] per topic of `topics`.
+    pub fn read(
+        &self,
+        topics: &[TopicSpec],
+        ranges: &BTreeMap<(String, i32), (i64, i64)>,
+        timeout: Duration,
+    ) -> QueryResult<BTreeMap<String, TopicTail>> {
+        let consumer = self.consumer();
+        let ingest_us = now_ms() * 1000;
+        let mut tpl = TopicPartitionList::new();
+        // Per topic and partition: (next offset expected, end, what was read).
+        let mut pending: HashMap<String, HashMap<i32, (i64, i64, Vec<Item>)>> = HashMap::new();
+        for ((topic, p), &(from, to)) in ranges {
+            if from >= to {
+                continue;
+            }
+            tpl.add_partition_offset(topic, *p, Offset::Offset(from))
+                .map_err(|e| Error::kafka("build the tail's assignment", e))?;
+            pending
+                .entry(topic.clone())
+                .or_default()
+                .insert(*p, (from, to, Vec::new()));
+        }
+        let mut done: BTreeMap<(String, i32), Vec<Item>> = BTreeMap::new();
+        let specs: HashMap<&str, &TopicSpec> = topics.iter().map(|t| (t.name.as_str(), t)).collect();
+        if tpl.count() > 0 {
+            consumer
+                .assign(&tpl)
+                .map_err(|e| Error::kafka("assign the tail's partitions", e))?;
+            let deadline = Instant::now() + timeout;
+            let mut open = pending.values().map(HashMap::len).sum::<usize>();
+            let result = (|| -> QueryResult<()> {
+                while open > 0 {
+                    if Instant::now() > deadline {
+                        let left: Vec<String> = pending
+                            .iter()
+                            .flat_map(|(t, ps)| {
+                                ps.iter()
+                                    .map(move |(p, (next, to, _))| format!("{t}/{p} at {next} of {to}"))
+                            })
+                            .collect();
+                        return Err(QueryError::Engine(Error::Other(format!(
+                            "reading the Kafka tail took more than {timeout:?}; still reading {}",
+                            left.join(", ")
+                        ))));
+                    }
+                    match consumer.poll(Duration::from_millis(50)) {
+                        None => {}
+                        Some(Err(KafkaError::PartitionEOF(_))) => {
+                            // The range may end in offsets that hold no
+                            // message (transaction markers): the position
+                            // then passes its end without a message there.
+                            let positions = consumer
+                                .position()
+                                .map_err(|e| Error::kafka("read the tail's positions", e))?;
+                            for elem in positions.elements() {
+                                let Offset::Offset(pos) = elem.offset() else { continue };
+                                let closed = pending
+                                    .get(elem.topic())
+                                    .and_then(|ps| ps.get(&elem.partition()))
+                                    .is_some_and(|(_, to, _)| pos >= *to);
+                                if closed
+                                    && let Some((_, _, items)) = pending
+                                        .get_mut(elem.topic())
+                                        .and_then(|ps| ps.remove(&elem.partition()))
+                                {
+                                    done.insert((elem.topic().to_string(), elem.partition()), items);
+                                    open -= 1;
+                                }
+                            }
+                        }
+                        Some(Err(e)) => return Err(Error::kafka("read the Kafka tail", e).into()),
+                        Some(Ok(m)) => {
+                            let Some(ps) = pending.get_mut(m.topic()) else { continue };
+                            let Some((next, to, items)) = ps.get_mut(&m.partition()) else {
+                                continue;
+                            };
+                            // Anything outside the range (a fetch of an
+                            // earlier assignment) is not ours.
+                            if m.offset() < *next {
+                                continue;
+                            }
+                            if m.offset() < *to {
+                                let spec = specs.get(m.topic()).copied();
+                                if let Some(spec) = spec {
+                                    items.push(self.decode(spec, &m, ingest_us));
+                                }
+                                *next = m.offset() + 1;
+                            }
+                            if m.offset() + 1 >= *to {
+                                let p = m.partition();
+                                let topic = m.topic().to_string();
+                                if let Some((_, _, items)) = ps.remove(&p) {
+                                    done.insert((topic, p), items);
+                                    open -= 1;
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            })();
+            // Stop fetching: the next query assigns its own ranges.
+            let _ = consumer.unassign();
+            result?;
+        }
+        let mut out: BTreeMap<String, TopicTail> =
+            topics.iter().map(|t| (t.name.clone(), TopicTail::default())).collect();
+        for ((topic, _), items) in done {
+            let tail = out.entry(topic).or_default();
+            for item in items {
+                tail.messages += 1;
+                match item {
+                    Item::Trades(t) => tail.trades.extend(t),
+                    Item::Dead(d) => tail.dead_letters.push(*d),
+                    Item::Skip => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the job's source makes of message `m` (module docs).
+    fn decode(&self, spec: &TopicSpec, m: &BorrowedMessage<'_>, ingest_us: i64) -> Item {
+        let kafka_ts_ms = m.timestamp().to_millis().unwrap_or(0);
+        let pos = SourcePosition {
+            topic: spec.index,
+            partition: m.partition(),
+            offset: m.offset(),
+            kafka_ts_ms,
+            ingest_us,
+        };
+        let payload = m.payload();
+        let mut trades = Vec::new();
+        let outcome = match payload {
+            None => Err("empty payload (tombstone)".to_string()),
+            Some(bytes) => decode(spec.exchange, bytes, &pos, &mut trades).map_err(|e| e.to_string()),
+        };
+        let reason = match outcome {
+            Ok(Decoded::Trades) => match self.future_reason(&trades, kafka_ts_ms) {
+                None => return Item::Trades(trades),
+                Some(reason) => reason,
+            },
+            Ok(Decoded::Control(kind)) => match self.policy.control {
+                ControlPolicy::Skip => return Item::Skip,
+                ControlPolicy::DeadLetter => format!("control message ({})", kind.name()),
+            },
+            Err(reason) => reason,
+        };
+        Item::Dead(Box::new(DeadLetter {
+            source: pos,
+            reason,
+            key: m.key().map(<[u8]>::to_vec),
+            payload: payload.unwrap_or_default().to_vec(),
+        }))
+    }
+
+    /// The dead-letter reason of a message whose trades are dated too far
+    /// ahead, under `source.future = "dead_letter"` (as the source words it).
+    fn future_reason(&self, trades: &[Trade], kafka_ts_ms: i64) -> Option<String> {
+        if self.policy.future != FuturePolicy::DeadLetter {
+            return None;
+        }
+        let now = now_ms().max(0) as u64;
+        let reference_ms = if kafka_ts_ms > 0 {
+            (kafka_ts_ms as u64).min(now)
+        } else {
+            now
+        };
+        let horizon_us = reference_ms
+            .saturating_add(self.policy.max_future_ms)
+            .saturating_mul(1000);
+        let (i, t) = trades.iter().enumerate().find(|(_, t)| t.event_time() > horizon_us)?;
+        Some(format!(
+            "trade {i} ({}): event time {} µs is more than source.max_future_ms = {} ms after its Kafka timestamp {} ms",
+            t.message_id, t.event_us, self.policy.max_future_ms, kafka_ts_ms
+        ))
+    }
+}
+
+/// One message, decoded.
+#[derive(Debug)]
+enum Item {
+    Trades(Vec<Trade>),
+    Dead(Box<DeadLetter>),
+    Skip,
+}
