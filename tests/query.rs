@@ -249,3 +249,174 @@ fn hybrid_answers_equal_the_truth_at_their_high_watermarks_while_committing_and_
         mean(|t| t.execute_ms),
     );
 }
+
+/// `k2 query` with `args`, its output.
+fn k2_query(config: &Path, args: &[&str]) -> std::process::Output {
+    k2().arg("query")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The single number a one-cell CSV answer holds.
+fn csv_number(out: &std::process::Output) -> i64 {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    text.lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn cli_reads_history_tail_and_hybrid_in_every_format_and_names_its_errors() {
+    let brokers = broker();
+    let topics = topics("query-cli");
+    let dir = temp_dir("query-cli");
+    let secret = "k2-query-test-secret-5f1d";
+    let config = bronze_config(&dir, "qcli", &brokers, &topics, "");
+    // A credential in the client settings (ignored by a plaintext broker)
+    // must never be printed.
+    append_config(
+        &config,
+        &format!("\n[kafka.client]\n\"sasl.password\" = \"{secret}\"\n"),
+    );
+    let feed = |name: &str, count: u64, seed: u64| {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        read_truth(&produce(&d, &brokers, &topics, count, seed))
+    };
+    let committed = feed("a", 2000, 1);
+    ok(k2()
+        .args(["run", "bronze", "--bounded", "-w", "1", "--config"])
+        .arg(&config));
+    // After the job stopped: replays of what it committed, and new trades.
+    let mut all = committed.clone();
+    all.extend(feed("b", 500, 1));
+    all.extend(feed("c", 1000, 2));
+    let (history_want, all_want) = (expected(&committed), expected(&all));
+    let mut printed = String::new();
+
+    for (table, topic) in [
+        ("bronze_binance_trades", &topics.0),
+        ("bronze_kraken_trades", &topics.1),
+    ] {
+        let sql = format!("SELECT count(DISTINCT message_id) AS n FROM {table}");
+        let count_sql = format!("SELECT count(*) AS n FROM {table}");
+        let n = |mode: &str| csv_number(&k2_query(&config, &[&count_sql, "--mode", mode, "--format", "csv"]));
+        let (history, tail, hybrid) = (n("history"), n("tail"), n("hybrid"));
+        let want_history = history_want.ids[topic].len() as i64;
+        let want_all = all_want.ids[topic].len() as i64;
+        assert_eq!(history, want_history, "{table} history");
+        assert_eq!(hybrid, want_all, "{table} hybrid");
+        assert_eq!(tail, want_all - want_history, "{table} tail = the new trades only");
+        assert!(tail > 0);
+        assert_eq!(csv_number(&k2_query(&config, &[&sql, "--format", "csv"])), want_all);
+        assert_eq!(
+            csv_number(&k2_query(
+                &config,
+                &[&count_sql, "--as-of-epoch", "latest", "--format", "csv"]
+            )),
+            want_history
+        );
+        // The seam on stderr: the tail ends at the high watermarks, which
+        // are the feed's ends.
+        let out = k2_query(&config, &[&count_sql, "--seam", "--anti-join"]);
+        assert!(out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        let seam: serde_json::Value =
+            serde_json::from_str(stderr.lines().find_map(|l| l.strip_prefix("seam: ")).unwrap()).unwrap();
+        for ((t, p), end) in &all_want.ends {
+            if t == topic {
+                assert_eq!(seam["high_watermarks"][t][p.to_string()], *end, "{stderr}");
+            }
+        }
+        assert_eq!(seam["tables"][0]["tail"]["dedup_source"]["kind"], "anti_join");
+        assert!(
+            seam["tables"][0]["tail"]["dedup"]["duplicates_of_history"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
+        let table_out = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(table_out.contains(&format!("| {want_all}")), "{table_out}");
+        printed.push_str(&stderr);
+        printed.push_str(&table_out);
+    }
+
+    // Dead letters have a tail too: every malformed message, once.
+    let malformed = all.iter().filter(|t| t.kind == "malformed").count() as i64;
+    assert_eq!(
+        csv_number(&k2_query(
+            &config,
+            &["SELECT count(*) FROM dead_letters", "--format", "csv"]
+        )),
+        malformed
+    );
+
+    // JSON lines and Parquet hold the same rows.
+    let out = k2_query(
+        &config,
+        &[
+            "SELECT message_id, price FROM bronze_kraken_trades ORDER BY message_id",
+            "--format",
+            "json",
+        ],
+    );
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), all_want.ids[&topics.1].len());
+    assert!(lines[0]["message_id"].as_str().unwrap().starts_with("kraken:"));
+    let parquet_path = dir.join("out.parquet");
+    let out = k2_query(
+        &config,
+        &["SELECT * FROM bronze_kraken_trades", "--format", "parquet", "--output"],
+    );
+    assert!(!out.status.success(), "--output is required for parquet");
+    let out = k2()
+        .args([
+            "query",
+            "SELECT * FROM bronze_kraken_trades",
+            "--format",
+            "parquet",
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--output")
+        .arg(&parquet_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reader = parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&parquet_path).unwrap()).unwrap();
+    use parquet::file::reader::FileReader;
+    assert_eq!(reader.metadata().file_metadata().num_rows() as usize, lines.len());
+
+    // Errors: one line that says what is wrong, exit code 1, no panic.
+    for (args, want) in [
+        (
+            vec!["SELECT * FROM nope"],
+            "unknown table `nope`; the tables of namespace `market_data` are: bronze_binance_trades",
+        ),
+        (vec!["SELEC 1"], "error: SQL: ParserError"),
+        (
+            vec!["SELECT nope FROM dead_letters"],
+            "error: SQL: Schema error: No field named nope",
+        ),
+        (vec!["DROP TABLE dead_letters"], "only queries are accepted"),
+        (
+            vec!["SELECT 1 FROM dead_letters", "--mode", "tail", "--as-of-epoch", "3"],
+            "--as-of-epoch reads history",
+        ),
+        (vec!["SELECT 1", "--format", "parquet"], "add --output FILE"),
+    ] {
+        let out = k2_query(&config, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        printed.push_str(&stderr);
+    }
+    assert!(!printed.contains(secret), "a credential was printed");
+}
