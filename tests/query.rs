@@ -240,11 +240,12 @@ fn hybrid_answers_equal_the_truth_at_their_high_watermarks_while_committing_and_
     };
     eprintln!(
         "{} answers, {} cuts, {with_tail} with tail rows, {seam_dups} seam duplicates dropped; mean ms: plan {:.0}, \
-         kafka {:.0}, seam {:.0}, execute {:.0}",
+         watermarks {:.0}, tail {:.0}, seam {:.0}, execute {:.0}",
         observed.len(),
         epochs.len(),
         mean(|t| t.plan_ms),
-        mean(|t| t.kafka_ms),
+        mean(|t| t.watermarks_ms),
+        mean(|t| t.tail_ms),
         mean(|t| t.seam_ms),
         mean(|t| t.execute_ms),
     );

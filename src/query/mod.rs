@@ -235,8 +235,10 @@ pub struct TailSeam {
 pub struct Timings {
     /// Parsing, the catalog, the snapshots.
     pub plan_ms: f64,
-    /// Kafka: watermarks and the tail.
-    pub kafka_ms: f64,
+    /// Kafka: reading the high watermarks (and the partitions).
+    pub watermarks_ms: f64,
+    /// Kafka: reading and decoding the tail.
+    pub tail_ms: f64,
     /// Deduplicating the tail across the seam.
     pub seam_ms: f64,
     /// Running the SQL.
@@ -526,6 +528,7 @@ impl Query {
                 }
                 starts.insert(name.clone(), from);
             }
+            timings.watermarks_ms = ms(kafka_start);
             for (topic, parts) in &marks {
                 high_watermarks.insert(topic.clone(), parts.iter().map(|(p, (_, h))| (*p, *h)).collect());
             }
@@ -534,7 +537,7 @@ impl Query {
                 .await
                 .map_err(|e| Error::Other(format!("reading the Kafka tail: {e}")))??;
         }
-        timings.kafka_ms = ms(kafka_start);
+        timings.tail_ms = ms(kafka_start) - timings.watermarks_ms;
 
         // Providers: history, tail, or their union.
         let seam_start = Instant::now();
@@ -797,5 +800,62 @@ fn check_schema<R: TableRow>(name: &str, schema: &SchemaRef) -> QueryResult<()> 
             name,
             "the table's schema differs from the one K2 writes: tail rows cannot be built; query it with --mode history",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A service shares one `Query` across tasks and spawns its futures.
+    #[test]
+    fn query_and_its_futures_can_cross_threads() {
+        fn shared<T: Send + Sync>() {}
+        fn spawnable<F: std::future::Future + Send>(_: F) {}
+        shared::<Query>();
+        shared::<Answer>();
+        // Compiled, not run: the future of `sql` is `Send`.
+        fn _sql_is_spawnable(q: &Query) {
+            spawnable(q.sql("SELECT 1"));
+        }
+    }
+
+    #[test]
+    fn modes_and_cuts_parse() {
+        assert_eq!("tail".parse::<Mode>(), Ok(Mode::Tail));
+        assert!("live".parse::<Mode>().unwrap_err().contains("history, tail or hybrid"));
+        assert_eq!("latest".parse::<AsOf>(), Ok(AsOf::LatestCommon));
+        assert_eq!("42".parse::<AsOf>(), Ok(AsOf::Epoch(42)));
+        assert!("x".parse::<AsOf>().is_err());
+    }
+
+    #[test]
+    fn bronze_tables_have_feeds() {
+        let topics = topic_specs(&Config::default());
+        assert!(matches!(feed_of("bronze_binance_trades", &topics), Some(Feed::Trades(t)) if t.index == 0));
+        assert!(matches!(feed_of("bronze_kraken_trades", &topics), Some(Feed::Trades(t)) if t.index == 1));
+        assert!(matches!(feed_of("dead_letters", &topics), Some(Feed::DeadLetters(ts)) if ts.len() == 2));
+        assert!(feed_of("divergence_alerts", &topics).is_none());
+    }
+
+    #[test]
+    fn only_queries_are_accepted() {
+        let state = SessionContext::new().state();
+        let parse = |sql: &str| {
+            state
+                .sql_to_statement(sql, &datafusion::config::Dialect::Generic)
+                .unwrap()
+        };
+        assert!(is_query(&parse("SELECT 1")));
+        assert!(is_query(&parse("WITH a AS (SELECT 1) SELECT * FROM a")));
+        assert!(is_query(&parse("EXPLAIN SELECT 1")));
+        for sql in [
+            "CREATE TABLE t AS SELECT 1",
+            "INSERT INTO t VALUES (1)",
+            "DROP TABLE t",
+            "SET x = 1",
+        ] {
+            assert!(!is_query(&parse(sql)), "{sql}");
+        }
     }
 }

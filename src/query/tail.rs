@@ -124,14 +124,11 @@ impl TailReader {
             if let Some(err) = t.error() {
                 return Err(Error::Other(format!("topic `{topic}`: {err:?}")).into());
             }
-            let mut marks = Watermarks::new();
-            for p in t.partitions() {
-                let (low, high) = consumer
-                    .fetch_watermarks(topic, p.id(), timeout)
-                    .map_err(|e| Error::kafka(format!("fetch watermarks of {topic}/{}", p.id()), e))?;
-                marks.insert(p.id(), (low, high));
-            }
-            out.insert(topic.to_string(), marks);
+            let partitions: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+            out.insert(
+                topic.to_string(),
+                watermarks_of(&consumer, topic, &partitions, timeout)?,
+            );
         }
         Ok(out)
     }
@@ -315,6 +312,49 @@ impl TailReader {
             t.message_id, t.event_us, self.policy.max_future_ms, kafka_ts_ms
         ))
     }
+}
+
+/// The low and high watermarks of `partitions`: two batched list-offsets
+/// requests (earliest, latest) rather than two per partition, and the
+/// per-partition query for any the batch did not answer.
+fn watermarks_of(
+    consumer: &BaseConsumer<Quiet>,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+) -> QueryResult<Watermarks> {
+    let batch = |at: Offset| -> BTreeMap<i32, i64> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in partitions {
+            if tpl.add_partition_offset(topic, p, at).is_err() {
+                return BTreeMap::new();
+            }
+        }
+        match consumer.offsets_for_times(tpl, timeout) {
+            Ok(found) => found
+                .elements()
+                .iter()
+                .filter(|e| e.error().is_ok())
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some((e.partition(), o)),
+                    _ => None,
+                })
+                .collect(),
+            Err(_) => BTreeMap::new(),
+        }
+    };
+    let (lows, highs) = (batch(Offset::Beginning), batch(Offset::End));
+    let mut marks = Watermarks::new();
+    for &p in partitions {
+        let pair = match (lows.get(&p), highs.get(&p)) {
+            (Some(&low), Some(&high)) => (low, high),
+            _ => consumer
+                .fetch_watermarks(topic, p, timeout)
+                .map_err(|e| Error::kafka(format!("fetch watermarks of {topic}/{p}"), e))?,
+        };
+        marks.insert(p, pair);
+    }
+    Ok(marks)
 }
 
 /// One message, decoded.
