@@ -6,7 +6,8 @@
 //! ```
 //!
 //! 1. Preloads "an hour" of Binance trades (`K2_QUERY_BENCH_PRELOAD`, default
-//!    36,000,000 = one hour at 10k msg/s) at full speed into fresh topics, and
+//!    36,000,000 = one hour at 10k msg/s, fewer if half the free disk cannot
+//!    hold them, which it says) at full speed into fresh topics, and
 //!    ingests them with a bounded bronze run: the history. Their event times
 //!    are the wall clock of the preload, so all lie within the last hour.
 //! 2. Starts a feed at 10k msg/s (Binance, 2 % duplicates) and the
@@ -168,10 +169,22 @@ async fn data_files(q_config: &k2::config::Config, table: &str) -> Vec<String> {
 
 fn main() {
     // `cargo bench` passes `--bench`; no other arguments are taken.
-    let preload = env_u64("K2_QUERY_BENCH_PRELOAD", 36_000_000);
+    let wanted = env_u64("K2_QUERY_BENCH_PRELOAD", 36_000_000);
+    // Kafka keeps ~250 B per message, the warehouse ~30 B per row, and the
+    // live feed adds a few minutes at `rate`: take what fits in half of the
+    // free disk (the machine is shared), and say so.
+    let free = free_bytes(&root());
+    let fits = (free / 2 / BYTES_PER_MESSAGE).saturating_sub(1_500_000);
+    let preload = wanted.min(fits);
+    if preload < wanted {
+        eprintln!(
+            "only {:.1} GB free: preloading {preload} trades instead of {wanted}",
+            free as f64 / 1e9
+        );
+    }
     let rate = env_u64("K2_QUERY_BENCH_RATE", 10_000);
     let tail_n = env_u64("K2_QUERY_BENCH_TAIL_QUERIES", 300) as usize;
-    let hour_n = env_u64("K2_QUERY_BENCH_HOUR_QUERIES", 40) as usize;
+    let hour_n = env_u64("K2_QUERY_BENCH_HOUR_QUERIES", 30) as usize;
     let brokers = broker();
     let topics = topics("query-bench");
     let dir = temp_dir("query-bench");
@@ -210,8 +223,8 @@ fn main() {
     );
 
     // 2. The live feed and the continuous job.
-    let measure_s = 20 + (tail_n as u64 * 60 / 1000) + hour_n as u64 * 4;
-    let mut feed = start_feed(&brokers, &topics, rate, measure_s + 30, &dir.join("feed.log"));
+    // Outlasts the measurements; stopped after them.
+    let mut feed = start_feed(&brokers, &topics, rate, 3600, &dir.join("feed.log"));
     let log = dir.join("job.log");
     let job = spawn_job(&config_path, "bronze", 1, &log);
     std::thread::sleep(Duration::from_secs(8));
@@ -282,6 +295,8 @@ fn main() {
 
     let figures = json!({
         "preloaded_trades": preload,
+        "preload_wanted": wanted,
+        "free_disk_gb_at_start": (free as f64 / 1e7).round() / 100.0,
         "history_rows": history_rows,
         "hour_trades_counted": hour_trades,
         "warehouse_gb": (warehouse_bytes as f64 / 1e7).round() / 100.0,
@@ -334,6 +349,20 @@ fn main() {
         delete_topic(&brokers, t);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Disk per preloaded message, Kafka and warehouse, with a margin.
+const BYTES_PER_MESSAGE: u64 = 300;
+
+/// Free bytes on the file system of `path` (`df`).
+fn free_bytes(path: &Path) -> u64 {
+    Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(path)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().nth(1)?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Bytes under `path`.
