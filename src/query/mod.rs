@@ -815,9 +815,10 @@ mod tests {
         shared::<Query>();
         shared::<Answer>();
         // Compiled, not run: the future of `sql` is `Send`.
-        fn _sql_is_spawnable(q: &Query) {
+        fn sql_is_spawnable(q: &Query) {
             spawnable(q.sql("SELECT 1"));
         }
+        let _compiled: fn(&Query) = sql_is_spawnable;
     }
 
     #[test]

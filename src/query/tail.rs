@@ -145,7 +145,7 @@ impl TailReader {
         let ingest_us = now_ms() * 1000;
         let mut tpl = TopicPartitionList::new();
         // Per topic and partition: (next offset expected, end, what was read).
-        let mut pending: HashMap<String, HashMap<i32, (i64, i64, Vec<Item>)>> = HashMap::new();
+        let mut pending: HashMap<String, HashMap<i32, Range>> = HashMap::new();
         for ((topic, p), &(from, to)) in ranges {
             if from >= to {
                 continue;
@@ -356,6 +356,10 @@ fn watermarks_of(
     }
     Ok(marks)
 }
+
+/// A partition's range being read: the next offset expected, the end, and
+/// what was read so far.
+type Range = (i64, i64, Vec<Item>);
 
 /// One message, decoded.
 #[derive(Debug)]
