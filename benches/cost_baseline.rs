@@ -49,7 +49,7 @@ use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use k2::config::{Config, IcebergConfig};
 use k2::record::{Exchange, SourcePosition, Trade};
-use k2::sink::iceberg::{JobCatalog, RowContext, TableRow};
+use k2::sink::iceberg::{JobCatalog, RowContext, TableDecl, TableRow};
 use k2::source::kafka::decode::decode;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -163,15 +163,19 @@ impl Sink {
         if trades.is_empty() {
             return Ok(());
         }
-        let first_day = trades[0].partition_day();
-        if trades.iter().all(|t| t.partition_day() == first_day) {
+        let first_day = trades[0].partition().unwrap_or(0);
+        if trades.iter().all(|t| t.partition().unwrap_or(0) == first_day) {
             self.append_day(first_day, trades).await?;
         } else {
-            trades.sort_by_key(|t| t.partition_day());
+            trades.sort_by_key(|t| t.partition().unwrap_or(0));
             let mut start = 0;
             while start < trades.len() {
-                let day = trades[start].partition_day();
-                let end = start + trades[start..].iter().take_while(|t| t.partition_day() == day).count();
+                let day = trades[start].partition().unwrap_or(0);
+                let end = start
+                    + trades[start..]
+                        .iter()
+                        .take_while(|t| t.partition().unwrap_or(0) == day)
+                        .count();
                 self.append_day(day, &trades[start..end]).await?;
                 start = end;
             }
@@ -182,7 +186,8 @@ impl Sink {
     }
 
     async fn append_day(&mut self, day: i32, trades: &[Trade]) -> iceberg::Result<()> {
-        let batch = Trade::to_batch(trades, &self.ctx, &self.arrow_schema);
+        let batch = arrow_array::RecordBatch::try_new(self.arrow_schema.clone(), Trade::to_columns(trades, &self.ctx))
+            .map_err(|e| iceberg::Error::new(iceberg::ErrorKind::DataInvalid, e.to_string()))?;
         if !self.writers.contains_key(&day) {
             let metadata = self.table.metadata();
             let schema = metadata.current_schema().clone();
@@ -236,8 +241,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         warehouse: args.warehouse.clone(),
         ..IcebergConfig::default()
     };
-    let catalog = runtime.block_on(JobCatalog::open(&iceberg))?;
-    let table = runtime.block_on(catalog.ensure_table::<Trade>(&args.table))?;
+    let catalog = runtime.block_on(JobCatalog::open(&iceberg, &Default::default()))?;
+    // A table name for the life of the process, as TableDecl wants.
+    let table_name: &'static str = Box::leak(args.table.clone().into_boxed_str());
+    let table = runtime.block_on(catalog.ensure_table(&TableDecl::of::<Trade>(table_name)))?;
     let mut sink = Sink::new(table, &args.topic, iceberg.target_file_size_bytes as usize)?;
 
     // K2's consumer settings; every partition from its low to its high watermark.

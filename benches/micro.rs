@@ -28,12 +28,16 @@
 //! system allocator's speed (one relaxed atomic load per allocation).
 
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use k2::feed::{Feed, FeedConfig};
+// The synthetic feed of `k2 produce`, shared rather than copied.
+#[path = "../dataflows/feed.rs"]
+#[allow(dead_code, unused_imports)]
+mod feed;
+use feed::{Feed, FeedConfig};
+use k2::checkpoint::CommitGroups;
 use k2::operators::dedup::{DedupState, DedupStats};
 use k2::operators::{Dedup, DedupId, DedupKey, DedupParams, IntervalJoin, JoinState, JoinStats};
 use k2::record::{Exchange, SourcePosition, Trade};
-use k2::sink::iceberg::writer::{CommitGroups, TableWriter};
-use k2::sink::iceberg::{JobCatalog, RowContext};
+use k2::sink::iceberg::{JobCatalog, RowContext, TableDecl, TableWriter};
 use k2::source::kafka::decode::decode;
 use k2::time::Time;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -203,10 +207,10 @@ fn bench_dedup(c: &mut Criterion) {
         1_000,
     ));
     let distinct = {
-        let mut ids: Vec<&str> = data
+        let mut ids: Vec<k2::record::MessageId> = data
             .batches
             .iter()
-            .flat_map(|(_, b)| b.iter().map(|t| t.message_id.as_str()))
+            .flat_map(|(_, b)| b.iter().map(|t| t.message_id))
             .collect();
         ids.sort_unstable();
         ids.dedup();
@@ -364,9 +368,9 @@ fn bench_parquet_write(c: &mut Criterion) {
         ..Default::default()
     };
     let table = runtime.block_on(async {
-        let catalog = JobCatalog::open(&cfg).await.expect("open catalog");
+        let catalog = JobCatalog::open(&cfg, &Default::default()).await.expect("open catalog");
         catalog
-            .ensure_table::<Trade>("bronze_binance_trades")
+            .ensure_table(&TableDecl::of::<Trade>("bronze_binance_trades"))
             .await
             .expect("create table");
         catalog.load("bronze_binance_trades").await.expect("load table")
@@ -492,22 +496,25 @@ fn heap_bytes<T>(f: impl FnOnce() -> T) -> (isize, T) {
     (LIVE_BYTES.load(Ordering::SeqCst), out)
 }
 
-type TradeJoin = JoinState<String, Trade, Trade>;
+type TradeJoin = JoinState<k2::record::Symbol, Trade, Trade>;
 
 /// A join state holding `per_key` Binance and `per_key` Kraken trades for
 /// each of `keys` symbols, 1 ms apart in event time. The trades are clones of
 /// `templates` (decoded feed trades) with the symbol and message id made
-/// unique, so every string they own is allocated here, as the source
-/// allocates it for a trade read from Kafka.
+/// unique (interned symbols, as the source interns them).
 fn fill_join_state(templates: &[Trade; 2], keys: usize, per_key: usize) -> TradeJoin {
     let mut state = TradeJoin::new();
     for k in 0..keys {
-        let symbol = format!("S{k:06}/USDT");
+        let symbol = k2::record::Symbol::from(format!("S{k:06}/USDT").as_str());
+        let stream = k2::record::Symbol::from(format!("binance:S{k:06}USDT").as_str());
         for i in 0..per_key {
             for (side, template) in templates.iter().enumerate() {
                 let mut t = template.clone();
-                t.symbol = symbol.clone();
-                t.message_id = format!("{}:S{k:06}USDT:{}", template.exchange, 100_000_000 + i);
+                t.symbol = symbol;
+                t.message_id = k2::record::MessageId {
+                    stream,
+                    trade_id: 100_000_000 + i as u64,
+                };
                 t.event_us = T0_US + i as i64 * 1_000;
                 let ms = (t.event_us / 1000) as u64;
                 let time = Time::new(ms / EPOCH_MS, ms);

@@ -35,7 +35,7 @@ echo "building (release) ..." >&2
 e2e=$(cargo bench --bench e2e --no-run 2>&1 | tee "$out/build.log" | executable)
 baseline=$(cargo bench --bench cost_baseline --no-run 2>&1 | tee -a "$out/build.log" | executable)
 [[ -x $e2e && -x $baseline ]] || { tail -n 30 "$out/build.log" >&2; echo "build failed" >&2; exit 1; }
-cp -f target/release/k2 "$bin/k2"
+cp -f "${CARGO_TARGET_DIR:-target}/release/k2" "$bin/k2"
 cp -f "$baseline" "$bin/cost_baseline"
 cp -f "$e2e" "$bin/e2e"
 

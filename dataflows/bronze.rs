@@ -6,58 +6,53 @@
 //! group, with the source offsets and the dedup state of the cut.
 
 use k2::error::Result;
-use k2::launch::{Dataflow, JobContext, TableKind};
+use k2::launch::{Dataflow, Job};
 use k2::operators::DedupCheckpointed;
 use k2::record::{DeadLetter, Exchange, Trade};
-use k2::sink::iceberg::{CommitItem, WriteIceberg};
+use k2::sink::iceberg::{TableDecl, WriteIceberg};
 use k2::source::kafka::SourceStreams;
 use k2::time::Time;
-use timely::dataflow::operators::Concat;
-use timely::dataflow::operators::vec::{Map, Partition};
-use timely::dataflow::{Scope, Stream};
-
-const PREPARE: Option<fn(&k2::config::Config) -> Result<()>> = None;
+use timely::dataflow::Stream;
+use timely::dataflow::operators::vec::Partition;
 
 /// The bronze dataflow.
 pub const BRONZE: Dataflow = Dataflow {
     name: "bronze",
     about: "raw trades of every exchange, deduplicated, into Iceberg bronze tables",
-    tables: &[
-        ("bronze_binance_trades", TableKind::Trades),
-        ("bronze_kraken_trades", TableKind::Trades),
-        ("dead_letters", TableKind::DeadLetters),
-    ],
+    tables: TABLES,
     build,
-    prepare: PREPARE,
+    prepare: None,
 };
 
-fn build<'scope>(ctx: &JobContext, scope: Scope<'scope, Time>) -> Result<()> {
-    let source = ctx.kafka_source(scope)?;
-    let items = part(ctx, &source);
-    ctx.commit(items.concat(source.progress.map(CommitItem::from)));
+/// The bronze tables.
+pub const TABLES: &[TableDecl] = &[
+    TableDecl::of::<Trade>("bronze_binance_trades"),
+    TableDecl::of::<Trade>("bronze_kraken_trades"),
+    TableDecl::of::<DeadLetter>("dead_letters"),
+];
+
+fn build(job: &Job<'_>) -> Result<()> {
+    let source = job.kafka_source()?;
+    part(job, &source)?;
     Ok(())
 }
 
-/// The bronze part of a job reading `source`: what it hands the committer.
-pub fn part<'scope>(ctx: &JobContext, source: &SourceStreams<'scope>) -> Stream<'scope, Time, Vec<CommitItem>> {
+/// The bronze part of a job reading `source`; returns the deduplicated
+/// trades, late ones included (flagged), for other parts to build on.
+pub fn part<'scope>(job: &Job<'scope>, source: &SourceStreams<'scope>) -> Result<Stream<'scope, Time, Vec<Trade>>> {
     // Bronze takes every valid trade, late or not.
-    let (trades, dedup_state) = source.trades.clone().dedup_checkpointed(
-        ctx.config.dedup.params(),
-        ctx.dedup_stats("dedup"),
-        ctx.state_checkpoint("dedup"),
+    let trades = source.trades.clone().dedup_checkpointed(
+        job.config().dedup.params(),
+        job.dedup_stats("dedup"),
+        job.state("dedup"),
     );
-    let mut by_exchange = trades.partition(2, |t: Trade| (if t.exchange == Exchange::Binance { 0 } else { 1 }, t));
+    let mut by_exchange = trades
+        .clone()
+        .partition(2, |t: Trade| (if t.exchange == Exchange::Binance { 0 } else { 1 }, t));
     let kraken = by_exchange.pop().expect("two outputs");
     let binance = by_exchange.pop().expect("two outputs");
-    binance
-        .write_iceberg(ctx.table_writer::<Trade>("bronze_binance_trades"))
-        .concat(kraken.write_iceberg(ctx.table_writer::<Trade>("bronze_kraken_trades")))
-        .concat(
-            source
-                .dead_letters
-                .clone()
-                .write_iceberg(ctx.table_writer::<DeadLetter>("dead_letters")),
-        )
-        .map(CommitItem::from)
-        .concat(dedup_state.map(CommitItem::from))
+    binance.write_iceberg(job.table("bronze_binance_trades")?);
+    kraken.write_iceberg(job.table("bronze_kraken_trades")?);
+    source.dead_letters.clone().write_iceberg(job.table("dead_letters")?);
+    Ok(trades)
 }

@@ -17,10 +17,11 @@
 
 use crate::produce::{ProduceArgs, ensure_topic, produce};
 use anyhow::{Context, Result, bail};
-use k2::config::{Config, RunMode, StartPosition};
+use k2::config::{Config, KafkaConfig, RunMode, StartPosition};
+use k2::kafka::{Quiet, client_config};
 use k2::launch::{RunOptions, RunReport, TimelyArgs};
 use k2::metrics::{AlertLatency, read_topic_to_end};
-use k2::source::kafka::StopSignal;
+use k2::stop::StopSignal;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,9 +40,9 @@ pub struct DemoArgs {
     /// Worker threads.
     #[arg(short = 'w', long, default_value_t = 2)]
     pub workers: usize,
-    /// Kafka bootstrap servers; a local broker is started if none answers.
-    #[arg(long, default_value = "127.0.0.1:9092", env = "K2_BROKERS")]
-    pub brokers: String,
+    /// Kafka: a local broker is started if none answers at the brokers.
+    #[command(flatten)]
+    pub kafka: crate::produce::KafkaArgs,
     /// Where the demo's warehouse goes (a fresh folder per run inside).
     #[arg(long, default_value = ".k2/demo")]
     pub dir: PathBuf,
@@ -74,17 +75,18 @@ fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn broker_up(brokers: &str) -> bool {
+fn broker_up(kafka: &KafkaConfig) -> bool {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: Result<BaseConsumer, _> = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create();
+    let consumer: Result<BaseConsumer<Quiet>, _> = client_config(kafka).create_with_context(Quiet);
     consumer.is_ok_and(|c| c.fetch_metadata(None, Duration::from_secs(2)).is_ok())
 }
 
-/// Starts the project's broker unless one answers at `brokers`.
-pub fn ensure_broker(brokers: &str) -> Result<()> {
-    if broker_up(brokers) {
+/// Starts the project's broker unless one answers at `kafka.brokers`.
+pub fn ensure_broker(kafka: &KafkaConfig) -> Result<()> {
+    if broker_up(kafka) {
         return Ok(());
     }
+    let brokers = k2::secret::redact_uri(&kafka.brokers);
     eprintln!("no Kafka broker at {brokers}; starting the local one (scripts/kafka.sh start)…");
     let status = std::process::Command::new(repo_root().join("scripts/kafka.sh"))
         .arg("start")
@@ -92,7 +94,7 @@ pub fn ensure_broker(brokers: &str) -> Result<()> {
         .stdout(std::process::Stdio::null())
         .status()
         .context("run scripts/kafka.sh")?;
-    if !status.success() || !broker_up(brokers) {
+    if !status.success() || !broker_up(kafka) {
         bail!(
             "could not start a Kafka broker at {brokers}; see `scripts/kafka.sh logs` \
              (a store full of old test topics starts slowly: `scripts/kafka.sh wipe` empties it)"
@@ -103,13 +105,14 @@ pub fn ensure_broker(brokers: &str) -> Result<()> {
 
 /// Runs the demo.
 pub fn demo(args: &DemoArgs) -> Result<()> {
-    ensure_broker(&args.brokers)?;
+    let kafka = args.kafka.resolve()?;
+    ensure_broker(&kafka)?;
     let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
     let dir = std::path::absolute(args.dir.join(&stamp))?;
     let mut config = Config::default();
     config.job.name = "demo".into();
     config.job.mode = RunMode::Continuous;
-    config.kafka.brokers = args.brokers.clone();
+    config.kafka = kafka.clone();
     config.source.start = StartPosition::Latest;
     config.iceberg.warehouse = dir.join("warehouse");
     config.checkpoint.dir = dir.join("checkpoints");
@@ -117,17 +120,20 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     // thousands. Low (VIP-tier) fees and a small threshold let the feed's
     // ±1.5 bps trade noise produce some alerts even outside its rare
     // divergence episodes.
-    config.arbitrage.delta_ms = 5;
-    config.arbitrage.fees_bps.binance = 1.0;
-    config.arbitrage.fees_bps.kraken = 1.0;
-    config.arbitrage.threshold_bps = 0.5;
-    // A topic per run: the latency read-back covers this run's alerts only.
-    config.arbitrage.alerts_topic = format!("k2.demo.{stamp}.alerts");
-    let arbitrage = config.arbitrage.clone();
+    let mut arbitrage = crate::arbitrage::ArbitrageConfig {
+        delta_ms: 5,
+        threshold_bps: 0.5,
+        // A topic per run: the latency read-back covers this run's alerts only.
+        alerts_topic: format!("k2.demo.{stamp}.alerts"),
+        ..Default::default()
+    };
+    arbitrage.fees_bps.binance = 1.0;
+    arbitrage.fees_bps.kraken = 1.0;
+    config.set_section("arbitrage", &arbitrage)?;
     let alerts_topic = arbitrage.alerts_topic.clone();
     let topics = config.kafka.topics.clone();
-    ensure_topic(&args.brokers, &topics.binance, 4)?;
-    ensure_topic(&args.brokers, &topics.kraken, 4)?;
+    ensure_topic(&kafka, &topics.binance, 4)?;
+    ensure_topic(&kafka, &topics.kraken, 4)?;
 
     let stop = StopSignal::default();
     let ready = Arc::new(AtomicBool::new(false));
@@ -159,7 +165,8 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     }
 
     let mut produce_args = ProduceArgs::defaults();
-    produce_args.brokers = args.brokers.clone();
+    produce_args.binance_topic = topics.binance.clone();
+    produce_args.kraken_topic = topics.kraken.clone();
     produce_args.rate = args.rate;
     produce_args.duration = Some(Duration::from_secs(args.seconds));
     produce_args.duplicates = 0.02;
@@ -175,7 +182,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         "producing {} s of Binance + Kraken trades at {} msg/s…",
         args.seconds, args.rate
     );
-    let produced = produce(&produce_args)?;
+    let produced = produce(&produce_args, &kafka)?;
 
     let names = [topics.binance.clone(), topics.kraken.clone()];
     let ends: BTreeMap<(u16, i32), i64> = produced
@@ -185,7 +192,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         .collect();
     stop.drain_to(ends);
     let report = job.join().expect("job thread")?;
-    let alerts = read_alerts(&args.brokers, &alerts_topic);
+    let alerts = read_alerts(&kafka, &alerts_topic);
 
     let rows = |t: &str| report.rows.get(t).copied().unwrap_or(0);
     println!();
@@ -254,13 +261,13 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
 
 /// The alerts' latency, and the widest alert of each of a few symbols, one
 /// line each.
-fn read_alerts(brokers: &str, topic: &str) -> k2::error::Result<(AlertLatency, Vec<String>)> {
+fn read_alerts(kafka: &KafkaConfig, topic: &str) -> k2::error::Result<(AlertLatency, Vec<String>)> {
     const SAMPLES: usize = 5;
     let mut latency = AlertLatency::new();
     let mut seen = HashSet::new();
     // symbol -> (spread, line) of its widest alert.
     let mut widest: BTreeMap<String, (f64, String)> = BTreeMap::new();
-    read_topic_to_end(brokers, topic, false, Duration::from_secs(30), |payload, ts| {
+    read_topic_to_end(kafka, topic, false, Duration::from_secs(30), |payload, ts| {
         if !latency.record(&mut seen, payload, ts) {
             return;
         }

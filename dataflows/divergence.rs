@@ -15,67 +15,59 @@
 //! `source.max_out_of_orderness_ms` of latency (the trade's capability holds
 //! its cut back until then). The operator's state is logged per cut, like the
 //! arbitrage join's: the trades it was given and the keys of those it
-//! compared. So resuming after a crash or a stop (which leaves the trades
-//! still waiting to the next run), on any number of workers, writes exactly
-//! the rows of an uninterrupted run.
+//! compared. So resuming after a crash or the end of a run (a stop, or a
+//! bounded input read: either leaves the trades still waiting to the next
+//! run, see `k2::stop`), on any number of workers, writes exactly the rows
+//! of an uninterrupted run.
 
+use crate::arbitrage::ArbitrageConfig;
 use k2::error::Result;
-use k2::launch::{Dataflow, JobContext, TableKind};
+use k2::launch::{Dataflow, Job};
 use k2::operators::{DedupCheckpointed, LogState, key_hash, key_worker, read_logged};
-use k2::record::{Alert, Exchange, Trade};
-use k2::sink::iceberg::{CommitItem, WriteIceberg};
-use k2::time::{Time, event_frontier};
+use k2::record::{Alert, Exchange, MessageId, Symbol, Trade};
+use k2::sink::iceberg::{TableDecl, WriteIceberg};
+use k2::time::{EventProgress, Time, event_progress};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
+use timely::dataflow::Stream;
 use timely::dataflow::channels::pact;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::{Filter, Map};
-use timely::dataflow::operators::{CapabilitySet, Concat, OkErr};
-use timely::dataflow::{Scope, Stream};
+use timely::dataflow::operators::vec::Filter;
+use timely::dataflow::operators::{CapabilitySet, OkErr};
 
 /// The divergence dataflow.
 pub const DIVERGENCE: Dataflow = Dataflow {
     name: "divergence",
     about: "Binance vs Kraken price divergence per symbol above a threshold, into Iceberg",
-    tables: &[("divergence_alerts", TableKind::Alerts)],
+    tables: &[TableDecl::of::<Alert>("divergence_alerts")],
     build,
     prepare: None,
 };
 
-fn build<'scope>(ctx: &JobContext, scope: Scope<'scope, Time>) -> Result<()> {
-    let source = ctx.kafka_source(scope)?;
-    let (trades, dedup_state) = source.trades.clone().dedup_checkpointed(
-        ctx.config.dedup.params(),
-        ctx.dedup_stats("divergence-dedup"),
-        ctx.state_checkpoint("divergence-dedup"),
+fn build(job: &Job<'_>) -> Result<()> {
+    let cfg = ArbitrageConfig::of_job(job)?;
+    let source = job.kafka_source()?;
+    let trades = source.trades.dedup_checkpointed(
+        job.config().dedup.params(),
+        job.dedup_stats("divergence-dedup"),
+        job.state("divergence-dedup"),
     );
     // Late trades are left out: event-time operators must not see them.
     let trades = trades.filter(|t: &Trade| !t.late);
     // The operator's state: the trades of the last Δ, and which of them it
     // compared. Log both per cut, and start from those of the restored cut.
-    let max_age_us = ctx.config.arbitrage.delta_ms * 1000;
+    let max_age_us = cfg.delta_ms * 1000;
     let expiry = move |event_us: i64| event_us.max(0) as u64 + max_age_us + 1;
-    let (given_ckpt, done_ckpt) = (
-        ctx.state_checkpoint("divergence-trades"),
-        ctx.state_checkpoint("divergence-compared"),
-    );
-    let restored = (read_logged(&given_ckpt)?, read_logged(&done_ckpt)?);
-    let given = trades
-        .clone()
-        .log_state(given_ckpt, move |t: &Trade| expiry(t.event_us));
-    let (alerts, done) = divergence(ctx, trades, restored).ok_err(|out| match out {
+    let (given, done) = (job.state("divergence-trades"), job.state("divergence-compared"));
+    let restored = (read_logged(&given.state)?, read_logged(&done.state)?);
+    trades.clone().log_state(given, move |t: &Trade| expiry(t.event_us));
+    let params = (max_age_us, cfg.threshold_bps);
+    let (alerts, compared) = divergence(job, params, trades, restored).ok_err(|out| match out {
         Out::Alert(alert) => Ok(alert),
         Out::Compared(key) => Err(key),
     });
-    let done = done.log_state(done_ckpt, move |key: &Key| expiry(key.0));
-    let rows = alerts.write_iceberg(ctx.table_writer::<Alert>("divergence_alerts"));
-    ctx.commit(
-        rows.map(CommitItem::from)
-            .concat(dedup_state.map(CommitItem::from))
-            .concat(given.map(CommitItem::from))
-            .concat(done.map(CommitItem::from))
-            .concat(source.progress.map(CommitItem::from)),
-    );
+    compared.log_state(done, move |key: &Key| expiry(key.0));
+    alerts.write_iceberg(job.table("divergence_alerts")?);
     Ok(())
 }
 
@@ -89,10 +81,10 @@ enum Out {
 }
 
 /// Per trade, by `(event µs, message id)`: the order of "before" and "last".
-type Key = (i64, String);
+type Key = (i64, MessageId);
 
 /// Per symbol, each exchange's trades of the last Δ (indexed by `Exchange as usize`).
-type History = HashMap<String, [BTreeMap<Key, Trade>; 2]>;
+type History = HashMap<Symbol, [BTreeMap<Key, Trade>; 2]>;
 
 /// The state logs of the restored cut: the trades given, the keys compared.
 type Restored = (Vec<(Time, Trade)>, Vec<(Time, Key)>);
@@ -101,12 +93,13 @@ type Restored = (Vec<(Time, Trade)>, Vec<(Time, Key)>);
 /// symbol, at most `arbitrage.delta_ms` older, and alerts beyond
 /// `arbitrage.threshold_bps`. `restored`: the state logs of the last cut.
 fn divergence<'scope>(
-    ctx: &JobContext,
+    job: &Job<'scope>,
+    (max_age_us, threshold_bps): (u64, f64),
     trades: Stream<'scope, Time, Vec<Trade>>,
     (given, done): Restored,
 ) -> Stream<'scope, Time, Vec<Out>> {
-    let (max_age_us, threshold_bps) = (ctx.config.arbitrage.delta_ms * 1000, ctx.config.arbitrage.threshold_bps);
-    let (first_epoch, stop) = (ctx.first_epoch, ctx.stop.clone());
+    let ctx = job.context();
+    let first_epoch = ctx.first_epoch;
     let (index, peers) = (trades.scope().index(), trades.scope().peers());
     let done: HashSet<Key> = done.into_iter().map(|(_, key)| key).collect();
     // Logged entries expire at `event + Δ + 1`; those the restored cut's event
@@ -119,19 +112,20 @@ fn divergence<'scope>(
     let (mut history, mut waiting) = (History::new(), Vec::new());
     for (_, t) in mine {
         if done.contains(&key(&t)) {
-            history.entry(t.symbol.clone()).or_default()[t.exchange as usize].insert(key(&t), t);
+            history.entry(t.symbol).or_default()[t.exchange as usize].insert(key(&t), t);
         } else {
-            waiting.push(t); // given, not compared: a stop left it
+            waiting.push(t); // given, not compared: the end of a run left it
         }
     }
     // Trades waiting for the frontier, each holding its message's capability.
     let mut pending: BTreeMap<Key, (Rc<CapabilitySet<Time>>, Trade)> = BTreeMap::new();
     let by_symbol = pact::Exchange::new(|t: &Trade| key_hash(&t.symbol));
     trades.unary_frontier(by_symbol, "Divergence", move |cap, _info| {
-        // Trades a stop left wait again, on a capability of this run's first epoch.
+        // Trades the last run left wait again, on a capability of this run's first epoch.
         let held = Rc::new(CapabilitySet::from_elem(cap.delayed(&Time::new(first_epoch, 0))));
         pending.extend(waiting.into_iter().map(|t| (key(&t), (held.clone(), t))));
         drop(held);
+        let mut ended = false;
         move |(input, frontier), output| {
             input.for_each_stamp(|cap, data| {
                 let caps = Rc::new(cap.retain_stamp(0));
@@ -139,15 +133,20 @@ fn divergence<'scope>(
                     pending.insert(key(&t), (caps.clone(), t));
                 }
             });
-            if frontier.frontier().is_empty() && stop.is_stopped() {
-                pending.clear(); // stopped, not at the end: the next run compares them
-            }
-            // No on-time trade below the frontier's event time can still come:
-            // compare those, in event-time order.
-            let horizon = event_frontier(frontier.frontier().iter());
+            // No on-time trade below `horizon` can still come: compare those,
+            // in event-time order. At the end of the run, once; the next run
+            // compares what still waits (it is in the state logs).
+            let horizon = match event_progress(frontier.frontier().iter()) {
+                _ if ended => return,
+                EventProgress::Below(horizon) => horizon,
+                EventProgress::Ending { below } => {
+                    ended = true;
+                    below
+                }
+            };
             while let Some(entry) = pending.first_entry().filter(|e| e.get().1.event_time() < horizon) {
                 let (key, (caps, t)) = entry.remove_entry();
-                let sides = history.entry(t.symbol.clone()).or_default();
+                let sides = history.entry(t.symbol).or_default();
                 let (own, other) = (t.exchange as usize, 1 - t.exchange as usize);
                 let last = sides[other].range(..&key).next_back().map(|(_, o)| o);
                 let fresh = last.filter(|o| t.event_us - o.event_us <= max_age_us as i64);
@@ -155,8 +154,11 @@ fn divergence<'scope>(
                 if let Some(alert) = fresh.and_then(|o| alert(&t, o, threshold_bps)) {
                     session.give(Out::Alert(alert));
                 }
-                session.give(Out::Compared(key.clone()));
+                session.give(Out::Compared(key));
                 sides[own].insert(key, t);
+            }
+            if ended {
+                pending.clear();
             }
             // A trade more than Δ before the frontier is nobody's last price any more.
             let expired = |t: &Trade| t.event_time().saturating_add(max_age_us) < horizon;
@@ -180,15 +182,15 @@ fn alert(t: &Trade, other: &Trade, threshold_bps: f64) -> Option<Alert> {
     let t_is_binance = t.exchange == Exchange::Binance;
     let [b, k] = if t_is_binance { [t, other] } else { [other, t] };
     Some(Alert {
-        alert_id: Alert::id_of(&b.message_id, &k.message_id),
-        symbol: t.symbol.clone(),
+        alert_id: Alert::id_of(b.message_id, k.message_id),
+        symbol: t.symbol,
         buy_exchange: buy.exchange,
         sell_exchange: sell.exchange,
         buy_price: buy.price,
         sell_price: sell.price,
         spread_millibps: (bps.abs() * 1000.0).round() as i64,
-        binance_message_id: b.message_id.clone(),
-        kraken_message_id: k.message_id.clone(),
+        binance_message_id: b.message_id,
+        kraken_message_id: k.message_id,
         binance_event_us: b.event_us,
         kraken_event_us: k.event_us,
         produce_ms: b.source.kafka_ts_ms.max(k.source.kafka_ts_ms),
@@ -199,5 +201,5 @@ fn alert(t: &Trade, other: &Trade, threshold_bps: f64) -> Option<Alert> {
 }
 
 fn key(t: &Trade) -> Key {
-    (t.event_us, t.message_id.clone())
+    (t.event_us, t.message_id)
 }

@@ -5,7 +5,10 @@ mod arbitrage;
 mod bronze;
 mod demo;
 mod divergence;
+mod feed;
+mod gold;
 mod market;
+mod ohlcv;
 mod produce;
 mod query;
 mod registry;
@@ -15,7 +18,12 @@ use anyhow::{Context, Result, anyhow};
 use clap::{Parser, Subcommand};
 use k2::config::{Config, RunMode, StartPosition};
 use k2::launch::{RunOptions, TimelyArgs};
+use k2::telemetry::{LogFormat, TelemetryOptions};
+use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// K2 Stream: exactly-once Kafka → Iceberg streaming on timely dataflow.
 #[derive(Parser)]
@@ -23,6 +31,10 @@ use std::path::PathBuf;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as `text` or as `json` objects (one per line, for log
+    /// collectors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "K2_LOG_FORMAT")]
+    log_format: LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -31,7 +43,7 @@ enum Command {
     #[command(disable_help_flag = true)]
     Run(RunArgs),
     /// Produce a deterministic two-exchange trade feed into Kafka.
-    Produce(produce::ProduceArgs),
+    Produce(Box<produce::ProduceArgs>),
     /// Start a local broker if needed, produce a few seconds of market data,
     /// run bronze + arbitrage on 2 workers and print what happened.
     Demo(demo::DemoArgs),
@@ -63,6 +75,16 @@ struct CheckpointsArgs {
     verify: bool,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Progress {
+    /// When stderr is a terminal.
+    Auto,
+    /// Always (also into log files and pipes).
+    Always,
+    /// Never.
+    Never,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum ResetPosition {
     Earliest,
@@ -87,6 +109,17 @@ struct RunArgs {
     /// what the reset does to them when refused).
     #[arg(long, requires = "reset")]
     yes: bool,
+    /// Serve Prometheus metrics over HTTP at this `host:port`, e.g.
+    /// `127.0.0.1:9464` (per process: each process of a cluster needs its own).
+    #[arg(long, value_name = "HOST:PORT", value_parser = socket_addr, env = "K2_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Log a progress line (messages/s, lag, watermark lag, last commit) every
+    /// `--progress-every` seconds: `auto` when stderr is a terminal.
+    #[arg(long, value_enum, default_value_t = Progress::Auto)]
+    progress: Progress,
+    /// Seconds between progress lines.
+    #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    progress_every: u64,
     #[command(flatten)]
     timely: TimelyArgs,
     /// Print help.
@@ -130,21 +163,37 @@ struct ClusterArgs {
     help: Option<bool>,
 }
 
+/// Set when logs are JSON: then the last error and panics are JSON log
+/// lines too, so that a log collector parses every line.
+static JSON_LOGS: AtomicBool = AtomicBool::new(false);
+
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,iceberg=warn,sqlx=warn")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only for a terminal, not in log files and pipes.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let cli = Cli::parse();
+    k2::telemetry::init_logging(cli.log_format);
+    JSON_LOGS.store(cli.log_format == LogFormat::Json, Ordering::Relaxed);
     std::panic::set_hook(Box::new(one_line_panic));
-    if let Err(e) = real_main() {
-        eprintln!("error: {}", chain(&e));
+    if let Err(e) = real_main(cli) {
+        fatal(&chain(&e));
         std::process::exit(1);
     }
+}
+
+/// The one line a failing `k2` ends with.
+fn fatal(message: &str) {
+    if JSON_LOGS.load(Ordering::Relaxed) {
+        tracing::error!("{message}");
+    } else {
+        eprintln!("error: {message}");
+    }
+}
+
+/// `host:port`, resolved (so `localhost:9464` works too).
+fn socket_addr(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    s.to_socket_addrs()
+        .map_err(|e| format!("`{s}`: {e} (expected host:port, e.g. 127.0.0.1:9464)"))?
+        .next()
+        .ok_or_else(|| format!("`{s}` resolves to no address"))
 }
 
 /// The error and its causes on one line, each cause once: K2's errors
@@ -176,22 +225,21 @@ fn one_line_panic(info: &std::panic::PanicHookInfo<'_>) {
         .or_else(|| info.payload().downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".to_string());
     let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
-    if thread.starts_with("timely") || message.contains("timely communication") {
-        eprintln!(
-            "error: lost the connection to another process of the cluster ({}); exiting",
+    if message.contains("timely communication error") {
+        fatal(&format!(
+            "lost the connection to another process of the cluster ({}); exiting",
             message.lines().next().unwrap_or("")
-        );
+        ));
         std::process::exit(1);
     }
     let at = info
         .location()
         .map(|l| format!(" at {}:{}", l.file(), l.line()))
         .unwrap_or_default();
-    eprintln!("error: thread `{thread}` failed{at}: {}", message.replace('\n', " "));
+    fatal(&format!("thread `{thread}` failed{at}: {}", message.replace('\n', " ")));
 }
 
-fn real_main() -> Result<()> {
-    let cli = Cli::parse();
+fn real_main(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => {
             let dataflow = registry::lookup(&args.dataflow)
@@ -206,6 +254,15 @@ fn real_main() -> Result<()> {
                     ResetPosition::Latest => StartPosition::Latest,
                 }),
                 reset_acknowledged: args.yes,
+                telemetry: TelemetryOptions {
+                    metrics_addr: args.metrics_addr,
+                    progress_every: match args.progress {
+                        Progress::Always => true,
+                        Progress::Never => false,
+                        Progress::Auto => std::io::stderr().is_terminal(),
+                    }
+                    .then(|| Duration::from_secs(args.progress_every)),
+                },
                 ..RunOptions::default()
             };
             let report = k2::launch::run(dataflow, config, &args.timely, options)?;
@@ -216,7 +273,7 @@ fn real_main() -> Result<()> {
             Ok(())
         }
         Command::Produce(args) => {
-            produce::produce(&args)?;
+            produce::produce(&args, &args.kafka.resolve()?)?;
             Ok(())
         }
         Command::Cluster(args) => cluster(&args),
@@ -244,7 +301,8 @@ fn cluster(args: &ClusterArgs) -> Result<()> {
         program: std::env::current_exe().context("the k2 executable")?,
         dataflow: args.dataflow.clone(),
         config: std::path::absolute(&args.config)?,
-        job_dir: config.checkpoint.job_dir(&config.job.name),
+        store: k2::checkpoint::store::open(&config.checkpoint.job_location(&config.job.name), &config.s3)?,
+        work_dir: std::env::temp_dir().join(format!("k2-cluster-{}-{}", config.job.name, std::process::id())),
         processes: args.processes,
         workers: args.workers,
         bounded: args.bounded,
@@ -287,12 +345,12 @@ fn checkpoints(args: &CheckpointsArgs) -> Result<()> {
         None => Config::default(),
     };
     let job = args.job.clone().unwrap_or_else(|| config.job.name.clone());
-    let dir = config.checkpoint.job_dir(&job);
-    if !dir.exists() {
-        anyhow::bail!("no checkpoints of job `{job}` in {}", dir.display());
-    }
-    let store = k2::checkpoint::ManifestStore::open(&dir)?;
+    let location = config.checkpoint.job_location(&job);
+    let store = k2::checkpoint::ManifestStore::open(k2::checkpoint::store::open(&location, &config.s3)?);
     let epochs = store.epochs()?;
+    if epochs.is_empty() && !args.verify {
+        anyhow::bail!("no checkpoints of job `{job}` in {}", location.uri());
+    }
     if args.verify {
         return verify(&config, &store, &epochs);
     }
@@ -300,7 +358,7 @@ fn checkpoints(args: &CheckpointsArgs) -> Result<()> {
         println!(
             "job `{job}`: {} checkpoints in {} (newest last)",
             epochs.len(),
-            dir.display()
+            location.uri()
         );
         println!(
             "{:>12}  {:<23}  {:>4}  {:>10}  {:>12}  tables committed (rows)",
@@ -317,7 +375,9 @@ fn checkpoints(args: &CheckpointsArgs) -> Result<()> {
             .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
             .unwrap_or_default();
         let next: i64 = m.offsets.values().flat_map(|p| p.values()).sum();
-        let tables: Vec<String> = m.tables.iter().map(|(t, c)| format!("{t} ({})", c.rows)).collect();
+        let tables: Vec<String> = k2::sink::iceberg::IcebergPart::of(&m)
+            .map(|p| p.tables.iter().map(|(t, c)| format!("{t} ({})", c.rows)).collect())
+            .unwrap_or_default();
         println!(
             "{:>12}  {:<23}  {:>4}  {:>10}  {:>5} files {:>5} KiB  {}",
             m.epoch,
@@ -339,14 +399,16 @@ fn checkpoints(args: &CheckpointsArgs) -> Result<()> {
 /// `k2 checkpoints --verify`: every data file of the tables' current
 /// snapshots (the tables the job's checkpoints name) exists, whole.
 fn verify(config: &Config, store: &k2::checkpoint::ManifestStore, epochs: &[u64]) -> Result<()> {
-    let mut tables = std::collections::BTreeSet::new();
+    let mut tables: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     for e in epochs {
-        tables.extend(store.read(*e)?.tables.into_keys());
+        if let Some(part) = k2::sink::iceberg::IcebergPart::of(&store.read(*e)?) {
+            tables.extend(part.tables.into_keys());
+        }
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut problems = Vec::new();
     runtime.block_on(async {
-        let catalog = k2::sink::iceberg::JobCatalog::open(&config.iceberg).await?;
+        let catalog = k2::sink::iceberg::JobCatalog::open(&config.iceberg, &config.s3).await?;
         for table in &tables {
             let (checked, bad) = k2::sink::iceberg::maintenance::verify_table(&catalog, table).await?;
             println!(

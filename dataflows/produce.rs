@@ -1,20 +1,20 @@
 //! `k2 produce`: a deterministic two-exchange trade feed into Kafka.
 //!
-//! Messages come from [`k2::feed`], the generator shared with the tests and
+//! Messages come from [`crate::feed`], the generator shared with the tests and
 //! the benchmarks. The producer is idempotent (`enable.idempotence`), so the
 //! only duplicates in the topics are the ones the feed sends on purpose. With
 //! `--truth`, every delivered message is written as a JSON line (topic,
 //! partition, offset, kind, message ids): the ground truth the tests check
 //! the tables against.
 
+use crate::feed::{Feed, FeedConfig, MessageKind};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use k2::feed::{Feed, FeedConfig, MessageKind};
+use k2::config::KafkaConfig;
+use k2::kafka::{Quiet, client_config};
 use k2::record::Exchange;
 use rdkafka::ClientContext;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -26,12 +26,41 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// Where `k2 produce` and `k2 demo` find Kafka, and how they log in.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers [default: the config's `kafka.brokers`, else 127.0.0.1:9092].
+    #[arg(long, env = "K2_BROKERS")]
+    pub brokers: Option<String>,
+    /// A job config (TOML) whose `[kafka]` table says how to reach the
+    /// brokers: `[kafka.security]` (TLS, SASL; secrets from the environment
+    /// or a file), the `kafka.client` passthrough, `replication_factor` of
+    /// the topics created, `connect_timeout_ms`.
+    #[arg(long = "config", short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl KafkaArgs {
+    /// The Kafka settings: the config's `[kafka]` table (or the defaults),
+    /// with `--brokers` over its brokers.
+    pub fn resolve(&self) -> Result<KafkaConfig> {
+        let mut kafka = match &self.config {
+            Some(path) => k2::config::Config::load(path)?.kafka,
+            None => KafkaConfig::default(),
+        };
+        if let Some(brokers) = &self.brokers {
+            kafka.brokers = brokers.clone();
+        }
+        kafka.validate()?;
+        Ok(kafka)
+    }
+}
+
 /// Flags of `k2 produce`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ProduceArgs {
-    /// Kafka bootstrap servers.
-    #[arg(long, default_value = "127.0.0.1:9092", env = "K2_BROKERS")]
-    pub brokers: String,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     /// Topic for Binance trade events.
     #[arg(long, default_value = "market.crypto.trades.binance")]
     pub binance_topic: String,
@@ -160,7 +189,17 @@ struct Ctx {
     first_error: Mutex<Option<String>>,
 }
 
-impl ClientContext for Ctx {}
+/// Logs and errors as every K2 client reports them (rate-limited; a failed
+/// login remembered, see `k2::kafka`).
+impl ClientContext for Ctx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        Quiet.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        Quiet.error(error, reason);
+    }
+}
 
 impl ProducerContext for Ctx {
     type DeliveryOpaque = usize;
@@ -197,25 +236,14 @@ impl ProducerContext for Ctx {
     }
 }
 
-/// Creates `topic` with `partitions` partitions unless it exists.
-pub fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let results = rt.block_on(admin.create_topics(
-        &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(15))),
-    ))?;
-    for r in results {
-        match r {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((t, code)) => bail!("create topic `{t}`: {code}"),
-        }
-    }
-    Ok(())
+/// Creates `topic` with `partitions` partitions unless it exists, with the
+/// replication factor `kafka.replication_factor`, as every topic K2 creates.
+pub fn ensure_topic(kafka: &KafkaConfig, topic: &str, partitions: i32) -> Result<()> {
+    Ok(k2::sink::kafka::ensure_topic(kafka, topic, partitions, &[])?)
 }
 
-/// Produces according to `args`.
-pub fn produce(args: &ProduceArgs) -> Result<ProduceSummary> {
+/// Produces according to `args` into the cluster of `kafka`.
+pub fn produce(args: &ProduceArgs, kafka: &KafkaConfig) -> Result<ProduceSummary> {
     let mut topics = vec![args.binance_topic.clone(), args.kraken_topic.clone()];
     if let Some(t) = &args.topic {
         topics.push(t.clone());
@@ -235,8 +263,7 @@ pub fn produce(args: &ProduceArgs) -> Result<ProduceSummary> {
         failed: AtomicU64::new(0),
         first_error: Mutex::new(None),
     };
-    let producer: BaseProducer<Ctx> = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
+    let producer: BaseProducer<Ctx> = client_config(kafka)
         // Retries must not add duplicates of their own: the feed's deliberate
         // duplicates are the only ones the tests expect.
         .set("enable.idempotence", "true")
@@ -246,7 +273,7 @@ pub fn produce(args: &ProduceArgs) -> Result<ProduceSummary> {
         .set("queue.buffering.max.messages", "1000000")
         .set("compression.type", "lz4")
         .create_with_context(ctx)
-        .context("create Kafka producer")?;
+        .map_err(|e| k2::error::Error::kafka("create Kafka producer", e))?;
 
     let started = Instant::now();
     let mut summary = ProduceSummary::default();
@@ -284,7 +311,7 @@ pub fn produce(args: &ProduceArgs) -> Result<ProduceSummary> {
 
     if let Some(path) = &args.from_file {
         let topic = args.topic.as_deref().expect("clap requires --topic");
-        ensure_topic(&args.brokers, topic, args.partitions)?;
+        ensure_topic(kafka, topic, args.partitions)?;
         let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
         for line in std::io::BufReader::new(file).split(b'\n') {
             let line = line?;
@@ -308,7 +335,7 @@ pub fn produce(args: &ProduceArgs) -> Result<ProduceSummary> {
         };
         cfg.validate().map_err(anyhow::Error::msg)?;
         for ex in &args.exchanges {
-            ensure_topic(&args.brokers, &topics[topic_index(*ex)], args.partitions)?;
+            ensure_topic(kafka, &topics[topic_index(*ex)], args.partitions)?;
         }
         let mut feeds: Vec<Feed> = args.exchanges.iter().map(|ex| Feed::new(*ex, &cfg)).collect();
         let total = args.count * feeds.len() as u64;

@@ -9,6 +9,8 @@ pub const DATAFLOWS: &[&Dataflow] = &[
     &crate::arbitrage::ARBITRAGE,
     &crate::market::MARKET,
     &crate::divergence::DIVERGENCE,
+    &crate::ohlcv::OHLCV,
+    &crate::gold::GOLD,
 ];
 
 /// The dataflow called `name`.

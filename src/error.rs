@@ -42,6 +42,17 @@ pub enum Error {
         #[source]
         source: Box<iceberg::Error>,
     },
+    /// A table's schema changed in a way K2 cannot write through (see
+    /// [`crate::sink::iceberg::schema`]).
+    #[error("iceberg table `{table}`, column `{column}`: {message}: an incompatible schema change")]
+    Schema {
+        /// The table, `namespace.name`.
+        table: String,
+        /// The column.
+        column: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A file could not be read or written.
     #[error("{context} `{}`: {source}", path.display())]
     Io {
@@ -74,7 +85,16 @@ impl Error {
     }
 
     /// A Kafka error with context.
+    /// librdkafka's config errors repeat the value, which is hidden when
+    /// the property names a credential (`sasl.password`, ...).
     pub fn kafka(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
+        use rdkafka::error::KafkaError;
+        let source = match source {
+            KafkaError::ClientConfig(code, description, key, _) if crate::secret::is_secret_name(&key) => {
+                KafkaError::ClientConfig(code, description, key, "***".into())
+            }
+            other => other,
+        };
         Error::Kafka {
             context: context.into(),
             source: Box::new(source),
@@ -88,6 +108,13 @@ impl Error {
             context: context.into(),
             source: Box::new(source),
         }
+    }
+
+    /// Whether trying again cannot help: a wrong config or an incompatible
+    /// table stays so until someone changes it, so waiting for it only
+    /// hides the message.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Error::Config { .. } | Error::Schema { .. })
     }
 
     /// An I/O error on `path`.

@@ -9,13 +9,14 @@
 //! between: the trade's wait in Kafka, reading, decoding, dedup, the join, and
 //! the alert's produce. Latencies go into an HDR histogram, in ms.
 
+use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use hdrhistogram::Histogram;
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
@@ -108,18 +109,24 @@ pub fn format_percentiles(histogram: &Histogram<u64>) -> String {
 /// consumer of a transactional alert sink sees). Records that are not alert
 /// JSON are skipped. See [`read_topic_to_end`] for where reading stops and
 /// when it fails.
-pub fn read_alert_latency(brokers: &str, topic: &str, read_committed: bool, timeout: Duration) -> Result<AlertLatency> {
+pub fn read_alert_latency(
+    kafka: &KafkaConfig,
+    topic: &str,
+    read_committed: bool,
+    timeout: Duration,
+) -> Result<AlertLatency> {
     let mut latency = AlertLatency::new();
     let mut seen = HashSet::new();
-    read_topic_to_end(brokers, topic, read_committed, timeout, |payload, ts| {
+    read_topic_to_end(kafka, topic, read_committed, timeout, |payload, ts| {
         latency.record(&mut seen, payload, ts);
     })?;
     Ok(latency)
 }
 
-/// Calls `visit(payload, timestamp_ms)` for every record of `topic`, all
-/// partitions, from the beginning to the current end (records without a
-/// payload or timestamp are skipped).
+/// Calls `visit(payload, timestamp_ms)` for every record of `topic` on the
+/// cluster of `kafka` (its security settings included), all partitions,
+/// from the beginning to the current end (records without a payload or
+/// timestamp are skipped).
 ///
 /// A partition's end is where the consumer reports end of partition. With
 /// `read_committed` that is the end of the last committed transaction, and the
@@ -128,15 +135,14 @@ pub fn read_alert_latency(brokers: &str, topic: &str, read_committed: bool, time
 /// if the topic does not exist or some partition's end is not reached within
 /// `timeout`.
 pub fn read_topic_to_end(
-    brokers: &str,
+    kafka: &KafkaConfig,
     topic: &str,
     read_committed: bool,
     timeout: Duration,
     mut visit: impl FnMut(&[u8], i64),
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
-    let consumer: BaseConsumer<QuietEof> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let consumer: BaseConsumer<QuietEof> = crate::kafka::client_config(kafka)
         .set("group.id", "k2-alert-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")

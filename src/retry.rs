@@ -20,7 +20,24 @@ pub fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
 /// Runs `attempt` until it succeeds or `limit` has passed, waiting
 /// [`backoff`] delays between tries and logging each failure with the real
 /// wait; the last error is returned.
-pub async fn retry_async<T, E, F, Fut>(what: &str, limit: Duration, mut attempt: F) -> Result<T, E>
+pub async fn retry_async<T, E, F, Fut>(what: &str, limit: Duration, attempt: F) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    retry_async_if(what, limit, |_| true, attempt).await
+}
+
+/// [`retry_async`], but an error for which `retryable` is false is returned
+/// at once: a wrong config or an incompatible table does not get better by
+/// waiting (see [`crate::error::Error::is_permanent`]).
+pub async fn retry_async_if<T, E, F, Fut>(
+    what: &str,
+    limit: Duration,
+    retryable: impl Fn(&E) -> bool,
+    mut attempt: F,
+) -> Result<T, E>
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,
@@ -31,7 +48,7 @@ where
     loop {
         match attempt().await {
             Ok(v) => return Ok(v),
-            Err(e) if std::time::Instant::now() < deadline => {
+            Err(e) if retryable(&e) && std::time::Instant::now() < deadline => {
                 let wait = delays.next().unwrap_or(Duration::from_secs(10));
                 tracing::warn!(error = %e, "{what} failed; retrying in {wait:?}");
                 tokio::time::sleep(wait).await;

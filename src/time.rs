@@ -35,6 +35,52 @@ pub struct Time {
     pub event: u64,
 }
 
+/// The epoch of a source's capabilities once its run is over (stopped, or
+/// at the end of a bounded input): past every real epoch, so that all of
+/// them can be committed, while the event part stays where the source got
+/// (see [`crate::stop`]).
+pub const STOPPED: u64 = u64::MAX >> 1;
+
+/// What an event-time operator may act on, by its input frontier: see
+/// [`event_progress`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventProgress {
+    /// Every on-time record dated below this event time (µs) is in: act on
+    /// them (compare, close windows).
+    Below(u64),
+    /// The run is over (stopped, or its bounded input read): act on the
+    /// records dated below `below` (µs), which are in, and from then on on
+    /// nothing more in this run, whatever later frontiers say: let go of the
+    /// capabilities of what waits. What waits is in the operator's
+    /// checkpointed state, for the next run. Only the *first* `Ending` an
+    /// operator sees is to be acted on (see [`crate::stop`]).
+    Ending {
+        /// Where every source's watermark stands; 0 for an empty frontier.
+        below: u64,
+    },
+}
+
+/// How far an event-time operator may act on `frontier`, its input
+/// frontier. A run never ends the input (a Kafka topic goes on): once every
+/// source of the job has finished its run, the frontier's elements are all
+/// at [`STOPPED`], holding the sources' last watermarks, and an operator acts
+/// below those one last time and leaves the rest to the next run. Sources
+/// let go only after that ([`crate::stop`]), so a frontier seen later may
+/// have jumped: an operator must not act on it.
+pub fn event_progress<'a>(frontier: impl IntoIterator<Item = &'a Time>) -> EventProgress {
+    let (mut least, mut running, mut any) = (u64::MAX, false, false);
+    for t in frontier {
+        least = least.min(t.event);
+        running |= t.epoch < STOPPED;
+        any = true;
+    }
+    match (running, any) {
+        (true, _) => EventProgress::Below(least),
+        (false, true) => EventProgress::Ending { below: least },
+        (false, false) => EventProgress::Ending { below: 0 },
+    }
+}
+
 impl Time {
     /// Creates a timestamp.
     pub const fn new(epoch: u64, event: u64) -> Self {
@@ -150,5 +196,18 @@ mod tests {
         assert_eq!(epoch_frontier(&f), Some(4));
         assert!(epoch_complete(&[], 1_000));
         assert_eq!(event_frontier(&[]), u64::MAX);
+    }
+
+    #[test]
+    fn the_end_of_a_run_is_not_the_end_of_the_input() {
+        let open = [Time::new(3, 700), Time::new(4, 500)];
+        assert_eq!(event_progress(&open), EventProgress::Below(500));
+        // Some sources done, some still reading: their watermarks hold.
+        let mixed = [Time::new(STOPPED, 300), Time::new(4, 500)];
+        assert_eq!(event_progress(&mixed), EventProgress::Below(300));
+        // Every source's run is over: their watermarks still hold.
+        let over = [Time::new(STOPPED, 300), Time::new(STOPPED, 900)];
+        assert_eq!(event_progress(&over), EventProgress::Ending { below: 300 });
+        assert_eq!(event_progress(&[]), EventProgress::Ending { below: 0 });
     }
 }

@@ -205,13 +205,10 @@ fn idle_partitions_do_not_stall_event_time_and_late_arrivals_on_them_are_kept() 
     );
     // Kraken was silent throughout: no pairs, and an alerts topic that reads
     // as empty (every partition reports its end although it has no record).
-    let latency = k2::metrics::read_alert_latency(
-        &brokers,
-        &format!("{}.alerts", topics.0),
-        false,
-        Duration::from_secs(30),
-    )
-    .unwrap();
+    let kafka = k2::config::KafkaConfig::plaintext(&brokers);
+    let latency =
+        k2::metrics::read_alert_latency(&kafka, &format!("{}.alerts", topics.0), false, Duration::from_secs(30))
+            .unwrap();
     assert_eq!((latency.alerts, report["pairs"].as_u64()), (0, Some(0)));
 }
 
@@ -259,7 +256,7 @@ fn late_trades_are_kept_in_late_trades_and_every_message_is_accounted_for() {
         .on_time
         .iter()
         .flatten()
-        .map(|t| t.message_id.clone())
+        .map(|t| t.message_id.to_string())
         .collect();
     let (late, malformed) = (classified.late, classified.malformed);
     assert!(late.len() > 20, "the feed has late trades: {}", late.len());
@@ -328,8 +325,9 @@ fn late_trades_are_kept_in_late_trades_and_every_message_is_accounted_for() {
         .as_array()
         .map_or(0, Vec::len) as u64;
     assert!(alerts > 10, "the feed yields alerts: {alerts}");
+    let kafka = k2::config::KafkaConfig::plaintext(&brokers);
     let latency =
-        k2::metrics::read_alert_latency(&brokers, &format!("{}.alerts", topics.0), true, Duration::from_secs(30))
+        k2::metrics::read_alert_latency(&kafka, &format!("{}.alerts", topics.0), true, Duration::from_secs(30))
             .unwrap();
     assert_eq!(
         (latency.alerts, latency.duplicates),

@@ -592,7 +592,8 @@ fn quantiles(h: &hdrhistogram::Histogram<u64>) -> Value {
 fn read_trades(brokers: &str, topic: &str, exchange: k2::record::Exchange) -> Vec<k2::record::Trade> {
     let mut trades = Vec::new();
     let mut scratch = Vec::new();
-    let read = k2::metrics::read_topic_to_end(brokers, topic, false, Duration::from_secs(300), |payload, ts| {
+    let kafka = k2::config::KafkaConfig::plaintext(brokers);
+    let read = k2::metrics::read_topic_to_end(&kafka, topic, false, Duration::from_secs(300), |payload, ts| {
         let pos = k2::record::SourcePosition {
             topic: 0,
             partition: 0,
@@ -626,10 +627,10 @@ fn oracle(brokers: &str, topics: &(String, String), plan: &Plan) -> Value {
     };
     let mut by_symbol: HashMap<String, (Vec<Trade>, Vec<Trade>)> = HashMap::new();
     for t in read_trades(brokers, &topics.0, Exchange::Binance) {
-        by_symbol.entry(t.symbol.clone()).or_default().0.push(t);
+        by_symbol.entry(t.symbol.to_string()).or_default().0.push(t);
     }
     for t in read_trades(brokers, &topics.1, Exchange::Kraken) {
-        by_symbol.entry(t.symbol.clone()).or_default().1.push(t);
+        by_symbol.entry(t.symbol.to_string()).or_default().1.push(t);
     }
     let delta = plan.delta_ms as i64 * 1000;
     let (mut pairs, mut alerts) = (0u64, 0u64);
@@ -698,7 +699,8 @@ fn alert_latency(brokers: &str, topic: &str, steady_from_ms: i64) -> Value {
     let (mut all, mut steady, mut detect) = (hist(), hist(), hist());
     let mut duplicates = 0u64;
     let mut seen = std::collections::HashSet::new();
-    let read = k2::metrics::read_topic_to_end(brokers, topic, true, Duration::from_secs(120), |payload, ts| {
+    let kafka = k2::config::KafkaConfig::plaintext(brokers);
+    let read = k2::metrics::read_topic_to_end(&kafka, topic, true, Duration::from_secs(120), |payload, ts| {
         let Some((id, lat)) = k2::metrics::alert_latency_ms(payload, ts) else {
             return;
         };

@@ -1,24 +1,12 @@
-//! Checkpoint manifests: one atomic JSON file per committed cut.
+//! Checkpoint manifests: one JSON object per committed cut, created (never
+//! replaced) in the job's checkpoint store: its creation is the cut's commit point.
 
 use super::state::StateFile;
+use super::store::Store;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-
-/// One table's part of a cut: the files to append and the commit's id.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TableCommit {
-    /// `k2.commit-id` of this append.
-    pub commit_id: String,
-    /// Iceberg `DataFile`s, as Iceberg's own JSON.
-    pub data_files: Vec<String>,
-    /// Rows in those files.
-    pub rows: u64,
-    /// Bytes in those files.
-    pub bytes: u64,
-}
+use std::sync::Arc;
 
 /// Everything needed to finish or resume from one cut.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,19 +29,19 @@ pub struct Manifest {
     /// (at offset − 1): recovery checks the broker still has that message.
     #[serde(default)]
     pub last_ts_ms: BTreeMap<String, BTreeMap<i32, i64>>,
-    /// Operator state needed to resume: every live snapshot file.
+    /// Operator state needed to resume: every live state file.
     pub state: Vec<StateFile>,
-    /// Records of transactional Kafka sinks in the cut, published after the
-    /// manifest (and again by recovery if that did not happen).
-    #[serde(default)]
-    pub kafka: Vec<crate::sink::kafka::KafkaBatch>,
     /// The committer's event-time frontier when it took the cut, µs: how far
     /// event time had progressed (watermarks, idleness) over the whole job.
     /// A final cut records the last finite frontier before the input ended.
     #[serde(default)]
     pub event_frontier_us: Option<u64>,
-    /// The cut's new files per table (tables without rows in it are absent).
-    pub tables: BTreeMap<String, TableCommit>,
+    /// Each participant's part of the cut, by participant name (Iceberg
+    /// tables' new files, transactional Kafka records, ...): what it must
+    /// commit, again after a crash (participants without output in the cut
+    /// are absent).
+    #[serde(default)]
+    pub parts: BTreeMap<String, serde_json::Value>,
     /// Workers of the instance that wrote it (state is re-partitioned on restore).
     pub workers: usize,
 }
@@ -70,75 +58,60 @@ impl Manifest {
     }
 }
 
-/// The manifests of one job.
+/// The manifests of one job, in its checkpoint store.
 #[derive(Clone, Debug)]
 pub struct ManifestStore {
-    dir: PathBuf,
+    store: Arc<dyn Store>,
 }
 
-fn manifest_name(epoch: u64) -> String {
-    format!("m-{epoch:020}.json")
-}
-
-/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync folder.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().expect("a file in a folder");
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        uuid::Uuid::new_v4().simple()
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
-    f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("rename into", path, e))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+fn manifest_key(epoch: u64) -> String {
+    format!("manifests/m-{epoch:020}.json")
 }
 
 impl ManifestStore {
-    /// The store in the job folder `job_dir`, created if needed.
-    pub fn open(job_dir: &Path) -> Result<ManifestStore> {
-        let dir = job_dir.join("manifests");
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
-        Ok(ManifestStore { dir })
+    /// The manifests in `store`.
+    pub fn open(store: Arc<dyn Store>) -> ManifestStore {
+        ManifestStore { store }
     }
 
-    /// Writes `m` atomically. This is the commit point of its cut.
-    pub fn write(&self, m: &Manifest) -> Result<PathBuf> {
-        let path = self.dir.join(manifest_name(m.epoch));
+    /// Writes `m`, if no manifest of its epoch exists: this is the commit
+    /// point of its cut, and of two writers of one epoch (a split brain the
+    /// fence did not catch) only one succeeds. Returns where it is.
+    pub fn write(&self, m: &Manifest) -> Result<String> {
+        let key = manifest_key(m.epoch);
         let bytes = serde_json::to_vec_pretty(m).expect("manifest serializes");
-        write_atomic(&path, &bytes)?;
-        Ok(path)
+        if !self.store.create(&key, &bytes)? {
+            return Err(Error::Fenced(format!(
+                "the manifest {} already exists: another instance of job `{}` committed epoch {}",
+                self.store.location(&key),
+                m.job,
+                m.epoch
+            )));
+        }
+        Ok(self.store.location(&key))
     }
 
     /// Epochs of all manifests, oldest first.
     pub fn epochs(&self) -> Result<Vec<u64>> {
-        let mut epochs = Vec::new();
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| Error::io("list", &self.dir, e))?;
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if let Some(Ok(e)) = name
-                .strip_prefix("m-")
-                .and_then(|n| n.strip_suffix(".json"))
-                .map(str::parse)
-            {
-                epochs.push(e);
-            }
-        }
+        let mut epochs: Vec<u64> = self
+            .store
+            .list("manifests")?
+            .iter()
+            .filter_map(|name| name.strip_prefix("m-")?.strip_suffix(".json")?.parse().ok())
+            .collect();
         epochs.sort_unstable();
         Ok(epochs)
     }
 
     /// Reads the manifest of `epoch`.
     pub fn read(&self, epoch: u64) -> Result<Manifest> {
-        let path = self.dir.join(manifest_name(epoch));
-        let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Checkpoint(format!("{} is corrupt: {e}", path.display())))
+        let key = manifest_key(epoch);
+        let location = self.store.location(&key);
+        let bytes = self
+            .store
+            .get(&key)?
+            .ok_or_else(|| Error::Checkpoint(format!("{location} is missing")))?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Checkpoint(format!("{location} is corrupt: {e}")))
     }
 
     /// The newest manifest, if any.
@@ -154,8 +127,7 @@ impl ManifestStore {
         let epochs = self.epochs()?;
         let n = epochs.len().saturating_sub(keep);
         for e in &epochs[..n] {
-            let path = self.dir.join(manifest_name(*e));
-            std::fs::remove_file(&path).map_err(|err| Error::io("remove", &path, err))?;
+            self.store.delete(&manifest_key(*e))?;
         }
         Ok(epochs[..n].to_vec())
     }
@@ -163,16 +135,21 @@ impl ManifestStore {
     /// Removes every manifest (for `--reset`).
     pub fn clear(&self) -> Result<()> {
         for e in self.epochs()? {
-            let path = self.dir.join(manifest_name(e));
-            std::fs::remove_file(&path).map_err(|err| Error::io("remove", &path, err))?;
+            self.store.delete(&manifest_key(e))?;
         }
         Ok(())
+    }
+
+    /// Where the manifests are, for messages.
+    pub fn location(&self) -> String {
+        self.store.location("manifests")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::store::LocalStore;
 
     fn manifest(epoch: u64) -> Manifest {
         Manifest {
@@ -184,9 +161,8 @@ mod tests {
             max_event_us: BTreeMap::new(),
             last_ts_ms: BTreeMap::new(),
             state: vec![],
-            kafka: vec![],
             event_frontier_us: None,
-            tables: BTreeMap::new(),
+            parts: BTreeMap::new(),
             workers: 2,
         }
     }
@@ -194,12 +170,17 @@ mod tests {
     #[test]
     fn write_read_latest_prune() {
         let dir = std::env::temp_dir().join(format!("k2-manifest-{}", uuid::Uuid::new_v4().simple()));
-        let store = ManifestStore::open(&dir).unwrap();
+        let store = ManifestStore::open(Arc::new(LocalStore::new(&dir)));
         assert_eq!(store.latest().unwrap(), None);
         for e in [5, 12, 9, 100] {
             store.write(&manifest(e)).unwrap();
         }
         assert_eq!(store.epochs().unwrap(), vec![5, 9, 12, 100]);
+        let again = store.write(&manifest(12)).unwrap_err().to_string();
+        assert!(
+            again.starts_with("fenced:") && again.contains("already exists"),
+            "{again}"
+        );
         assert_eq!(store.latest().unwrap().unwrap(), manifest(100));
         assert_eq!(store.prune(2).unwrap(), vec![5, 9]);
         assert_eq!(store.epochs().unwrap(), vec![12, 100]);
@@ -217,7 +198,7 @@ mod tests {
     #[test]
     fn a_corrupt_or_truncated_manifest_is_a_clear_error() {
         let dir = std::env::temp_dir().join(format!("k2-manifest-bad-{}", uuid::Uuid::new_v4().simple()));
-        let store = ManifestStore::open(&dir).unwrap();
+        let store = ManifestStore::open(Arc::new(LocalStore::new(&dir)));
         let path = store.write(&manifest(7)).unwrap();
         let full = std::fs::read(&path).unwrap();
         std::fs::write(&path, &full[..full.len() / 2]).unwrap();

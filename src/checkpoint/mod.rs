@@ -1,4 +1,11 @@
-//! Checkpoints: the commit point of every cut, and what recovery reads.
+//! Checkpoints: the cut. This module owns the commit protocol: the commit
+//! groups every participant buffers by ([`groups`]), what flows to the
+//! committer ([`participant`]: offsets, state, staged output), the committer
+//! ([`committer`]), the manifests that are its commit points, operator
+//! state ([`state`]), fencing ([`fence`]) and recovery ([`recovery`]).
+//! Sinks (Iceberg tables, transactional Kafka topics) take part through the
+//! [`Participant`] trait only, and operators and sinks register what they
+//! contribute with the worker's [`Cut`].
 //!
 //! A job's checkpoint folder (`<checkpoint.dir>/<job>/`) holds:
 //!
@@ -16,12 +23,24 @@
 //! conditional puts can replace it.
 
 pub mod backpressure;
+pub mod committer;
+pub mod cut;
 pub mod fault;
 pub mod fence;
+pub mod groups;
 pub mod manifest;
+pub mod participant;
+pub mod recovery;
 pub mod state;
+pub mod store;
 
 pub use backpressure::Backpressure;
-pub use fence::{Fence, JobLock};
-pub use manifest::{Manifest, ManifestStore, TableCommit};
+pub use committer::{CommitHook, CommitSpec, CommitStats, commit};
+pub use cut::{Checkpointed, Cut};
+pub use fence::Fence;
+pub use groups::{CommitGroups, GroupBuffer};
+pub use manifest::{Manifest, ManifestStore};
+pub use participant::{CommitItem, Committed, OffsetReport, Participant, Prepared, Staged};
+pub use recovery::{Recovered, Reset, Resume, recover};
 pub use state::StateFile;
+pub use store::{JobLock, Store};

@@ -29,12 +29,12 @@
 //! worker goes on processing records, and the operator hands the delta to the
 //! committer (releasing its capability) only once it is durable.
 
+use super::store::Store;
 use crate::error::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The format version of state files written by this build.
 pub const STATE_FORMAT: u8 = 1;
@@ -49,6 +49,42 @@ impl BackgroundWrite {
     /// The delta's description, once the file is durable.
     pub fn done(&self) -> Option<StateFile> {
         self.rx.try_recv().ok()
+    }
+}
+
+/// State files being written, each with the capabilities to report it once
+/// it is durable (a cut must not list a file that is not).
+#[derive(Default)]
+pub struct StateWrites {
+    writing: Vec<(
+        timely::dataflow::operators::CapabilitySet<crate::time::Time>,
+        BackgroundWrite,
+    )>,
+}
+
+impl StateWrites {
+    /// Tracks `write`, to be reported under `caps`.
+    pub fn push(
+        &mut self,
+        caps: timely::dataflow::operators::CapabilitySet<crate::time::Time>,
+        write: BackgroundWrite,
+    ) {
+        self.writing.push((caps, write));
+    }
+
+    /// Calls `report` for every write that is durable now, then drops its
+    /// capabilities.
+    pub fn report(
+        &mut self,
+        mut report: impl FnMut(&timely::dataflow::operators::CapabilitySet<crate::time::Time>, StateFile),
+    ) {
+        self.writing.retain(|(caps, write)| match write.done() {
+            Some(file) => {
+                report(caps, file);
+                false
+            }
+            None => true,
+        });
     }
 }
 
@@ -137,7 +173,7 @@ pub struct StateCheckpoint {
     /// Where to write state files.
     pub store: StateStore,
     /// The commit-group rule of the job.
-    pub groups: crate::sink::iceberg::CommitGroups,
+    pub groups: super::groups::CommitGroups,
     /// A per-run token for file names.
     pub run_id: String,
     /// This run's generation.
@@ -237,18 +273,21 @@ pub fn add_live(live: &mut Vec<StateFile>, new: StateFile) {
     }
 }
 
-/// Where a job's state files live.
+/// Where a job's state files live: `state/` in its checkpoint store.
 #[derive(Clone, Debug)]
 pub struct StateStore {
-    job_dir: PathBuf,
+    store: Arc<dyn Store>,
 }
 
 impl StateStore {
-    /// The store of the job folder `job_dir`.
-    pub fn new(job_dir: &Path) -> StateStore {
-        StateStore {
-            job_dir: job_dir.to_path_buf(),
-        }
+    /// The state files in `store`.
+    pub fn new(store: Arc<dyn Store>) -> StateStore {
+        StateStore { store }
+    }
+
+    /// The state files of the job folder `dir` on a local disk.
+    pub fn local(dir: &std::path::Path) -> StateStore {
+        StateStore::new(Arc::new(super::store::LocalStore::new(dir)))
     }
 
     /// `entries` in the format of state files: the version byte, then one
@@ -271,17 +310,12 @@ impl StateStore {
             StateKind::Delta => "d",
             StateKind::Snapshot => "s",
         };
-        let rel = format!(
+        let key = format!(
             "state/{}-g{}-w{}-{kind}-{}.bin",
             file.operator, file.group, file.worker, file.generation
         );
-        let path = self.job_dir.join(&rel);
-        let dir = path.parent().expect("state folder");
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
-        let mut f = std::fs::File::create(&path).map_err(|e| Error::io("create", &path, e))?;
-        f.write_all(bytes).map_err(|e| Error::io("write", &path, e))?;
-        f.sync_all().map_err(|e| Error::io("fsync", &path, e))?;
-        file.path = rel;
+        self.store.put(&key, bytes)?;
+        file.path = key;
         file.entries = entries;
         file.bytes = bytes.len() as u64;
         Ok(file)
@@ -315,18 +349,31 @@ impl StateStore {
         background(self.clone(), file, wake, move || (bytes, entries))
     }
 
+    /// Whether `file` exists.
+    pub fn exists(&self, file: &StateFile) -> Result<bool> {
+        self.store.exists(&file.path)
+    }
+
+    /// Where `file` is, for messages.
+    pub fn location(&self, file: &StateFile) -> String {
+        self.store.location(&file.path)
+    }
+
     /// Reads the entries of `file`.
     pub fn read<T: DeserializeOwned>(&self, file: &StateFile) -> Result<Vec<T>> {
-        let path = self.job_dir.join(&file.path);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io("read state file", &path, e))?;
+        let location = self.store.location(&file.path);
+        let bytes = self
+            .store
+            .get(&file.path)?
+            .ok_or_else(|| Error::Checkpoint(format!("state file {location} is missing")))?;
         match bytes.first() {
-            Some(&STATE_FORMAT) => postcard::from_bytes(&bytes[1..])
-                .map_err(|e| Error::Checkpoint(format!("{} is corrupt: {e}", path.display()))),
+            Some(&STATE_FORMAT) => {
+                postcard::from_bytes(&bytes[1..]).map_err(|e| Error::Checkpoint(format!("{location} is corrupt: {e}")))
+            }
             Some(&v) => Err(Error::Checkpoint(format!(
-                "{} has state format {v}; this build reads format {STATE_FORMAT}",
-                path.display()
+                "{location} has state format {v}; this build reads format {STATE_FORMAT}"
             ))),
-            None => Err(Error::Checkpoint(format!("{} is empty", path.display()))),
+            None => Err(Error::Checkpoint(format!("{location} is empty"))),
         }
     }
 
@@ -334,15 +381,10 @@ impl StateStore {
     /// only files of groups `<=` it are considered (newer ones may belong to
     /// a cut not yet committed).
     pub fn prune(&self, keep: &HashSet<String>, up_to_group: Option<u64>) -> Result<usize> {
-        let dir = self.job_dir.join("state");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Ok(0);
-        };
         let mut removed = 0;
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            let rel = format!("state/{name}");
-            if keep.contains(&rel) {
+        for name in self.store.list("state")? {
+            let key = format!("state/{name}");
+            if keep.contains(&key) {
                 continue;
             }
             let group = name
@@ -355,7 +397,7 @@ impl StateStore {
             {
                 continue;
             }
-            if std::fs::remove_file(entry.path()).is_ok() {
+            if self.store.delete(&key).is_ok() {
                 removed += 1;
             }
         }
@@ -366,23 +408,18 @@ impl StateStore {
 /// The worker that key hash `hash` is routed to among `peers` workers,
 /// exactly as timely's exchange routes it.
 pub fn route(hash: u64, peers: usize) -> usize {
-    let peers = peers as u64;
-    if peers.is_power_of_two() {
-        (hash & (peers - 1)) as usize
-    } else {
-        (hash % peers) as usize
-    }
+    crate::hash::worker_of(hash, peers)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ckpt(dir: &Path, generation: u64) -> StateCheckpoint {
+    fn ckpt(dir: &std::path::Path, generation: u64) -> StateCheckpoint {
         StateCheckpoint {
             operator: "dedup".into(),
-            store: StateStore::new(dir),
-            groups: crate::sink::iceberg::CommitGroups {
+            store: StateStore::local(dir),
+            groups: crate::checkpoint::CommitGroups {
                 epoch_ms: 100,
                 commit_interval_ms: 100,
             },
@@ -396,7 +433,7 @@ mod tests {
     fn deltas_round_trip_and_prune() {
         let dir = std::env::temp_dir().join(format!("k2-state-{}", uuid::Uuid::new_v4().simple()));
         let c = ckpt(&dir, 1);
-        let store = StateStore::new(&dir);
+        let store = StateStore::local(&dir);
         let a = store
             .write(
                 c.file(0, 2, 7, StateKind::Delta, 12),

@@ -34,8 +34,10 @@ pub struct Fingerprint {
     pub workers: usize,
     /// The K2 version.
     pub version: String,
-    /// The effective config (file plus environment overrides), as JSON.
-    pub config: serde_json::Value,
+    /// The effective config (file plus environment overrides), as a digest
+    /// per dotted key: differences can be named, and no value, secret or
+    /// not, crosses the wire.
+    pub config: std::collections::BTreeMap<String, String>,
 }
 
 impl Fingerprint {
@@ -57,8 +59,12 @@ impl Fingerprint {
         if self.version != other.version {
             diffs.push(format!("k2 {} (process 0: k2 {})", other.version, self.version));
         }
-        let mut keys = Vec::new();
-        diff_json("", &self.config, &other.config, &mut keys);
+        let all: std::collections::BTreeSet<&String> = self.config.keys().chain(other.config.keys()).collect();
+        let keys: Vec<String> = all
+            .into_iter()
+            .filter(|k| self.config.get(*k) != other.config.get(*k))
+            .map(|k| format!("`{k}`"))
+            .collect();
         if !keys.is_empty() {
             diffs.push(format!("config keys {}", keys.join(", ")));
         }
@@ -66,28 +72,30 @@ impl Fingerprint {
     }
 }
 
-/// Dotted paths of the leaves where `a` and `b` differ.
-fn diff_json(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
-    use serde_json::Value;
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            for k in keys {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                diff_json(
-                    &p,
-                    x.get(k).unwrap_or(&Value::Null),
-                    y.get(k).unwrap_or(&Value::Null),
-                    out,
-                );
+impl Fingerprint {
+    /// The digest of a config as JSON: one FNV-1a hash per leaf, by dotted key.
+    pub fn digest(config: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+        fn walk(path: &str, v: &serde_json::Value, out: &mut std::collections::BTreeMap<String, String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        let p = if path.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{path}.{k}")
+                        };
+                        walk(&p, v, out);
+                    }
+                }
+                leaf => {
+                    let h = crate::hash::fnv1a(leaf.to_string().as_bytes());
+                    out.insert(path.to_string(), format!("{h:016x}"));
+                }
             }
         }
-        _ if a != b => out.push(format!("`{path}`")),
-        _ => {}
+        let mut out = std::collections::BTreeMap::new();
+        walk("", config, &mut out);
+        out
     }
 }
 
@@ -242,7 +250,9 @@ mod tests {
             processes: 2,
             workers,
             version: "0.1.0".into(),
-            config: serde_json::json!({"kafka": {"brokers": brokers, "poll_batch": 10}, "job": {"name": "j"}}),
+            config: Fingerprint::digest(
+                &serde_json::json!({"kafka": {"brokers": brokers, "poll_batch": 10, "client": {"sasl.password": "s3cret"}}, "job": {"name": "j"}}),
+            ),
         }
     }
 
@@ -260,6 +270,29 @@ mod tests {
         assert!(why.contains("-w 3 (process 0: -w 2)"), "{why}");
         assert!(why.contains("`kafka.brokers`"), "{why}");
         assert!(!why.contains("poll_batch"), "{why}");
+        // No value crosses the wire: not the brokers, not a password.
+        let wire = serde_json::to_string(&a).unwrap();
+        assert!(!wire.contains("b:9092") && !wire.contains("s3cret"), "{wire}");
+    }
+
+    #[test]
+    fn the_handshake_carries_nothing_of_a_secret() {
+        let config = |password: &str| {
+            let text = format!(
+                "[kafka]\nclient = {{ \"ssl.key.password\" = \"{password}\" }}\n[kafka.security]\nprotocol = \"SASL_PLAINTEXT\"\n\
+                 sasl_mechanism = \"SCRAM-SHA-512\"\nusername = \"k2\"\npassword = \"{password}\"\n\
+                 [iceberg]\ncatalog_uri = \"postgres://k2:{password}@db/cat\"\n"
+            );
+            crate::config::Config::from_toml_with_env(&text, []).unwrap()
+        };
+        let (a, b) = (config("hunter2"), config("swordfish"));
+        // Not even a digest of a secret: it could be brute-forced.
+        assert_eq!(Fingerprint::digest(&a.effective()), Fingerprint::digest(&b.effective()));
+        let wire = serde_json::to_string(&Fingerprint::digest(&a.effective())).unwrap();
+        assert!(
+            wire.contains("kafka.security.password") && !wire.contains("hunter2"),
+            "{wire}"
+        );
     }
 
     #[test]

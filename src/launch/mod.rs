@@ -1,63 +1,47 @@
-//! Launching a job: timely configuration, the shared job context, and the run loop.
+//! Launching a job: timely configuration, the job context, and the run loop.
 //!
 //! [`run`] does, in order:
 //! 1. open the Iceberg catalog and create the dataflow's tables;
-//! 2. take the job's lock and generation, and recover: roll the newest cut
-//!    forward, remove orphans, and resume after it (offsets, watermarks and
-//!    operator state from its manifest);
+//! 2. take the job's lock and generation, and recover from the newest
+//!    checkpoint ([`crate::checkpoint::recover`]);
 //! 3. plan the Kafka partitions and their offsets (once, for all workers);
-//! 4. start the timely workers, each building the dataflow with a
-//!    [`JobContext`], and step them until the dataflow is done;
+//! 4. start the timely workers, each building the dataflow on a [`Job`]: the
+//!    dataflow's operators and sinks register with the worker's cut as they
+//!    are built, and the launcher then commits everything registered;
 //! 5. wait for the last commit and report.
 //!
 //! In a job of several processes only process 0 does 2 and 3, and commits;
 //! the others receive its plan and checkpoint in a [`handshake`] before
 //! timely connects them. [`supervisor`] launches and restarts such a cluster.
-//!
-//! All bridging between tokio (iceberg's async API, signals) and the timely
-//! workers is here and in the sink's committer thread: workers call
-//! `Handle::block_on` only to write their own data files.
 
 pub mod handshake;
 pub mod supervisor;
 pub mod timely_args;
 
-use crate::checkpoint::manifest::{Manifest, ManifestStore};
-use crate::checkpoint::state::{StateCheckpoint, StateFile, StateStore};
-use crate::checkpoint::{Fence, JobLock};
+use crate::checkpoint::state::{StateCheckpoint, StateStore};
+use crate::checkpoint::{
+    Checkpointed, CommitGroups, CommitSpec, CommitStats, Cut, Fence, Manifest, ManifestStore, Participant, Recovered,
+    Reset, Resume,
+};
 use crate::config::{Config, RunMode, StartPosition};
 use crate::error::{Error, Result};
 use crate::operators::dedup::DedupStats;
-use crate::record::{DeadLetter, Trade};
-use crate::sink::iceberg::committer::{CommitSpec, CommitStats};
-use crate::sink::iceberg::committer::{commit_manifest, prune_checkpoints};
-use crate::sink::iceberg::maintenance;
-use crate::sink::iceberg::writer::TableWriter;
-use crate::sink::iceberg::{CommitGroups, CommitItem, JobCatalog, RowContext, TableRow};
-use crate::source::kafka::{
-    PartitionWatch, Resume, SourcePlan, SourceSpec, SourceStats, SourceStreams, StopSignal, kafka_source,
-};
+use crate::sink::iceberg::TableDecl;
+use crate::sink::iceberg::{IcebergParticipant, JobCatalog, RowContext, Table, TableRow, TableWriter};
+use crate::sink::kafka::{KafkaParticipant, KafkaTopic};
+use crate::source::kafka::{PartitionWatch, SourcePlan, SourceSpec, SourceStats, SourceStreams, kafka_source};
+use crate::stop::StopSignal;
+use crate::telemetry::Telemetry;
 use crate::time::Time;
-use iceberg::table::Table;
+use iceberg::table::Table as IcebergTable;
 use rdkafka::ClientConfig;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use timely::dataflow::{Scope, Stream};
+use timely::dataflow::Scope;
 pub use timely_args::TimelyArgs;
-
-/// The row type of a table, so the launcher can create it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TableKind {
-    /// Normalized trades.
-    Trades,
-    /// Dead letters.
-    DeadLetters,
-    /// Arbitrage alerts.
-    Alerts,
-}
 
 /// A named dataflow: its tables and how to build it on one worker.
 pub struct Dataflow {
@@ -66,9 +50,9 @@ pub struct Dataflow {
     /// One line for `k2 run --help` and the registry listing.
     pub about: &'static str,
     /// The tables it writes, created at start, committed in this order.
-    pub tables: &'static [(&'static str, TableKind)],
-    /// Builds the dataflow in `scope`.
-    pub build: for<'scope> fn(&JobContext, Scope<'scope, Time>) -> Result<()>,
+    pub tables: &'static [TableDecl],
+    /// Builds the dataflow on one worker.
+    pub build: for<'scope> fn(&Job<'scope>) -> Result<()>,
     /// Run once per process before the workers start, e.g. to create the
     /// Kafka topics the dataflow writes.
     pub prepare: Option<fn(&Config) -> Result<()>>,
@@ -86,6 +70,8 @@ pub struct RunOptions {
     pub reset: Option<StartPosition>,
     /// The user confirmed a reset of a job whose tables hold rows (`--yes`).
     pub reset_acknowledged: bool,
+    /// Metrics endpoint and progress line.
+    pub telemetry: crate::telemetry::TelemetryOptions,
 }
 
 /// Shared by every worker of a process: configuration, plan, tables, stats.
@@ -96,10 +82,8 @@ pub struct JobContext {
     pub plan: SourcePlan,
     /// The first epoch of this run.
     pub first_epoch: u64,
-    /// The catalog.
-    pub catalog: JobCatalog,
     /// The job's tables, as loaded at start.
-    pub tables: BTreeMap<String, Table>,
+    pub tables: BTreeMap<String, IcebergTable>,
     /// A per-run token used in file names.
     pub run_id: String,
     /// The async runtime.
@@ -110,8 +94,10 @@ pub struct JobContext {
     pub backpressure: crate::checkpoint::Backpressure,
     /// Source counters.
     pub source_stats: Arc<SourceStats>,
-    /// The counters of every dedup operator (see [`JobContext::dedup_stats`]).
-    pub dedup_counters: Mutex<BTreeMap<String, Arc<DedupStats>>>,
+    /// The counters of every dedup operator (see [`Job::dedup_stats`]).
+    pub dedup_counters: Arc<Mutex<BTreeMap<String, Arc<DedupStats>>>>,
+    /// Window operator counters by operator name.
+    pub window_counters: Arc<Mutex<BTreeMap<String, Arc<crate::operators::WindowStats>>>>,
     /// Interval-join counters.
     pub join_stats: Arc<crate::operators::JoinStats>,
     /// Kafka sink counters.
@@ -120,16 +106,15 @@ pub struct JobContext {
     pub commit_stats: Arc<Mutex<CommitStats>>,
     /// The committer thread, joined at the end.
     pub commit_thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
-    /// The dataflow's table names, in commit order.
-    pub table_order: Vec<String>,
+    /// The participants of the job's cuts, in commit order.
+    pub participants: Vec<Arc<dyn Participant>>,
     /// The job's checkpoint folder.
-    pub job_dir: std::path::PathBuf,
+    pub store: Arc<dyn crate::checkpoint::Store>,
     /// This instance's generation.
     pub fence: Fence,
     /// The checkpoint this run resumed from, if any.
     pub restored: Option<Manifest>,
-    /// Where the sources resumed, by topic index (offsets, watermarks, last
-    /// Kafka timestamps), from the restored checkpoint.
+    /// Where the sources resumed (offsets, watermarks, last timestamps).
     pub resume: Resume,
     /// Partitions added while the job runs (continuous jobs).
     pub watch: Option<PartitionWatch>,
@@ -137,23 +122,13 @@ pub struct JobContext {
     pub workers: usize,
     /// Processes in the cluster.
     pub processes: usize,
+    /// Dataflow sections read while building (checked against the config's).
+    pub sections_read: Mutex<BTreeSet<String>>,
+    /// Metrics, consumer-group offsets and progress.
+    pub telemetry: Arc<Telemetry>,
 }
 
 impl JobContext {
-    /// librdkafka consumer settings. Every override says why.
-    pub fn consumer_config(&self) -> ClientConfig {
-        consumer_config(&self.config)
-    }
-
-    /// The counters of the dedup operator named `operator`, shared by all
-    /// workers of the process. The run report's `duplicates` is the most any
-    /// one operator removed: in a job with two dedups over the same trades
-    /// (bronze and arbitrage), each duplicate counts once.
-    pub fn dedup_stats(&self, operator: &str) -> Arc<DedupStats> {
-        let mut counters = self.dedup_counters.lock().expect("dedup counters");
-        counters.entry(operator.to_string()).or_default().clone()
-    }
-
     /// The commit-group rule of this job.
     pub fn groups(&self) -> CommitGroups {
         CommitGroups {
@@ -166,102 +141,152 @@ impl JobContext {
     pub fn topic_names(&self) -> Arc<Vec<String>> {
         Arc::new(self.config.kafka.topics.list().into_iter().map(|(_, t)| t).collect())
     }
+}
 
-    /// The Kafka source for this worker's share of the partitions.
-    pub fn kafka_source<'scope>(&self, scope: Scope<'scope, Time>) -> Result<SourceStreams<'scope>> {
-        let source = &self.config.source;
+/// What a dataflow's build function works with on one worker: the job's
+/// shared context, the worker's scope, and the worker's cut, with which the
+/// sources, the stateful operators and the sinks register as they are built
+/// (so none can be left out of the job's commits).
+pub struct Job<'scope> {
+    ctx: Arc<JobContext>,
+    scope: Scope<'scope, Time>,
+    cut: Cut<'scope>,
+}
+
+impl<'scope> Job<'scope> {
+    /// The worker's scope.
+    pub fn scope(&self) -> Scope<'scope, Time> {
+        self.scope
+    }
+
+    /// The job's config.
+    pub fn config(&self) -> &Config {
+        &self.ctx.config
+    }
+
+    /// The dataflow section `[name]` of the config as `T` (see
+    /// [`Config::section`]).
+    pub fn section<T: serde::de::DeserializeOwned + Default>(&self, name: &str) -> Result<T> {
+        self.ctx
+            .sections_read
+            .lock()
+            .expect("sections")
+            .insert(name.to_string());
+        self.ctx.config.section(name)
+    }
+
+    /// The shared context.
+    pub fn context(&self) -> &JobContext {
+        &self.ctx
+    }
+
+    /// The Kafka source for this worker's share of the partitions; its
+    /// offsets are part of every cut.
+    pub fn kafka_source(&self) -> Result<SourceStreams<'scope>> {
+        let ctx = &self.ctx;
+        let source = &ctx.config.source;
         let spec = SourceSpec {
-            client: self.consumer_config(),
-            partitions: self.plan.for_worker(scope.index(), scope.peers()),
-            watch: self.watch.clone(),
-            worker: (scope.index(), scope.peers()),
-            epoch_ms: self.config.job.epoch_ms,
-            first_epoch: self.first_epoch,
+            client: consumer_config(&ctx.config),
+            partitions: ctx.plan.for_worker(self.scope.index(), self.scope.peers()),
+            watch: ctx.watch.clone(),
+            worker: (self.scope.index(), self.scope.peers()),
+            epoch_ms: ctx.config.job.epoch_ms,
+            first_epoch: ctx.first_epoch,
             max_out_of_orderness_ms: source.max_out_of_orderness_ms,
             idle_timeout_ms: source.idle_timeout_ms,
             max_future_ms: source.max_future_ms,
             future: source.future,
             control: source.control,
-            bounded: self.config.job.mode == RunMode::Bounded,
-            poll_batch: self.config.kafka.poll_batch,
-            stop: self.stop.clone(),
-            backpressure: self.backpressure.clone(),
-            stats: self.source_stats.clone(),
+            bounded: ctx.config.job.mode == RunMode::Bounded,
+            poll_batch: ctx.config.kafka.poll_batch,
+            stop: ctx.stop.clone(),
+            backpressure: ctx.backpressure.clone(),
+            stats: ctx.source_stats.clone(),
         };
-        kafka_source(scope, spec)
+        let streams = kafka_source(self.scope, spec, self.cut.release())?;
+        use timely::dataflow::operators::vec::Map;
+        self.cut
+            .register(streams.progress.clone().map(crate::checkpoint::CommitItem::from));
+        Ok(streams)
     }
 
-    /// A writer for table `name` of this job.
-    pub fn table_writer<R: TableRow>(&self, name: &str) -> TableWriter<R> {
-        TableWriter {
-            name: name.to_string(),
-            table: self
-                .tables
-                .get(name)
-                .unwrap_or_else(|| panic!("table `{name}` is not declared by the dataflow"))
-                .clone(),
-            job: self.config.job.name.clone(),
-            run_id: self.run_id.clone(),
-            target_file_size: self.config.iceberg.target_file_size_bytes as usize,
-            groups: self.groups(),
-            ctx: RowContext {
-                topics: self.topic_names(),
+    /// What the stateful operator `operator` (a name unique in the
+    /// dataflow) needs to checkpoint itself and restore.
+    pub fn state(&self, operator: &str) -> Checkpointed<'scope> {
+        Checkpointed {
+            state: StateCheckpoint {
+                operator: operator.to_string(),
+                store: StateStore::new(self.ctx.store.clone()),
+                groups: self.ctx.groups(),
+                run_id: self.ctx.run_id.clone(),
+                generation: self.ctx.fence.generation,
+                restore: self.ctx.restored.as_ref().map(|m| m.state.clone()).unwrap_or_default(),
             },
-            runtime: self.runtime.clone(),
-            backpressure: self.backpressure.clone(),
-            rows: PhantomData,
+            cut: self.cut.clone(),
+            first_epoch: self.ctx.first_epoch,
         }
     }
 
-    /// What a stateful operator named `operator` needs to checkpoint itself.
-    pub fn state_checkpoint(&self, operator: &str) -> StateCheckpoint {
-        StateCheckpoint {
-            operator: operator.to_string(),
-            store: StateStore::new(&self.job_dir),
-            groups: self.groups(),
-            run_id: self.run_id.clone(),
-            generation: self.fence.generation,
-            restore: self.restored.as_ref().map(|m| m.state.clone()).unwrap_or_default(),
+    /// Window parameters for `windows` under the job's epoch rule: results
+    /// are expected to close `source.max_out_of_orderness_ms` after their
+    /// window's end (see [`crate::operators::window`]).
+    pub fn window_params(&self, windows: crate::operators::Windows) -> crate::operators::WindowParams {
+        crate::operators::WindowParams::new(windows).with_clock(crate::operators::EpochClock {
+            epoch_ms: self.ctx.config.job.epoch_ms,
+            close_delay_us: self.ctx.config.source.max_out_of_orderness_ms.saturating_mul(1000),
+        })
+    }
+
+    /// The counters of the window operator `operator`, shared by its workers.
+    pub fn window_stats(&self, operator: &str) -> Arc<crate::operators::WindowStats> {
+        let mut counters = self.ctx.window_counters.lock().expect("window counters");
+        counters.entry(operator.to_string()).or_default().clone()
+    }
+
+    /// The table `name` of the dataflow, to write rows `R` into.
+    pub fn table<R: TableRow>(&self, name: &str) -> Result<Table<'scope, R>> {
+        let ctx = &self.ctx;
+        let table = ctx
+            .tables
+            .get(name)
+            .ok_or_else(|| Error::Other(format!("table `{name}` is not declared in the dataflow's `tables`")))?
+            .clone();
+        Ok(Table {
+            writer: TableWriter {
+                name: name.to_string(),
+                table,
+                job: ctx.config.job.name.clone(),
+                run_id: ctx.run_id.clone(),
+                target_file_size: ctx.config.iceberg.target_file_size_bytes as usize,
+                groups: ctx.groups(),
+                ctx: RowContext {
+                    topics: ctx.topic_names(),
+                },
+                runtime: ctx.runtime.clone(),
+                backpressure: ctx.backpressure.clone(),
+                rows: PhantomData,
+            },
+            cut: self.cut.clone(),
+        })
+    }
+
+    /// The transactional Kafka topic `topic`, whose records are published
+    /// once per cut, exactly once.
+    pub fn kafka_topic(&self, topic: &str) -> KafkaTopic<'scope> {
+        KafkaTopic {
+            topic: topic.to_string(),
+            groups: self.ctx.groups(),
+            cut: self.cut.clone(),
         }
     }
 
-    /// Commits everything of the job together, one cut per commit group:
-    /// staged files of all tables, source offsets and operator state.
-    pub fn commit<'scope>(&self, items: Stream<'scope, Time, Vec<CommitItem>>) {
-        let stop = self.stop.clone();
-        let processes = self.processes;
-        let spec = CommitSpec {
-            job: self.config.job.name.clone(),
-            catalog: self.catalog.clone(),
-            tables: self.table_order.clone(),
-            topics: self.topic_names(),
-            groups: self.groups(),
-            runtime: self.runtime.clone(),
-            stats: self.commit_stats.clone(),
-            on_fatal: Arc::new(move |e| {
-                if processes > 1 {
-                    // The other processes cannot finish without the
-                    // committer: end the whole cluster, so that it restarts
-                    // from the last checkpoint.
-                    tracing::error!(error = %e, "the committer failed; exiting the cluster");
-                    std::process::exit(1);
-                }
-                stop.stop_now()
-            }),
-            thread: self.commit_thread.clone(),
-            manifests: ManifestStore::open(&self.job_dir).expect("checkpoint folder opened at start"),
-            state_store: StateStore::new(&self.job_dir),
-            fence: self.fence.clone(),
-            keep_manifests: self.config.checkpoint.keep,
-            restored_state: self.restored.as_ref().map(|m| m.state.clone()).unwrap_or_default(),
-            restored_offsets: self.resume.offsets.clone(),
-            restored_watermarks: self.resume.watermarks.clone(),
-            restored_last_ts: self.resume.last_ts_ms.clone(),
-            restored_event_frontier: self.restored.as_ref().and_then(|m| m.event_frontier_us),
-            workers: self.workers,
-            kafka: self.config.kafka.clone(),
-        };
-        crate::sink::iceberg::commit(items, spec);
+    /// The counters of the dedup operator named `operator`, shared by all
+    /// workers of the process. The run report's `duplicates` is the most any
+    /// one operator removed: in a job with two dedups over the same trades
+    /// (bronze and arbitrage), each duplicate counts once.
+    pub fn dedup_stats(&self, operator: &str) -> Arc<DedupStats> {
+        let mut counters = self.ctx.dedup_counters.lock().expect("dedup counters");
+        counters.entry(operator.to_string()).or_default().clone()
     }
 }
 
@@ -343,288 +368,9 @@ pub struct RunReport {
 
 /// `(cpu seconds, peak RSS MiB)` of this process, from `/proc` (Linux).
 pub fn process_usage() -> (f64, f64) {
-    let cpu = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // Fields after the parenthesised command name; utime and stime are 14 and 15.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-            Some(ticks / 100.0)
-        })
-        .unwrap_or(0.0);
-    let rss = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-            line.split_whitespace().nth(1)?.parse::<f64>().ok()
-        })
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(0.0);
-    (cpu, rss)
-}
-
-/// Next offset per `(topic index, partition)`.
-pub type Offsets = BTreeMap<(u16, i32), i64>;
-
-/// Where a run starts: the checkpoint it resumes from, or nothing.
-struct Recovery {
-    manifest: Option<Manifest>,
-    resume: Resume,
-}
-
-/// Recovery, before any worker starts: check that the newest cut and the
-/// tables agree, roll the cut forward into every table that lacks it (after
-/// checking its files), check its state files, remove orphans. See
-/// `src/sink/iceberg/DESIGN.md`.
-async fn recover(
-    config: &Config,
-    catalog: &JobCatalog,
-    tables: &[String],
-    job_dir: &std::path::Path,
-    fence: &Fence,
-    reset: Option<(StartPosition, bool)>,
-) -> Result<Recovery> {
-    let job = &config.job.name;
-    let manifests = ManifestStore::open(job_dir)?;
-    let state = StateStore::new(job_dir);
-    // Each table's newest cut of this job: (epoch, commit id, rows).
-    let mut newest = BTreeMap::new();
-    for name in tables {
-        let table = catalog.load(name).await?;
-        if let Some(cut) = newest_cut(&table, job) {
-            newest.insert(name.clone(), cut);
-        }
-    }
-    if let Some((position, acknowledged)) = reset {
-        if !newest.is_empty() && !acknowledged {
-            return Err(Error::Checkpoint(reset_warning(job, position, &newest)));
-        }
-        tracing::warn!(job = %job, ?position, "--reset: discarding the job's checkpoints and starting afresh");
-        manifests.clear()?;
-        state.prune(&Default::default(), None)?;
-        return Ok(Recovery::of(config, None));
-    }
-    let Some(manifest) = manifests.latest()? else {
-        if let Some((name, cut)) = newest.iter().next() {
-            return Err(Error::Checkpoint(format!(
-                "table `{name}` holds data of job `{job}` up to epoch {}, but {} has no checkpoint: the \
-                 checkpoints were lost. Resuming without them would read every message again and duplicate the \
-                 rows. Restore the checkpoint folder, or start afresh anyway with --reset earliest|latest",
-                cut.epoch,
-                job_dir.display()
-            )));
-        }
-        return Ok(Recovery::of(config, None));
-    };
-    if manifest.job != *job {
-        return Err(Error::Checkpoint(format!(
-            "{} holds job `{}`, not `{job}`",
-            job_dir.display(),
-            manifest.job
-        )));
-    }
-    // The tables must not be ahead of the newest checkpoint: that means
-    // manifests were lost (deleted, or restored from an old backup), and
-    // resuming from the older cut would write its later data twice.
-    for (name, cut) in &newest {
-        let expected = crate::sink::iceberg::committer::commit_id(job, name, cut.epoch);
-        if cut.epoch > manifest.epoch {
-            return Err(Error::Checkpoint(format!(
-                "table `{name}` holds job `{job}`'s data up to epoch {}, but the newest checkpoint in {} is epoch \
-                 {}: checkpoints were lost (deleted, or restored from an old backup). Resuming from epoch {} \
-                 would write the data of the later epochs a second time. Restore the lost manifests, or start \
-                 afresh with --reset earliest|latest --yes",
-                cut.epoch,
-                job_dir.display(),
-                manifest.epoch,
-                manifest.epoch
-            )));
-        }
-        if cut.commit_id != expected {
-            return Err(Error::Checkpoint(format!(
-                "table `{name}`'s newest snapshot of job `{job}` (epoch {}) has commit id {}, not {expected}: it \
-                 was written by another job or a different table of the same name. Refusing to resume",
-                cut.epoch, cut.commit_id
-            )));
-        }
-    }
-    // Roll forward: a crash between the manifest and the Iceberg commits.
-    // First check that the cut's files are there, whole.
-    for (name, tc) in &manifest.tables {
-        if newest.get(name).is_some_and(|cut| cut.epoch >= manifest.epoch) {
-            continue;
-        }
-        let table = catalog.load(name).await?;
-        let files = tc.data_files.iter().filter_map(|json| {
-            let v: serde_json::Value = serde_json::from_str(json).ok()?;
-            Some((v["file_path"].as_str()?.to_string(), v["file_size_in_bytes"].as_u64()?))
-        });
-        let problems = maintenance::check_files(&table, files).await;
-        if !problems.is_empty() {
-            return Err(Error::Checkpoint(format!(
-                "the checkpoint of epoch {} must still be committed to `{name}`, but its data files are damaged: {}",
-                manifest.epoch,
-                problems.join("; ")
-            )));
-        }
-    }
-    let rolled = commit_manifest(catalog, tables, &manifest, Some(fence))
-        .await
-        .map_err(Error::Checkpoint)?;
-    crate::sink::iceberg::committer::publish_kafka(&config.kafka, &manifest)?;
-    for table in rolled.keys() {
-        tracing::info!(
-            table,
-            epoch = manifest.epoch,
-            "recovery: committed the checkpointed cut (roll forward)"
-        );
-    }
-    for f in &manifest.state {
-        let path = job_dir.join(&f.path);
-        if !path.exists() {
-            return Err(Error::Checkpoint(format!(
-                "state file {} of epoch {} is missing",
-                path.display(),
-                manifest.epoch
-            )));
-        }
-    }
-    // Hygiene: files of crashed runs that no checkpoint references.
-    let kept: Vec<Manifest> = manifests
-        .epochs()?
-        .into_iter()
-        .filter_map(|e| manifests.read(e).ok())
-        .collect();
-    let live: std::collections::HashSet<String> = kept
-        .iter()
-        .flat_map(|m| m.state.iter().map(|s: &StateFile| s.path.clone()))
-        .collect();
-    let removed = state.prune(&live, None)?;
-    let keep_data: std::collections::HashSet<String> = kept
-        .iter()
-        .flat_map(|m| m.tables.values().flat_map(|t| t.data_files.iter()))
-        .filter_map(|json| {
-            let v: serde_json::Value = serde_json::from_str(json).ok()?;
-            Some(v["file_path"].as_str()?.to_string())
-        })
-        .collect();
-    let mut orphans = 0;
-    for name in tables {
-        orphans += maintenance::remove_orphans(catalog, name, job, &keep_data).await?;
-    }
-    if removed + orphans > 0 {
-        tracing::info!(
-            state_files = removed,
-            data_files = orphans,
-            "recovery: removed files no checkpoint and no retained snapshot references"
-        );
-    }
-    tracing::info!(
-        epoch = manifest.epoch,
-        generation = fence.generation,
-        "resuming after the last checkpoint"
-    );
-    Ok(Recovery::of(config, Some(manifest)))
-}
-
-/// A table's newest cut of one job, from its retained snapshots.
-struct TableCut {
-    epoch: u64,
-    commit_id: String,
-    rows: u64,
-}
-
-fn newest_cut(table: &Table, job: &str) -> Option<TableCut> {
-    let snapshot = table
-        .metadata()
-        .snapshots()
-        .filter(|s| s.summary().additional_properties.get("k2.job").map(String::as_str) == Some(job))
-        .filter_map(|s| {
-            let epoch: u64 = s.summary().additional_properties.get("k2.epoch")?.parse().ok()?;
-            Some((epoch, s))
-        })
-        .max_by_key(|(epoch, _)| *epoch)?;
-    let props = &snapshot.1.summary().additional_properties;
-    let current = table.metadata().current_snapshot()?.summary();
-    Some(TableCut {
-        epoch: snapshot.0,
-        commit_id: props.get("k2.commit-id").cloned().unwrap_or_default(),
-        rows: current
-            .additional_properties
-            .get("total-records")
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(0),
-    })
-}
-
-/// What `--reset` would do to tables that already hold the job's rows.
-fn reset_warning(job: &str, position: StartPosition, newest: &BTreeMap<String, TableCut>) -> String {
-    let tables: Vec<String> = newest
-        .iter()
-        .map(|(name, cut)| format!("`{name}` ({} rows, up to epoch {})", cut.rows, cut.epoch))
-        .collect();
-    let effect = match position {
-        StartPosition::Earliest => {
-            "re-reads every message Kafka still retains and appends it again: the rows already in the tables \
-             will be there twice"
-        }
-        StartPosition::Latest => {
-            "starts at the end of every partition: the rows already in the tables stay, and every message \
-             produced since the last checkpoint is skipped"
-        }
-    };
-    format!(
-        "--reset {}: job `{job}` already has rows in {}. Discarding its checkpoints {effect}. The tables themselves \
-         are not changed. If that is what you want, run again with --yes",
-        match position {
-            StartPosition::Earliest => "earliest",
-            StartPosition::Latest => "latest",
-        },
-        tables.join(", ")
-    )
-}
-
-impl Recovery {
-    /// Resuming from `manifest`: its offsets, watermarks and last Kafka
-    /// timestamps by topic index.
-    fn of(config: &Config, manifest: Option<Manifest>) -> Recovery {
-        let topics: Vec<String> = config.kafka.topics.list().into_iter().map(|(_, t)| t).collect();
-        let mut resume = Resume {
-            checkpointed: manifest.is_some(),
-            ..Resume::default()
-        };
-        if let Some(manifest) = &manifest {
-            let index = |topic: &str| topics.iter().position(|t| t == topic).map(|i| i as u16);
-            for (topic, parts) in &manifest.offsets {
-                let Some(t) = index(topic) else {
-                    tracing::warn!(
-                        topic,
-                        "the checkpoint has offsets of a topic the config no longer reads"
-                    );
-                    continue;
-                };
-                for (p, o) in parts {
-                    resume.offsets.insert((t, *p), *o);
-                }
-            }
-            for (topic, parts) in &manifest.max_event_us {
-                if let Some(t) = index(topic) {
-                    for (p, us) in parts {
-                        resume.watermarks.insert((t, *p), *us as u64);
-                    }
-                }
-            }
-            for (topic, parts) in &manifest.last_ts_ms {
-                if let Some(t) = index(topic) {
-                    for (p, ts) in parts {
-                        resume.last_ts_ms.insert((t, *p), *ts);
-                    }
-                }
-            }
-        }
-        Recovery { manifest, resume }
-    }
+    use crate::telemetry::process;
+    let peak = process::peak_resident_bytes().map_or(0.0, |b| b as f64 / (1024.0 * 1024.0));
+    (process::cpu_seconds().unwrap_or(0.0), peak)
 }
 
 /// How long a job waits at start for a busy catalog before giving up.
@@ -648,7 +394,7 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
     let stop = options.stop.clone();
     install_signal_handlers(&handle, stop.clone());
 
-    let table_order: Vec<String> = dataflow.tables.iter().map(|(n, _)| n.to_string()).collect();
+    let table_order: Vec<String> = dataflow.tables.iter().map(|t| t.name.to_string()).collect();
     if let Some(prepare) = dataflow.prepare {
         prepare(&config)?;
     }
@@ -656,19 +402,23 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
     if let Some(position) = options.reset {
         config.source.start = position;
     }
-    let job_dir = config.checkpoint.job_dir(&config.job.name);
+    let store = crate::checkpoint::store::open(&config.checkpoint.job_location(&config.job.name), &config.s3)?;
     let fingerprint = handshake::Fingerprint {
         dataflow: dataflow.name.to_string(),
         processes: timely.processes,
         workers: timely.workers,
         version: env!("CARGO_PKG_VERSION").to_string(),
-        config: serde_json::to_value(&config).map_err(|e| Error::Other(format!("config as JSON: {e}")))?,
+        config: handshake::Fingerprint::digest(&config.effective()),
     };
     let leader = timely.process == 0;
     // Only the leader (process 0) locks, fences and recovers; the others
     // take its plan and checkpoint in the handshake.
     let _lock = leader
-        .then(|| JobLock::acquire(&job_dir, &config.job.name))
+        .then(|| {
+            let lost = stop.clone();
+            let lease = Duration::from_millis(config.checkpoint.lease_ms);
+            store.lock(&config.job.name, lease, Box::new(move |reason| lost.fail(reason)))
+        })
         .transpose()?;
     // A follower asks first: by the answer, process 0 has created the tables.
     let agreed = if leader {
@@ -682,72 +432,95 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
             HANDSHAKE_TIMEOUT,
         )?)
     };
-    let (catalog, tables, fence, recovery, plan) = handle.block_on(async {
+    let topics: Vec<String> = config.kafka.topics.list().into_iter().map(|(_, t)| t).collect();
+    let (catalog, tables) = handle.block_on(async {
         // A catalog that is busy (a locked SQLite file, a restarting server)
         // is waited for, as commits wait for it mid-run.
-        let catalog = crate::retry::retry_async("opening the catalog", CATALOG_WAIT, || {
-            JobCatalog::open(&config.iceberg)
+        // A wrong config or an incompatible table is reported at once.
+        let transient = |e: &crate::error::Error| !e.is_permanent();
+        let catalog = crate::retry::retry_async_if("opening the catalog", CATALOG_WAIT, transient, || {
+            JobCatalog::open(&config.iceberg, &config.s3)
         })
         .await?;
         let mut tables = BTreeMap::new();
-        for (name, kind) in dataflow.tables {
+        for decl in dataflow.tables {
+            let name = decl.name;
+            let what = format!("creating or loading table `{name}`");
             let table =
-                crate::retry::retry_async(&format!("creating or loading table `{name}`"), CATALOG_WAIT, || async {
-                    match kind {
-                        TableKind::Trades => catalog.ensure_table::<Trade>(name).await,
-                        TableKind::DeadLetters => catalog.ensure_table::<DeadLetter>(name).await,
-                        TableKind::Alerts => catalog.ensure_table::<crate::record::Alert>(name).await,
-                    }
-                })
-                .await?;
+                crate::retry::retry_async_if(&what, CATALOG_WAIT, transient, || catalog.ensure_table(decl)).await?;
             tables.insert(name.to_string(), table);
         }
-        if let Some(agreed) = agreed {
-            let fence = Fence::joined(&job_dir, &config.job.name, agreed.generation);
+        Result::Ok((catalog, tables))
+    })?;
+    let participants: Vec<Arc<dyn Participant>> = vec![
+        Arc::new(IcebergParticipant::new(
+            catalog,
+            table_order.clone(),
+            config.clone(),
+            handle.clone(),
+        )),
+        Arc::new(KafkaParticipant::new(config.kafka.clone(), &config.job.name)),
+    ];
+    let manifests = ManifestStore::open(store.clone());
+    let state = StateStore::new(store.clone());
+    let (fence, recovered, plan) = match agreed {
+        Some(agreed) => {
+            let fence = Fence::joined(store.clone(), &config.job.name, agreed.generation);
             let manifest = match agreed.checkpoint_epoch {
-                Some(epoch) => Some(ManifestStore::open(&job_dir)?.read(epoch).map_err(|e| {
+                Some(epoch) => Some(manifests.read(epoch).map_err(|e| {
                     Error::Checkpoint(format!(
                         "process 0 resumes from epoch {epoch}, which this process cannot read \
-                         (checkpoint.dir must be a folder all processes share): {e}"
+                         (checkpoint.dir must be a folder all processes share, or an object store): {e}"
                     ))
                 })?),
                 None => None,
             };
-            let recovery = Recovery::of(&config, manifest);
+            let recovered = Recovered {
+                resume: Resume::of(&topics, manifest.as_ref()),
+                manifest,
+            };
             // The leader binds its timely port right after answering; timely
             // retries a refused connection only after a second (and says so on
             // stdout), so give it a moment.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            return Result::Ok((catalog, tables, fence, recovery, agreed.plan));
+            std::thread::sleep(Duration::from_millis(300));
+            (fence, recovered, agreed.plan)
         }
-        let fence = Fence::take(&job_dir, &config.job.name)?;
-        let reset = options.reset.map(|p| (p, options.reset_acknowledged));
-        let recovery = recover(&config, &catalog, &table_order, &job_dir, &fence, reset).await?;
-        for name in &table_order {
-            if let Err(e) = maintenance::expire_snapshots(&catalog, name, &config).await {
-                tracing::warn!(error = %e, "snapshot expiry failed; will retry at the next start");
+        None => {
+            let fence = Fence::take(store.clone(), &config.job.name)?;
+            let reset = options.reset.map(|position| Reset {
+                position,
+                acknowledged: options.reset_acknowledged,
+            });
+            let recovered = crate::checkpoint::recover(
+                &config.job.name,
+                &topics,
+                &manifests,
+                &state,
+                &participants,
+                &fence,
+                reset,
+            )?;
+            let plan = SourcePlan::discover(
+                &consumer_config(&config),
+                &config.kafka.topics.list(),
+                config.source.start,
+                &recovered.resume,
+                config.job.mode == RunMode::Bounded,
+                Duration::from_millis(config.kafka.connect_timeout_ms),
+            )?;
+            if timely.processes > 1 {
+                let agreement = handshake::Agreement {
+                    generation: fence.generation,
+                    checkpoint_epoch: recovered.manifest.as_ref().map(|m| m.epoch),
+                    plan: plan.clone(),
+                };
+                let address = timely.addresses()?.remove(0);
+                handshake::lead(&address, timely.processes, &fingerprint, &agreement, HANDSHAKE_TIMEOUT)?;
             }
+            (fence, recovered, plan)
         }
-        let plan = SourcePlan::discover(
-            &consumer_config(&config),
-            &config.kafka.topics.list(),
-            config.source.start,
-            &recovery.resume,
-            config.job.mode == RunMode::Bounded,
-            Duration::from_millis(config.kafka.connect_timeout_ms),
-        )?;
-        if timely.processes > 1 {
-            let agreement = handshake::Agreement {
-                generation: fence.generation,
-                checkpoint_epoch: recovery.manifest.as_ref().map(|m| m.epoch),
-                plan: plan.clone(),
-            };
-            let address = timely.addresses()?.remove(0);
-            handshake::lead(&address, timely.processes, &fingerprint, &agreement, HANDSHAKE_TIMEOUT)?;
-        }
-        Result::Ok((catalog, tables, fence, recovery, plan))
-    })?;
-    let first_epoch = recovery.manifest.as_ref().map_or(0, |m| m.epoch + 1);
+    };
+    let first_epoch = recovered.manifest.as_ref().map_or(0, |m| m.epoch + 1);
     tracing::info!(
         partitions = plan.partitions.len(),
         workers = timely.total_workers(),
@@ -757,7 +530,6 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
     if let Some(ready) = &options.ready {
         ready.store(true, Ordering::SeqCst);
     }
-
     let watch = (config.job.mode == RunMode::Continuous).then(|| {
         PartitionWatch::start(
             consumer_config(&config),
@@ -766,11 +538,23 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
             Duration::from_millis(config.kafka.metadata_refresh_ms),
         )
     });
+    let telemetry = Arc::new(Telemetry::start(
+        &options.telemetry,
+        &crate::telemetry::Identity {
+            job: config.job.name.clone(),
+            dataflow: dataflow.name.to_string(),
+            process: timely.process,
+            leader,
+        },
+        consumer_config(&config),
+        config.kafka.commit_group_offsets,
+        recovered.manifest.as_ref(),
+        &handle,
+    )?);
     let ctx = Arc::new(JobContext {
         config,
         plan,
         first_epoch,
-        catalog,
         tables,
         run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
         runtime: handle.clone(),
@@ -778,28 +562,59 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         backpressure: Default::default(),
         source_stats: Default::default(),
         dedup_counters: Default::default(),
+        window_counters: Default::default(),
         join_stats: Default::default(),
         kafka_stats: Default::default(),
         commit_stats: Default::default(),
         commit_thread: Default::default(),
-        table_order,
-        job_dir: job_dir.clone(),
+        participants,
+        store: store.clone(),
         fence,
-        restored: recovery.manifest,
-        resume: recovery.resume,
+        restored: recovered.manifest,
+        resume: recovered.resume,
         watch,
         workers: timely.total_workers(),
         processes: timely.processes,
+        sections_read: Default::default(),
+        telemetry,
+    });
+    ctx.telemetry.watch(crate::telemetry::snapshot::Sources {
+        source: ctx.source_stats.clone(),
+        dedup: ctx.dedup_counters.clone(),
+        windows: ctx.window_counters.clone(),
+        join: ctx.join_stats.clone(),
+        kafka_sink: ctx.kafka_stats.clone(),
+        commits: leader.then(|| ctx.commit_stats.clone()),
     });
     let started = Instant::now();
     let build = dataflow.build;
     let worker_ctx = ctx.clone();
     let guards = timely::execute(timely.to_config()?, move |worker| {
         let ctx = worker_ctx.clone();
-        let built = worker.dataflow::<Time, _, _>(|scope| build(&ctx, scope));
+        let built = worker.dataflow::<Time, _, _>(|scope| {
+            let job = Job {
+                ctx: ctx.clone(),
+                scope,
+                cut: Cut::default(),
+            };
+            build(&job)?;
+            let unread: Vec<&str> = {
+                let read = ctx.sections_read.lock().expect("sections");
+                ctx.config.section_names().filter(|s| !read.contains(*s)).collect()
+            };
+            if let Some(section) = unread.first() {
+                return Err(Error::config(
+                    *section,
+                    "no part of this dataflow reads this section (a typo, or a config for another dataflow?)",
+                ));
+            }
+            let items = job.cut.all(scope);
+            crate::checkpoint::commit(items, commit_spec(&ctx));
+            Result::Ok(())
+        });
         if let Err(e) = built {
             tracing::error!(error = %e, "building the dataflow failed; stopping");
-            ctx.stop.stop_now();
+            ctx.stop.fail(e.to_string());
             return Err(e.to_string());
         }
         while worker.step_or_park(None) {}
@@ -818,20 +633,16 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         let _ = thread.join();
     }
     if leader {
-        prune_checkpoints(
-            &ManifestStore::open(&job_dir)?,
-            &StateStore::new(&job_dir),
-            ctx.config.checkpoint.keep,
-            u64::MAX,
-        );
+        crate::checkpoint::committer::prune_checkpoints(&manifests, &state, ctx.config.checkpoint.keep, u64::MAX);
     }
     if let Some(watch) = &ctx.watch {
         watch.stop();
     }
-    if let Some(e) = worker_error {
+    ctx.telemetry.finish();
+    if let Some(e) = ctx.stop.failure() {
         return Err(Error::Other(e));
     }
-    if let Some(e) = ctx.stop.failure() {
+    if let Some(e) = worker_error {
         return Err(Error::Other(e));
     }
     let stats = ctx.commit_stats.lock().expect("stats");
@@ -871,6 +682,41 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         cpu_s: process_usage().0,
         peak_rss_mib: process_usage().1,
     })
+}
+
+/// The committer's spec for this job.
+fn commit_spec(ctx: &Arc<JobContext>) -> CommitSpec {
+    let stop = ctx.stop.clone();
+    let processes = ctx.processes;
+    CommitSpec {
+        job: ctx.config.job.name.clone(),
+        topics: ctx.topic_names(),
+        groups: ctx.groups(),
+        participants: ctx.participants.clone(),
+        stats: ctx.commit_stats.clone(),
+        on_fatal: Arc::new(move |e| {
+            if processes > 1 {
+                // The other processes cannot finish without the committer:
+                // end the whole cluster, so that it restarts from the last
+                // checkpoint.
+                tracing::error!(error = %e, "the committer failed; exiting the cluster");
+                std::process::exit(1);
+            }
+            stop.fail(e)
+        }),
+        thread: ctx.commit_thread.clone(),
+        manifests: ManifestStore::open(ctx.store.clone()),
+        state_store: StateStore::new(ctx.store.clone()),
+        fence: ctx.fence.clone(),
+        keep_manifests: ctx.config.checkpoint.keep,
+        resume: ctx.resume.clone(),
+        restored: ctx.restored.clone(),
+        workers: ctx.workers,
+        on_committed: Some({
+            let telemetry = ctx.telemetry.clone();
+            Arc::new(move |manifest: &Manifest, took: Duration| telemetry.on_cut(manifest, took))
+        }),
+    }
 }
 
 fn install_signal_handlers(handle: &tokio::runtime::Handle, stop: StopSignal) {

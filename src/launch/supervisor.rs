@@ -30,8 +30,10 @@ pub struct ClusterSpec {
     pub dataflow: String,
     /// The job's config file.
     pub config: PathBuf,
-    /// The job's checkpoint folder (for progress and the hostfile).
-    pub job_dir: PathBuf,
+    /// The job's checkpoint store (for progress).
+    pub store: Arc<dyn crate::checkpoint::Store>,
+    /// A local folder for the hostfile.
+    pub work_dir: PathBuf,
     /// Processes.
     pub processes: usize,
     /// Worker threads per process.
@@ -130,7 +132,7 @@ pub fn supervise(spec: &ClusterSpec, stop: Arc<AtomicBool>) -> Result<ClusterRep
         Some(base) => (0..spec.processes).map(|i| base + i as u16).collect(),
         None => free_ports(spec.processes)?,
     };
-    let cluster_dir = spec.job_dir.join("cluster");
+    let cluster_dir = spec.work_dir.clone();
     std::fs::create_dir_all(&cluster_dir).map_err(|e| Error::io("create", &cluster_dir, e))?;
     let hostfile = cluster_dir.join("hosts");
     let hosts: String = ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect();
@@ -297,7 +299,7 @@ fn status_line(spec: &ClusterSpec, members: &[Member], progress: &mut Progress) 
             Some(s) => format!("p{} exited ({})", m.index, describe(&s)),
         })
         .collect();
-    let job = match ManifestStore::open(&spec.job_dir).and_then(|s| s.latest()) {
+    let job = match ManifestStore::open(spec.store.clone()).latest() {
         Ok(Some(m)) => {
             let next: i64 = m.offsets.values().flat_map(|p| p.values()).sum();
             let age_s = (chrono::Utc::now().timestamp_millis() - m.created_ms) as f64 / 1000.0;

@@ -58,15 +58,15 @@ pub fn detect(binance: &Trade, kraken: &Trade, p: &ArbitrageParams) -> Option<Al
         return None;
     }
     Some(Alert {
-        alert_id: Alert::id_of(&binance.message_id, &kraken.message_id),
-        symbol: binance.symbol.clone(),
+        alert_id: Alert::id_of(binance.message_id, kraken.message_id),
+        symbol: binance.symbol,
         buy_exchange: buy.0,
         sell_exchange: sell.0,
         buy_price: buy.1.price,
         sell_price: sell.1.price,
         spread_millibps: (spread_bps * 1000.0).round() as i64,
-        binance_message_id: binance.message_id.clone(),
-        kraken_message_id: kraken.message_id.clone(),
+        binance_message_id: binance.message_id,
+        kraken_message_id: kraken.message_id,
         binance_event_us: binance.event_us,
         kraken_event_us: kraken.event_us,
         produce_ms: binance.source.kafka_ts_ms.max(kraken.source.kafka_ts_ms),
@@ -83,7 +83,7 @@ pub trait Arbitrage<'scope> {
         self,
         kraken: Stream<'scope, Time, Vec<Trade>>,
         params: ArbitrageParams,
-        restore: &[JoinState<String, Trade, Trade>],
+        restore: &[JoinState<crate::record::Symbol, Trade, Trade>],
         stats: Arc<JoinStats>,
     ) -> Stream<'scope, Time, Vec<Alert>>;
 }
@@ -100,7 +100,7 @@ impl<'scope> Arbitrage<'scope> for Stream<'scope, Time, Vec<Trade>> {
         self,
         kraken: Stream<'scope, Time, Vec<Trade>>,
         params: ArbitrageParams,
-        restore: &[JoinState<String, Trade, Trade>],
+        restore: &[JoinState<crate::record::Symbol, Trade, Trade>],
         stats: Arc<JoinStats>,
     ) -> Stream<'scope, Time, Vec<Alert>> {
         self.interval_join_with(kraken, params.delta_us, restore, stats, move |b: &Trade, k: &Trade| {

@@ -34,19 +34,19 @@
 //! their retention passes). See [`crate::checkpoint::state`].
 
 use crate::checkpoint::state::{
-    BackgroundWrite, StateCheckpoint, StateFile, StateKind, StateStore, restore_snapshots, route,
+    StateCheckpoint, StateFile, StateKind, StateStore, StateWrites, restore_snapshots, route,
 };
-use crate::time::{Time, epoch_complete, stamp_time};
+use crate::checkpoint::{Checkpointed, GroupBuffer};
+use crate::time::{Time, stamp_time};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
-use std::hash::BuildHasher;
+
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::CapabilitySet;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
@@ -90,13 +90,9 @@ pub trait DedupKey {
 /// the message id without its last part.
 impl DedupKey for crate::record::Trade {
     fn dedup_id(&self) -> DedupId<'_> {
-        let stream = self
-            .message_id
-            .rsplit_once(':')
-            .map_or(self.message_id.as_str(), |(stream, _)| stream);
         DedupId::Sequenced {
-            stream,
-            seq: self.trade_id,
+            stream: self.message_id.stream.as_str(),
+            seq: self.message_id.trade_id,
         }
     }
     fn event_us(&self) -> u64 {
@@ -177,15 +173,14 @@ pub trait Dedup<'scope, D> {
 /// Dedup with its state in the job's checkpoints.
 pub trait DedupCheckpointed<'scope, D> {
     /// Like [`Dedup::dedup`], and also writes its state per commit group (see
-    /// the module docs); the second stream reports the files to the
-    /// committer. The state of `ckpt.restore` that routes to this worker is
-    /// loaded first.
+    /// the module docs), registered with the cut of `ckpt`. The state of
+    /// `ckpt`'s restore that routes to this worker is loaded first.
     fn dedup_checkpointed(
         self,
         params: DedupParams,
         stats: Arc<DedupStats>,
-        ckpt: StateCheckpoint,
-    ) -> (Stream<'scope, Time, Vec<D>>, Stream<'scope, Time, Vec<StateFile>>);
+        ckpt: Checkpointed<'scope>,
+    ) -> Stream<'scope, Time, Vec<D>>;
 }
 
 impl<'scope, D> Dedup<'scope, D> for Stream<'scope, Time, Vec<D>>
@@ -205,22 +200,22 @@ where
         self,
         params: DedupParams,
         stats: Arc<DedupStats>,
-        ckpt: StateCheckpoint,
-    ) -> (Stream<'scope, Time, Vec<D>>, Stream<'scope, Time, Vec<StateFile>>) {
-        build(self, params, stats, Some(ckpt))
+        ckpt: Checkpointed<'scope>,
+    ) -> Stream<'scope, Time, Vec<D>> {
+        let (data, state) = build(self, params, stats, Some(ckpt.state));
+        ckpt.cut.register_state(state);
+        data
     }
 }
 
-/// The stable hash that routes a stream or id to its worker: the same in
-/// every process of a cluster (a fixed seed), and fast (foldhash).
+/// The hash that routes a stream or id to its worker (see [`crate::hash`]).
 pub fn hash_key(key: &str) -> u64 {
-    foldhash::fast::FixedState::with_seed(0x6b32_5f64_6564_7570).hash_one(key)
+    crate::hash::key_hash(key)
 }
 
-/// The 128-bit fingerprint an id is remembered by: collisions among a
-/// billion ids have a probability of about 10^-21.
+/// The 128-bit fingerprint an id is remembered by.
 fn fingerprint(id: &str) -> u128 {
-    xxhash_rust::xxh3::xxh3_128(id.as_bytes())
+    crate::hash::fingerprint(id.as_bytes())
 }
 
 /// The numbers seen of one sequenced stream, as disjoint `[start, end)` ranges.
@@ -438,10 +433,10 @@ impl DedupState {
 /// An id in a delta file: its routing hash, fingerprint and expiry.
 type IdEntry = (u64, u128, u64);
 
-/// A commit group's pending checkpoint work: the capability to report it,
-/// the numbers and the ids first seen in it.
+/// A commit group's pending checkpoint work: the numbers and the ids first
+/// seen in it.
+#[derive(Default)]
 struct Group {
-    caps: CapabilitySet<Time>,
     seqs: Vec<(Rc<str>, u64)>,
     ids: Vec<IdEntry>,
 }
@@ -478,8 +473,8 @@ where
     // The first group of a run writes a snapshot even if nothing changed, so
     // that the run's snapshots soon retire the older runs' (see checkpoint::state).
     let mut snapshot_written = false;
-    let mut groups: BTreeMap<u64, Group> = BTreeMap::new();
-    let mut writing: Vec<(CapabilitySet<Time>, BackgroundWrite)> = Vec::new();
+    let mut groups: Option<GroupBuffer<Group>> = ckpt.as_ref().map(|c| GroupBuffer::new(c.groups));
+    let mut writing = StateWrites::default();
     let wake = scope
         .worker()
         .sync_activator_for(builder.operator_info().address.to_vec());
@@ -494,19 +489,9 @@ where
                 let time = stamp_time(cap.stamp().iter());
                 let mut data_out = data_out.activate();
                 let mut session = data_out.session(&cap);
-                // This stamp's group: one lookup per batch, not per record.
-                let mut group = match (&ckpt, time) {
-                    (Some(ckpt), Some(time)) => {
-                        let g = groups.entry(ckpt.groups.group_of(time.epoch)).or_insert_with(|| Group {
-                            caps: CapabilitySet::new(),
-                            seqs: Vec::new(),
-                            ids: Vec::new(),
-                        });
-                        if g.caps.is_empty() {
-                            g.caps.insert(cap.delayed(&time, 1));
-                        }
-                        Some(g)
-                    }
+                // This message's group: one lookup per batch, not per record.
+                let mut group = match (groups.as_mut(), time) {
+                    (Some(groups), Some(time)) => Some(groups.at(&cap, time, 1)),
                     _ => None,
                 };
                 let (mut passed, mut dropped, mut closed, mut evicted) = (0, 0, 0, 0);
@@ -543,12 +528,8 @@ where
 
             // Write the state of groups the frontier has passed, off the
             // worker thread; report each file once it is durable.
-            if let Some(ckpt) = &ckpt {
-                while let Some(entry) = groups.first_entry() {
-                    if !epoch_complete(frontier.iter(), *entry.key()) {
-                        break;
-                    }
-                    let (group, g) = entry.remove_entry();
+            if let (Some(ckpt), Some(groups)) = (&ckpt, groups.as_mut()) {
+                for (group, caps, g) in groups.complete(frontier.iter()) {
                     if !g.seqs.is_empty() || !snapshot_written {
                         snapshot_written = true;
                         for (name, seq) in &g.seqs {
@@ -567,21 +548,15 @@ where
                         let write = ckpt
                             .store
                             .write_bytes_in_background(file, bytes, entries.len() as u64, wake.clone());
-                        writing.push((g.caps.clone(), write));
+                        writing.push(caps.clone(), write);
                     }
                     if !g.ids.is_empty() {
                         let max_expiry = g.ids.iter().map(|(_, _, x)| *x).max().unwrap_or(0);
                         let file = ckpt.file(index, peers, group, StateKind::Delta, max_expiry);
-                        writing.push((g.caps, ckpt.store.write_in_background(file, g.ids, wake.clone())));
+                        writing.push(caps, ckpt.store.write_in_background(file, g.ids, wake.clone()));
                     }
                 }
-                writing.retain(|(caps, write)| match write.done() {
-                    Some(file) => {
-                        state_out.activate().session(caps).give(file);
-                        false
-                    }
-                    None => true,
-                });
+                writing.report(|caps, file| state_out.activate().session(caps).give(file));
             }
         }
     });

@@ -54,7 +54,7 @@ use crate::time::{Time, event_frontier};
 use differential_dataflow::lattice::Lattice;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use timely::ExchangeData;
@@ -77,8 +77,8 @@ pub trait JoinSide {
 
 /// Trades join by normalized symbol (`BTC/USDT`) at their exchange event time.
 impl JoinSide for crate::record::Trade {
-    type Key = String;
-    fn join_key(&self) -> &String {
+    type Key = crate::record::Symbol;
+    fn join_key(&self) -> &crate::record::Symbol {
         &self.symbol
     }
     fn event_us(&self) -> u64 {
@@ -109,50 +109,7 @@ pub struct JoinStats {
     pub live_keys: AtomicU64,
 }
 
-/// The 64-bit hash that routes a key to a worker: FNV-1a over the bytes that
-/// `Hash` feeds, then a murmur3 finalizer so that the low bits (which pick
-/// the worker) depend on every byte. Unlike `DefaultHasher`'s, its algorithm
-/// is fixed here (given the key's `Hash` impl): routing does not change with
-/// the Rust release, so processes built apart still agree on it.
-pub fn key_hash<K: Hash + ?Sized>(key: &K) -> u64 {
-    let mut hasher = KeyHasher::default();
-    key.hash(&mut hasher);
-    hasher.finish()
-}
-
-/// The worker, out of `peers`, that owns `key`: the one timely's exchange
-/// sends it to (timely takes the hash modulo `peers`, by a mask when `peers`
-/// is a power of two, which is the same).
-pub fn key_worker<K: Hash + ?Sized>(key: &K, peers: usize) -> usize {
-    (key_hash(key) % peers as u64) as usize
-}
-
-#[derive(Clone, Copy)]
-struct KeyHasher(u64);
-
-impl Default for KeyHasher {
-    fn default() -> Self {
-        KeyHasher(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for KeyHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        let mut h = self.0;
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        h ^ (h >> 33)
-    }
-}
+pub use crate::hash::{key_hash, key_worker};
 
 /// One stored record, with its event time and the time it arrived at.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -179,7 +136,7 @@ struct KeyRecords<K, D> {
     deserialize = "K: Deserialize<'de> + Hash + Eq, D: Deserialize<'de>"
 ))]
 struct SideState<K, D> {
-    slots: HashMap<K, usize, BuildHasherDefault<KeyHasher>>,
+    slots: HashMap<K, usize, foldhash::fast::RandomState>,
     keys: Vec<Option<KeyRecords<K, D>>>,
     free: Vec<usize>,
     /// `(front event time, slot)` for every slot with records.
@@ -1024,12 +981,5 @@ mod tests {
         }
         // Slots were reused, not grown.
         assert_eq!(side.keys.len(), 200);
-    }
-
-    #[test]
-    fn key_hash_is_fixed_across_builds() {
-        // Checkpointed state is re-routed by this hash: it must never change.
-        assert_eq!(key_hash("BTC/USDT"), key_hash(&"BTC/USDT".to_string()));
-        assert_eq!(key_hash("BTC/USDT"), 12_583_068_498_830_971_201);
     }
 }

@@ -9,8 +9,14 @@ pub mod arbitrage;
 pub mod dedup;
 pub mod interval_join;
 pub mod log_state;
+pub mod window;
 
 pub use arbitrage::{Arbitrage, ArbitrageParams};
 pub use dedup::{Dedup, DedupCheckpointed, DedupId, DedupKey, DedupParams};
 pub use interval_join::{IntervalJoin, JoinSide, JoinState, JoinStats, key_hash, key_worker};
 pub use log_state::{LogState, read_logged};
+pub use window::bars::{Bar, BarRow, Ohlcv, TradeAt, bar_symbol, by_exchange_symbol, by_symbol};
+pub use window::{
+    Aggregate, EpochClock, EventTime, Merge, Window, WindowCheckpointed, WindowKey, WindowParams, WindowStats,
+    WindowStreams, Windowed, Windows,
+};

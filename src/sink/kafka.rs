@@ -5,19 +5,20 @@
 //!   producer. Lowest latency; at least once across crashes (records after
 //!   the last checkpoint are sent again), so consumers deduplicate by key.
 //! * **Transactional** ([`PublishKafka::stage_kafka`]): records are grouped
-//!   per commit group and handed to the committer, which writes them into the
-//!   cut's manifest and then publishes them in one Kafka transaction
-//!   ([`TxnPublisher`]). The transaction also commits a marker offset (the
+//!   per commit group and staged for the [`KafkaParticipant`] of the cut,
+//!   which writes them into the cut's manifest and then publishes them in one
+//!   Kafka transaction ([`TxnPublisher`]). The transaction also commits a marker offset (the
 //!   cut's epoch) for a consumer group of the job, atomically: recovery reads
 //!   it to tell whether the manifest's records are already published, and
 //!   publishes them if not. Exactly once for `read_committed` consumers, and
 //!   visible per commit. The fixed `transactional.id` lets Kafka itself fence
 //!   a zombie producer of an older instance.
 
+use crate::checkpoint::{CommitItem, Committed, Cut, Fence, GroupBuffer, Manifest, Participant, Prepared, Staged};
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::kafka::{Quiet, client_config};
-use crate::time::{Time, epoch_complete, stamp_time};
+use crate::time::{Time, stamp_time};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -30,7 +31,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::CapabilitySet;
 use timely::dataflow::operators::generic::Operator;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,6 +47,20 @@ pub struct KafkaBatch {
     pub group: u64,
     /// The records.
     pub records: Vec<KafkaRecord>,
+}
+
+/// The participant name of transactional Kafka topics in cuts and manifests.
+pub const PARTICIPANT: &str = "kafka";
+
+/// A transactional Kafka topic of the job, for one worker's dataflow: its
+/// name, the group rule, and the cut its records join.
+pub struct KafkaTopic<'scope> {
+    /// The topic.
+    pub topic: String,
+    /// The job's commit groups.
+    pub groups: crate::checkpoint::CommitGroups,
+    /// The worker's cut.
+    pub cut: Cut<'scope>,
 }
 
 /// Something that can be published to Kafka.
@@ -70,7 +84,11 @@ pub struct KafkaSinkStats {
 
 /// Creates `topic` unless it exists. Alert topics use `LogAppendTime`, so a
 /// record's timestamp is its arrival time, which latency is measured to.
+/// Its replication factor is `kafka.replication_factor`, as for every topic
+/// K2 creates. Waits for the brokers first (see
+/// [`crate::kafka::wait_for_brokers`]).
 pub fn ensure_topic(kafka: &KafkaConfig, topic: &str, partitions: i32, configs: &[(&str, &str)]) -> Result<()> {
+    crate::kafka::wait_for_brokers(kafka, topic)?;
     let admin: AdminClient<Quiet> = client_config(kafka)
         .create_with_context(Quiet)
         .map_err(|e| Error::kafka("create admin client", e))?;
@@ -91,7 +109,12 @@ pub fn ensure_topic(kafka: &KafkaConfig, topic: &str, partitions: i32, configs: 
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((t, code)) => return Err(Error::Other(format!("create topic `{t}`: {code}"))),
+            Err((t, code)) => {
+                return Err(Error::Other(format!(
+                    "create topic `{t}` ({partitions} partitions, kafka.replication_factor = {}): {code}",
+                    kafka.replication_factor
+                )));
+            }
         }
     }
     Ok(())
@@ -101,12 +124,9 @@ pub fn ensure_topic(kafka: &KafkaConfig, topic: &str, partitions: i32, configs: 
 pub trait PublishKafka<'scope, D> {
     /// Immediate mode: sends every record at once from its worker.
     fn publish_kafka(self, kafka: &KafkaConfig, topic: &str, stats: Arc<KafkaSinkStats>) -> Result<()>;
-    /// Transactional mode: groups records per commit group for the committer.
-    fn stage_kafka(
-        self,
-        topic: &str,
-        groups: crate::sink::iceberg::CommitGroups,
-    ) -> Stream<'scope, Time, Vec<KafkaBatch>>;
+    /// Transactional mode: groups records per commit group for the cut's
+    /// [`KafkaParticipant`].
+    fn stage_kafka(self, topic: KafkaTopic<'scope>);
 }
 
 impl<'scope, D: ToKafka + timely::ExchangeData> PublishKafka<'scope, D> for Stream<'scope, Time, Vec<D>> {
@@ -160,42 +180,120 @@ impl<'scope, D: ToKafka + timely::ExchangeData> PublishKafka<'scope, D> for Stre
         Ok(())
     }
 
-    fn stage_kafka(
-        self,
-        topic: &str,
-        groups: crate::sink::iceberg::CommitGroups,
-    ) -> Stream<'scope, Time, Vec<KafkaBatch>> {
-        let topic = topic.to_string();
+    fn stage_kafka(self, topic: KafkaTopic<'scope>) {
+        let KafkaTopic { topic, groups, cut } = topic;
+        let worker = self.scope().index();
         // All records go to one worker, so one batch per group reaches the committer.
-        self.unary_frontier(Exchange::new(|_: &D| 0), "KafkaStage", move |_cap, _info| {
-            let mut pending: BTreeMap<u64, (CapabilitySet<Time>, Vec<KafkaRecord>)> = BTreeMap::new();
+        let staged = self.unary_frontier(Exchange::new(|_: &D| 0), "KafkaStage", move |_cap, _info| {
+            let mut pending: GroupBuffer<Vec<KafkaRecord>> = GroupBuffer::new(groups);
             move |(input, frontier), output| {
-                input.for_each_stamp(|cap, data| {
+                input.for_each(|cap, data| {
                     let Some(time) = stamp_time(cap.stamp().iter()) else {
                         return;
                     };
-                    let entry = pending
-                        .entry(groups.group_of(time.epoch))
-                        .or_insert_with(|| (CapabilitySet::new(), Vec::new()));
-                    entry.0.insert(cap.delayed(&time, 0));
-                    for batch in data {
-                        entry.1.extend(batch.drain(..).map(|d| d.to_kafka()));
-                    }
+                    pending.at(&cap, time, 0).extend(data.drain(..).map(|d| d.to_kafka()));
                 });
-                while let Some(entry) = pending.first_entry() {
-                    if !epoch_complete(frontier.frontier().iter(), *entry.key()) {
-                        break;
-                    }
-                    let (group, (caps, mut records)) = entry.remove_entry();
+                for (group, caps, mut records) in pending.complete(frontier.frontier().iter()) {
                     records.sort();
-                    output.session(&caps).give(KafkaBatch {
+                    let batch = KafkaBatch {
                         topic: topic.clone(),
                         group,
                         records,
-                    });
+                    };
+                    output.session(&caps).give(CommitItem::Staged(Staged {
+                        participant: PARTICIPANT.to_string(),
+                        group,
+                        worker,
+                        payload: serde_json::to_vec(&batch).expect("a Kafka batch serializes"),
+                    }));
                 }
             }
+        });
+        cut.register(staged);
+    }
+}
+
+/// The transactional Kafka topics of a job, as one participant of its cuts:
+/// the manifest records a cut's records, and they are published in one
+/// transaction after it (again by recovery if that did not happen).
+pub struct KafkaParticipant {
+    kafka: KafkaConfig,
+    job: String,
+    publisher: std::sync::Mutex<Option<TxnPublisher>>,
+}
+
+impl KafkaParticipant {
+    /// The participant of `job`'s transactional topics.
+    pub fn new(kafka: KafkaConfig, job: &str) -> Self {
+        KafkaParticipant {
+            kafka,
+            job: job.to_string(),
+            publisher: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl Participant for KafkaParticipant {
+    fn name(&self) -> &str {
+        PARTICIPANT
+    }
+
+    fn prepare(&self, _job: &str, _epoch: u64, staged: Vec<Vec<u8>>) -> Result<Prepared> {
+        let mut batches = Vec::new();
+        for v in staged {
+            let b: KafkaBatch = serde_json::from_slice(&v)
+                .map_err(|e| Error::Checkpoint(format!("staged Kafka records do not parse: {e}")))?;
+            if !b.records.is_empty() {
+                batches.push(b);
+            }
+        }
+        batches.sort();
+        Ok(Prepared {
+            part: (!batches.is_empty()).then(|| serde_json::to_value(batches).expect("batches serialize")),
+            produce_ms: Vec::new(),
         })
+    }
+
+    fn commit(&self, manifest: &Manifest, part: &serde_json::Value, _fence: Option<&Fence>) -> Result<Committed> {
+        let batches: Vec<KafkaBatch> = serde_json::from_value(part.clone()).map_err(|e| {
+            Error::Checkpoint(format!(
+                "the Kafka part of epoch {} does not parse: {e}",
+                manifest.epoch
+            ))
+        })?;
+        let Some(first) = batches.first() else {
+            return Ok(Committed::default());
+        };
+        let mut publisher = self.publisher.lock().expect("publisher");
+        if publisher.is_none() {
+            *publisher = Some(TxnPublisher::new(&self.kafka, &self.job, &first.topic)?);
+        }
+        let started = std::time::Instant::now();
+        let published = publisher.as_ref().expect("publisher").publish(manifest.epoch, &batches);
+        match published {
+            Ok(true) => {
+                let mut rows = BTreeMap::new();
+                for b in &batches {
+                    *rows.entry(b.topic.clone()).or_default() += b.records.len() as u64;
+                }
+                Ok(Committed {
+                    commits: 1,
+                    rows,
+                    visible_ms: Some(chrono::Utc::now().timestamp_millis()),
+                    took: vec![started.elapsed()],
+                })
+            }
+            Ok(false) => Ok(Committed::default()),
+            Err(e) => {
+                // A failed transaction leaves the producer unusable: start over.
+                *publisher = None;
+                Err(e)
+            }
+        }
+    }
+
+    fn check(&self, _job: &str, _newest: Option<&Manifest>) -> Result<()> {
+        Ok(())
     }
 }
 

@@ -99,6 +99,11 @@ pub struct Classified {
     pub late_copies: usize,
     /// Messages that do not decode.
     pub malformed: u64,
+    /// Where event time is when a run has read everything (µs): the least
+    /// over partitions with trades of their largest event time minus
+    /// [`ALLOWANCE_MS`]. A run acts on event time below it only: the next
+    /// run acts on the rest (see `k2::stop`).
+    pub final_watermark_us: i64,
 }
 
 /// Sorts every trade of `topics` into on time and late (see [`Classified`]).
@@ -109,6 +114,7 @@ pub fn classify(brokers: &str, topics: &(String, String)) -> Classified {
         copies: 0,
         late_copies: 0,
         malformed: 0,
+        final_watermark_us: i64::MAX,
     };
     let mut seen = BTreeSet::new();
     for (side, (exchange, topic)) in [(Exchange::Binance, &topics.0), (Exchange::Kraken, &topics.1)]
@@ -136,15 +142,18 @@ pub fn classify(brokers: &str, topics: &(String, String)) -> Classified {
                     max_us = Some(max_us.map_or(us, |m| m.max(us)));
                     c.copies += 1;
                     c.late_copies += usize::from(is_late);
-                    if !seen.insert(t.message_id.clone()) {
+                    if !seen.insert(t.message_id) {
                         continue; // a repeat: the first copy decided
                     }
                     if is_late {
-                        c.late.push(t.message_id);
+                        c.late.push(t.message_id.to_string());
                     } else {
                         c.on_time[side].push(t);
                     }
                 }
+            }
+            if let Some(m) = max_us {
+                c.final_watermark_us = c.final_watermark_us.min(m - ALLOWANCE_MS * 1000);
             }
         }
     }
@@ -162,7 +171,7 @@ pub fn oracle(brokers: &str, topics: &(String, String)) -> Oracle {
     } = classify(brokers, topics);
     let mut all: BTreeSet<String> = late.iter().cloned().collect();
     for side in &on_time {
-        all.extend(side.iter().map(|t| t.message_id.clone()));
+        all.extend(side.iter().map(|t| t.message_id.to_string()));
     }
     // Every pair, brute force, at most Δ apart in µs.
     let mut alerts = BTreeMap::new();
@@ -179,7 +188,7 @@ pub fn oracle(brokers: &str, topics: &(String, String)) -> Oracle {
             };
             if spread > THRESHOLD {
                 alerts.insert(
-                    k2::record::Alert::id_of(&b.message_id, &k.message_id),
+                    k2::record::Alert::id_of(b.message_id, k.message_id),
                     (spread * 1000.0).round() as i64,
                 );
             }
@@ -199,7 +208,13 @@ pub fn produce_feed(brokers: &str, topics: &(String, String), seed: u64) {
 
 /// `count` messages per exchange, event times from `event_start_ms` on.
 pub fn produce_part(brokers: &str, topics: &(String, String), seed: u64, count: u64, event_start_ms: i64) {
-    ok(produce_cmd(brokers, topics)
+    produce_part_with(produce_cmd(brokers, topics), seed, count, event_start_ms);
+}
+
+/// [`produce_part`] through `produce`, a `k2 produce` command with its Kafka
+/// settings and topics (e.g. [`super::sasl::produce_cmd_with_config`]).
+pub fn produce_part_with(mut produce: Command, seed: u64, count: u64, event_start_ms: i64) {
+    ok(produce
         .args(["--count", &count.to_string(), "--rate", "0"])
         .args(["--duplicates", "0.05", "--malformed", "0.01"])
         .args(["--out-of-order-ms", "400", "--seed", &seed.to_string()])
@@ -210,8 +225,14 @@ pub fn produce_part(brokers: &str, topics: &(String, String), seed: u64, count: 
 /// Alert ids in `topic` as a `read_committed` consumer sees them, with
 /// repeats: every partition is read to its end (the last stable offset).
 pub fn committed_alert_ids(brokers: &str, topic: &str) -> Vec<String> {
+    committed_alert_ids_in(&k2::config::KafkaConfig::plaintext(brokers), topic)
+}
+
+/// [`committed_alert_ids`] read with the client settings of `kafka` (e.g.
+/// over SASL_SSL).
+pub fn committed_alert_ids_in(kafka: &k2::config::KafkaConfig, topic: &str) -> Vec<String> {
     let mut ids = Vec::new();
-    k2::metrics::read_topic_to_end(brokers, topic, true, Duration::from_secs(60), |payload, _| {
+    k2::metrics::read_topic_to_end(kafka, topic, true, Duration::from_secs(60), |payload, _| {
         let v: Value = serde_json::from_slice(payload).unwrap();
         ids.push(v["alert_id"].as_str().unwrap().to_string());
     })

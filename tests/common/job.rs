@@ -29,9 +29,15 @@ impl Job {
 /// Starts `k2 run <dataflow>` (continuous) with its stderr in `log` and
 /// its stdout (the run report) piped.
 pub fn spawn_job(config: &Path, dataflow: &str, workers: usize, log: &Path) -> Job {
+    spawn_job_with(config, dataflow, workers, log, &[])
+}
+
+/// [`spawn_job`] with more `k2 run` arguments.
+pub fn spawn_job_with(config: &Path, dataflow: &str, workers: usize, log: &Path, args: &[&str]) -> Job {
     let child = k2()
         .args(["run", dataflow, "-w", &workers.to_string(), "--config"])
         .arg(config)
+        .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log).unwrap())
@@ -57,7 +63,8 @@ pub fn latest_manifest(dir: &Path, job: &str) -> Option<k2::checkpoint::Manifest
     if !job_dir.exists() {
         return None;
     }
-    k2::checkpoint::ManifestStore::open(&job_dir).unwrap().latest().unwrap()
+    let store = std::sync::Arc::new(k2::checkpoint::store::LocalStore::new(&job_dir));
+    k2::checkpoint::ManifestStore::open(store).latest().unwrap()
 }
 
 /// Waits (up to `secs`) for a manifest whose offsets reach `ends`; returns it.

@@ -4,6 +4,8 @@
 
 pub mod arb;
 pub mod job;
+pub mod sasl;
+pub mod store;
 
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -238,20 +240,18 @@ pub fn expected(truth: &[Truth]) -> Expected {
 
 /// Reads tables with pyiceberg: one JSON object per table.
 pub fn read_tables(dir: &Path, tables: &[&str], columns: &str, per_snapshot: bool) -> Vec<Value> {
-    let warehouse = dir.join("warehouse");
-    let mut cmd = Command::new(python());
-    cmd.arg(root().join("tests/py/read_iceberg.py"))
-        .arg("--catalog-uri")
-        .arg(format!("sqlite:///{}", warehouse.join("catalog.db").display()))
-        .arg("--warehouse")
-        .arg(&warehouse)
-        .arg("--columns")
-        .arg(columns);
+    read_tables_in(&store::Catalog::local(dir), tables, columns, per_snapshot)
+}
+
+/// Reads tables of `catalog` with pyiceberg: one JSON object per table.
+pub fn read_tables_in(catalog: &store::Catalog, tables: &[&str], columns: &str, per_snapshot: bool) -> Vec<Value> {
+    let mut cmd = catalog.py("read_iceberg.py");
+    cmd.arg("--columns").arg(columns);
     if per_snapshot {
         cmd.arg("--per-snapshot");
     }
     for t in tables {
-        cmd.arg("--table").arg(format!("market_data.{t}"));
+        cmd.arg("--table").arg(catalog.ident(t));
     }
     let out = ok(&mut cmd);
     String::from_utf8(out.stdout)
@@ -318,8 +318,20 @@ pub fn produce(dir: &Path, brokers: &str, topics: &(String, String), count: u64,
 /// letters exactly the malformed messages, and the newest snapshots carry the
 /// end offsets of the feed.
 pub fn check_exactly_once(dir: &Path, topics: &(String, String), exp: &Expected, job: &str) {
-    let tables = read_tables(
-        dir,
+    check_exactly_once_in(&store::Catalog::local(dir), dir, topics, exp, job)
+}
+
+/// [`check_exactly_once`] for the tables of `catalog`; the job's config is
+/// `dir/{job}.toml`.
+pub fn check_exactly_once_in(
+    catalog: &store::Catalog,
+    dir: &Path,
+    topics: &(String, String),
+    exp: &Expected,
+    job: &str,
+) {
+    let tables = read_tables_in(
+        catalog,
         &TABLES[..2],
         "message_id,source_topic,source_partition,source_offset",
         false,
@@ -343,8 +355,8 @@ pub fn check_exactly_once(dir: &Path, topics: &(String, String), exp: &Expected,
         );
     }
     // Dead letters: exactly the malformed messages, each with a reason.
-    let dead = read_tables(
-        dir,
+    let dead = read_tables_in(
+        catalog,
         &["dead_letters"],
         "source_topic,source_partition,source_offset,reason",
         false,
@@ -409,8 +421,13 @@ pub fn check_exactly_once(dir: &Path, topics: &(String, String), exp: &Expected,
 /// Every snapshot's `k2.offsets` matches exactly the rows the table holds at
 /// that snapshot: per partition, the distinct ids first seen below the offset.
 pub fn check_cuts(dir: &Path, topics: &(String, String), exp: &Expected) {
-    let tables = read_tables(
-        dir,
+    check_cuts_in(&store::Catalog::local(dir), topics, exp)
+}
+
+/// [`check_cuts`] for the tables of `catalog`.
+pub fn check_cuts_in(catalog: &store::Catalog, topics: &(String, String), exp: &Expected) {
+    let tables = read_tables_in(
+        catalog,
         &TABLES[..2],
         "message_id,source_topic,source_partition,source_offset",
         true,

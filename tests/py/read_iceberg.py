@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Read K2's Iceberg tables as an outside reader (pyiceberg + SQLite SQL catalog).
+"""Read K2's Iceberg tables as an outside reader (pyiceberg, SQL or REST catalog).
 
 Prints one JSON object per --table on its own line:
 
@@ -10,6 +10,11 @@ Prints one JSON object per --table on its own line:
 Values: decimals as strings, timestamps as integer microseconds since the Unix epoch,
 times as microseconds since midnight, dates as ISO strings, binary as hex, UUIDs as strings.
 Rows come in scan order (not sorted).
+
+Catalogs: --catalog sql (default; SQLite, warehouse local or s3://) or --catalog rest
+(--catalog-uri http://host:port, an Iceberg REST catalog). Tables or warehouses in S3 are
+read with --s3-endpoint (path-style access) and the keys in AWS_ACCESS_KEY_ID and
+AWS_SECRET_ACCESS_KEY (never given on the command line).
 
 A table that is not in the catalog prints {"table": ..., "missing": true}; exit status 0.
 Any other error exits 1 with the message on stderr.
@@ -35,13 +40,7 @@ MICROS = dt.timedelta(microseconds=1)
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--catalog-uri",
-        required=True,
-        help="SQLAlchemy URI, e.g. sqlite:////abs/catalog.db (sqlx's sqlite:/abs/catalog.db?mode=rwc is also accepted)",
-    )
-    p.add_argument("--warehouse", required=True, help="file:///abs/path or /abs/path")
-    p.add_argument("--catalog-name", default="k2", help="must equal the writer's catalog name (default: k2)")
+    add_catalog_args(p)
     p.add_argument("--table", action="append", required=True, help="namespace.table (repeatable)")
     p.add_argument("--columns", help="comma separated column names (default: all)")
     p.add_argument("--summary-only", action="store_true", help="skip rows; row_count still given")
@@ -53,13 +52,56 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def add_catalog_args(p: argparse.ArgumentParser) -> None:
+    """The arguments that say which catalog to open (shared with iceberg_admin.py)."""
+    p.add_argument("--catalog", choices=("sql", "rest"), default="sql", help="catalog kind (default: sql)")
+    p.add_argument(
+        "--catalog-uri",
+        required=True,
+        help="sql: SQLAlchemy URI, e.g. sqlite:////abs/catalog.db (sqlx's sqlite:/abs/catalog.db?mode=rwc is "
+        "also accepted); rest: the REST catalog's base URI, e.g. http://127.0.0.1:8182",
+    )
+    p.add_argument(
+        "--warehouse",
+        help="sql (required): file:///abs/path, /abs/path or s3://bucket/prefix; rest: the warehouse to ask for",
+    )
+    p.add_argument("--catalog-name", default="k2", help="must equal the writer's catalog name (default: k2)")
+    p.add_argument("--s3-endpoint", help="S3 endpoint of s3:// tables, e.g. http://127.0.0.1:8333 (path-style)")
+    p.add_argument("--s3-region", default="us-east-1", help="S3 region (default: us-east-1)")
+
+
+def s3_props(endpoint: str | None, region: str) -> dict[str, str]:
+    """pyiceberg's FileIO settings for an S3-compatible store; keys from the environment."""
+    if not endpoint:
+        return {}
+    props = {"s3.endpoint": endpoint, "s3.path-style-access": "true", "s3.region": region}
+    for env, key in (("AWS_ACCESS_KEY_ID", "s3.access-key-id"), ("AWS_SECRET_ACCESS_KEY", "s3.secret-access-key")):
+        if os.environ.get(env):
+            props[key] = os.environ[env]
+    return props
+
+
+def open_catalog_from(args: argparse.Namespace):
+    """The catalog `args` (see add_catalog_args) name."""
+    props = s3_props(args.s3_endpoint, args.s3_region)
+    if args.catalog == "rest":
+        from pyiceberg.catalog.rest import RestCatalog
+
+        if args.warehouse:
+            props["warehouse"] = args.warehouse
+        return RestCatalog(args.catalog_name, uri=args.catalog_uri, **props)
+    if not args.warehouse:
+        raise ValueError("--warehouse is required with --catalog sql")
+    return open_catalog(args.catalog_uri, args.warehouse, args.catalog_name, props)
+
+
 def sqlalchemy_uri(uri: str) -> str:
     """Map sqlx's `sqlite:/abs/path[?mode=rwc]` (K2's default form, unparsable by SQLAlchemy) to `sqlite:////abs/path`."""
     m = re.fullmatch(r"sqlite:(/[^/][^?]*)(\?.*)?", uri)
     return f"sqlite:///{m.group(1)}" if m else uri
 
 
-def open_catalog(uri: str, warehouse: str, name: str):
+def open_catalog(uri: str, warehouse: str, name: str, props: dict[str, str] | None = None):
     from pyiceberg.catalog.sql import SqlCatalog
     from sqlalchemy.engine import make_url
 
@@ -73,7 +115,7 @@ def open_catalog(uri: str, warehouse: str, name: str):
     if warehouse.startswith("/"):
         warehouse = "file://" + warehouse
     # init_catalog_tables=false: an outside reader never creates the catalog's tables.
-    return SqlCatalog(name, uri=uri, warehouse=warehouse, init_catalog_tables="false")
+    return SqlCatalog(name, uri=uri, warehouse=warehouse, init_catalog_tables="false", **(props or {}))
 
 
 def jsonable(v: Any) -> Any:
@@ -158,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     try:
-        catalog = open_catalog(args.catalog_uri, args.warehouse, args.catalog_name)
+        catalog = open_catalog_from(args)
         for ident in args.table:
             print(json.dumps(read_table(catalog, ident, columns, args.summary_only, args.per_snapshot)), flush=True)
     except Exception as e:  # noqa: BLE001 - a CLI: report any failure on stderr

@@ -13,9 +13,10 @@
 use super::catalog::JobCatalog;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use iceberg::io::FileIO;
 use iceberg::spec::ManifestList;
 use iceberg::table::Table;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// Every file path (data and delete files) that a retained snapshot of
 /// `table` references.
@@ -47,10 +48,11 @@ pub async fn referenced_files(table: &Table, qualified: &str) -> Result<HashSet<
     Ok(referenced)
 }
 
-/// Lists the files under `location` (a table's `data/` folder): local
-/// (`file://` or a plain path) or object storage.
-pub(crate) async fn list_files(location: &str) -> Result<Vec<String>> {
-    let (op, root, prefix) = operator_for(location)?;
+/// Lists the files under `location` (a table's `data/` folder) through
+/// OpenDAL: local (`file://` or a plain path) or S3 (`s3://`, `s3a://`),
+/// reached with the same `s3.*` properties as the table's `io`.
+pub(crate) async fn list_files(io: &FileIO, location: &str) -> Result<Vec<String>> {
+    let (op, root, prefix) = operator_for(io, location)?;
     let entries = match op.list_with(&root).recursive(true).await {
         Ok(entries) => entries,
         Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -65,7 +67,7 @@ pub(crate) async fn list_files(location: &str) -> Result<Vec<String>> {
 
 /// An OpenDAL operator for `location`, the path to list in it, and the prefix
 /// that turns a listed path back into a location.
-fn operator_for(location: &str) -> Result<(opendal::Operator, String, String)> {
+fn operator_for(io: &FileIO, location: &str) -> Result<(opendal::Operator, String, String)> {
     let (scheme, path) = location.split_once("://").unwrap_or(("file", location));
     match scheme {
         "file" => {
@@ -76,8 +78,61 @@ fn operator_for(location: &str) -> Result<(opendal::Operator, String, String)> {
             let root = format!("{}/", path.trim_matches('/'));
             Ok((op, root, "file:///".to_string()))
         }
+        "s3" | "s3a" | "s3n" => {
+            let (bucket, key) = path.split_once('/').unwrap_or((path, ""));
+            if bucket.is_empty() {
+                return Err(Error::Other(format!("`{location}` names no bucket")));
+            }
+            let op = opendal::Operator::new(s3_builder(io.config().props(), bucket))
+                .map_err(|e| Error::Other(format!("open S3 bucket `{bucket}`: {e}")))?
+                .finish();
+            // Paths are relative to the bucket's root; listing a folder
+            // needs the trailing `/`.
+            let key = key.trim_matches('/');
+            let root = if key.is_empty() {
+                String::new()
+            } else {
+                format!("{key}/")
+            };
+            Ok((op, root, format!("{scheme}://{bucket}/")))
+        }
         other => Err(Error::Other(format!("cannot list `{other}://` locations"))),
     }
+}
+
+/// OpenDAL's S3 service for `bucket`, set up from iceberg's `s3.*` FileIO
+/// properties (the ones [`crate::config::S3Config::iceberg_props`] gives,
+/// plus whatever a REST catalog vends), as iceberg-storage-opendal reads
+/// them: path-style only when `s3.path-style-access` says so.
+fn s3_builder(props: &HashMap<String, String>, bucket: &str) -> opendal::services::S3 {
+    let truthy = |k: &str| {
+        props
+            .get(k)
+            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "t" | "1" | "on"))
+    };
+    let mut b = opendal::services::S3::default().bucket(bucket).root("/");
+    if let Some(v) = props.get("s3.endpoint") {
+        b = b.endpoint(v);
+    }
+    if let Some(v) = props.get("s3.region").or_else(|| props.get("client.region")) {
+        b = b.region(v);
+    }
+    if let Some(v) = props.get("s3.access-key-id") {
+        b = b.access_key_id(v);
+    }
+    if let Some(v) = props.get("s3.secret-access-key") {
+        b = b.secret_access_key(v);
+    }
+    if let Some(v) = props.get("s3.session-token") {
+        b = b.session_token(v);
+    }
+    if !truthy("s3.path-style-access") {
+        b = b.enable_virtual_host_style();
+    }
+    if truthy("s3.allow-anonymous") {
+        b = b.skip_signature();
+    }
+    b
 }
 
 /// Removes this job's data files that neither a retained snapshot of table
@@ -88,7 +143,7 @@ pub async fn remove_orphans(catalog: &JobCatalog, name: &str, job: &str, keep: &
     let referenced = referenced_files(&table, &qualified).await?;
     let data = format!("{}/data", table.metadata().location().trim_end_matches('/'));
     let mut removed = 0;
-    for file in list_files(&data).await? {
+    for file in list_files(table.file_io(), &data).await? {
         let name = file.rsplit('/').next().unwrap_or("");
         let ours = name.starts_with(&format!("{job}-"));
         if ours && !referenced.contains(&file) && !keep.contains(&file) {
@@ -180,7 +235,9 @@ pub(crate) async fn delete_attempt(table: &Table, markers: &[String]) -> usize {
         return 0;
     }
     let data = format!("{}/data", table.metadata().location().trim_end_matches('/'));
-    let Ok(files) = list_files(&data).await else { return 0 };
+    let Ok(files) = list_files(table.file_io(), &data).await else {
+        return 0;
+    };
     let mut deleted = 0;
     for file in files {
         let name = file.rsplit('/').next().unwrap_or("");

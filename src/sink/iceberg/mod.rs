@@ -1,18 +1,24 @@
-//! The Iceberg sink: Parquet data files per worker, one committer per job.
+//! The Iceberg sink: Parquet data files per worker, and the tables as one
+//! participant of the job's cuts.
 //!
 //! The protocol is described in `DESIGN.md` next to this file. In short:
 //! every worker stages data files when its input frontier passes the end of a
-//! *commit group* of epochs ([`writer`]); one committer, on worker 0, commits
-//! every table of the job for the same group, with the source offsets of that
-//! cut in each snapshot summary ([`committer`]).
+//! commit group ([`writer`]); the checkpoint's committer writes the cut's
+//! manifest and then has the [`participant`] append every table of the job
+//! for that group, with the source offsets of the cut in each snapshot
+//! summary. Table maintenance (orphans, expiry, verification) is in
+//! [`maintenance`].
 
 pub mod catalog;
-pub mod committer;
 pub mod maintenance;
+pub mod participant;
+pub mod rows;
 pub mod schema;
 pub mod writer;
 
 pub use catalog::JobCatalog;
-pub use committer::{CommitItem, CommitStats, commit};
-pub use schema::{RowContext, TableRow};
-pub use writer::{CommitGroups, StagedFiles, WriteIceberg};
+/// `#[derive(TableRow)]` and `#[derive(Columns)]`, beside their traits.
+pub use k2_derive::{Columns, TableRow};
+pub use participant::{IcebergPart, IcebergParticipant, TableCommit};
+pub use rows::{Column, Columns, RowContext, TableDecl, TableRow};
+pub use writer::{StagedFiles, Table, TableWriter, WriteIceberg};

@@ -1,317 +1,350 @@
-//! Table schemas, and the conversion of K2 records into Arrow batches.
+//! Schema evolution: which changes to a K2 table's schema K2 goes on
+//! writing through, which it makes itself, and which it refuses.
 //!
-//! Each table's rows implement [`TableRow`]: the Iceberg schema, the partition
-//! (always `day(...)` of a timestamp column, so daily partitions stay small and
-//! prunable), and the columnar conversion. The Arrow schema is derived from the
-//! Iceberg one, so Parquet field ids always match the table.
+//! Other tools share K2's tables: a query engine or pyiceberg adds a column,
+//! widens a type, renames one. K2 writes its rows by column *name* into the
+//! table's *current* schema, and the Parquet files carry that schema's field
+//! ids, so readers resolve the columns by id as the Iceberg spec wants.
+//! [`check`] runs when the job starts, before any row is written:
+//!
+//! * a column the table has and K2's row type lacks is written as nulls when
+//!   it is optional; a required one is refused (K2 has no value for it);
+//! * a column K2 writes must have K2's type or a type Iceberg promotes it to
+//!   (`int` → `long`, `float` → `double`, a wider `decimal` of the same
+//!   scale), and must not be required where K2 may write nulls;
+//! * a column K2 writes that the table lacks is added (optional: older rows
+//!   read as null), unless the table's schema history shows it was renamed:
+//!   then re-adding it would split one column in two, so that is refused;
+//! * the table's partition spec must be the one K2 computes partition
+//!   values for.
+//!
+//! A refusal is an [`Error::Schema`] naming the table and the column. It is
+//! permanent: the job stops at once with it instead of retrying, and the
+//! same error comes back on every start until the table or the row type is
+//! fixed. The writer checks the same rules again per batch, so a change made
+//! while a job runs cannot make it write a wrong file.
 
-use crate::record::{Alert, DeadLetter, Trade};
-use arrow_array::builder::{
-    Decimal128Builder, Float64Builder, Int32Builder, Int64Builder, LargeBinaryBuilder, StringBuilder,
-    TimestampMicrosecondBuilder,
-};
-use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::{DataType, SchemaRef};
-use iceberg::spec::{NestedField, PrimitiveType, Schema, Type};
-use std::sync::Arc;
+use crate::error::{Error, Result};
+use iceberg::spec::{NestedFieldRef, PartitionSpec, PrimitiveType, Schema, Transform, Type};
 
-/// Context a row needs to be written that it does not carry itself.
-#[derive(Clone, Debug)]
-pub struct RowContext {
-    /// Topic names, indexed by [`crate::record::SourcePosition::topic`].
-    pub topics: Arc<Vec<String>>,
+/// What [`check`] found K2 must add to a table.
+#[derive(Debug, Default)]
+pub struct Evolution {
+    /// K2's columns the table lacks, to add as optional columns.
+    pub missing: Vec<NestedFieldRef>,
 }
 
-/// A record type that can be written to an Iceberg table.
-pub trait TableRow: timely::ExchangeData + Clone {
-    /// The table's Iceberg schema.
-    fn schema() -> Schema;
-    /// The id of the timestamp column that `day(...)` partitions by.
-    fn partition_source_id() -> i32;
-    /// The row's partition: days since the Unix epoch of that column.
-    fn partition_day(&self) -> i32;
-    /// When the source message was produced (Kafka timestamp), ms: used for
-    /// the produce-to-commit latency.
-    fn produce_ms(&self) -> i64;
-    /// Builds one Arrow batch from `rows`, in `schema` (derived from [`Self::schema`]).
-    fn to_batch(rows: &[Self], ctx: &RowContext, schema: &SchemaRef) -> RecordBatch;
-}
-
-fn day_of_us(us: i64) -> i32 {
-    us.div_euclid(86_400_000_000) as i32
-}
-
-fn req(id: i32, name: &str, t: PrimitiveType) -> Arc<NestedField> {
-    Arc::new(NestedField::required(id, name, Type::Primitive(t)))
-}
-
-fn opt(id: i32, name: &str, t: PrimitiveType) -> Arc<NestedField> {
-    Arc::new(NestedField::optional(id, name, Type::Primitive(t)))
-}
-
-fn decimal() -> PrimitiveType {
-    PrimitiveType::Decimal {
-        precision: 38,
-        scale: crate::record::DECIMAL_SCALE,
+/// Whether a column of Iceberg type `table` accepts values K2 writes as
+/// `k2`: the same type, or one Iceberg promotes it to.
+pub fn accepts(table: &Type, k2: &Type) -> bool {
+    use PrimitiveType as P;
+    match (table, k2) {
+        (Type::Primitive(t), Type::Primitive(k)) => match (t, k) {
+            (P::Long, P::Int) | (P::Double, P::Float) => true,
+            (
+                P::Decimal {
+                    precision: pt,
+                    scale: st,
+                },
+                P::Decimal {
+                    precision: pk,
+                    scale: sk,
+                },
+            ) => st == sk && pt >= pk,
+            _ => t == k,
+        },
+        _ => table == k2,
     }
 }
 
-/// Typed column builders that finish with the exact Arrow type of the schema
-/// (time zones and decimal precision come from the table, not from here).
-fn finish(schema: &SchemaRef, columns: Vec<ArrayRef>) -> RecordBatch {
-    let columns = columns
-        .into_iter()
-        .zip(schema.fields())
-        .map(|(col, field)| {
-            if col.data_type() == field.data_type() {
-                col
-            } else {
-                arrow_cast_same_layout(col, field.data_type())
+/// Checks a table's `current` schema (with `history`, every schema it had,
+/// in any order, and its default partition `spec`) against K2's row type (`k2`, partitioned by
+/// `partitioning`); see the module docs. `table` names the table in errors.
+pub fn check<'a>(
+    table: &str,
+    current: &Schema,
+    history: impl IntoIterator<Item = &'a Schema>,
+    spec: &PartitionSpec,
+    k2: &Schema,
+    partitioning: Option<(&str, Transform)>,
+) -> Result<Evolution> {
+    let refuse = |column: &str, message: String| Error::Schema {
+        table: table.to_string(),
+        column: column.to_string(),
+        message,
+    };
+    let history: Vec<&Schema> = history.into_iter().collect();
+    // K2's columns first: a rename explains best why one is missing.
+    let mut evolution = Evolution::default();
+    for field in k2.as_struct().fields() {
+        if current.field_by_name(&field.name).is_some() {
+            continue;
+        }
+        // Renamed: an older schema had the name, on a column that is still
+        // in the table under another one.
+        let renamed = history
+            .iter()
+            .filter_map(|s| s.field_by_name(&field.name))
+            .find_map(|old| current.field_by_id(old.id));
+        if let Some(now) = renamed {
+            return Err(refuse(
+                &field.name,
+                format!(
+                    "K2 writes this column, and the table renamed it to `{}`; rename it back (re-adding \
+                     `{}` would leave the older rows' values in `{}` and the newer ones in a new column)",
+                    now.name, field.name, now.name
+                ),
+            ));
+        }
+        evolution.missing.push(field.clone());
+    }
+    for field in current.as_struct().fields() {
+        match k2.field_by_name(&field.name) {
+            Some(ours) => {
+                if !accepts(&field.field_type, &ours.field_type) {
+                    return Err(refuse(
+                        &field.name,
+                        format!(
+                            "the table has type {}, but K2 writes {}, which Iceberg does not promote to it",
+                            field.field_type, ours.field_type
+                        ),
+                    ));
+                }
+                if field.required && !ours.required {
+                    return Err(refuse(
+                        &field.name,
+                        "the table requires a value, but K2's rows may have none (null)".to_string(),
+                    ));
+                }
             }
+            None if field.required => {
+                return Err(refuse(
+                    &field.name,
+                    "the table requires this column, and K2's rows do not have it; make it optional \
+                     (K2 then writes nulls) or drop it"
+                        .to_string(),
+                ));
+            }
+            None => {}
+        }
+    }
+    check_partitioning(table, current, spec, partitioning)?;
+    Ok(evolution)
+}
+
+/// The table's partition spec must be K2's: the values K2 computes are of
+/// its own transform.
+fn check_partitioning(
+    table: &str,
+    current: &Schema,
+    spec: &PartitionSpec,
+    partitioning: Option<(&str, Transform)>,
+) -> Result<()> {
+    let theirs: Vec<(String, Transform)> = spec
+        .fields()
+        .iter()
+        .map(|f| {
+            let column = current
+                .field_by_id(f.source_id)
+                .map_or_else(|| format!("<field {}>", f.source_id), |c| c.name.clone());
+            (column, f.transform)
         })
         .collect();
-    RecordBatch::try_new(schema.clone(), columns).expect("row conversion matches the table schema")
-}
-
-/// Re-labels an array whose physical layout already matches `to` (timestamp
-/// time zone, decimal precision/scale).
-fn arrow_cast_same_layout(col: ArrayRef, to: &DataType) -> ArrayRef {
-    let data = col
-        .to_data()
-        .into_builder()
-        .data_type(to.clone())
-        .build()
-        .expect("same physical layout");
-    arrow_array::make_array(data)
-}
-
-impl TableRow for Trade {
-    fn schema() -> Schema {
-        Schema::builder()
-            .with_fields(vec![
-                req(1, "message_id", PrimitiveType::String),
-                req(2, "exchange", PrimitiveType::String),
-                req(3, "symbol", PrimitiveType::String),
-                req(4, "native_symbol", PrimitiveType::String),
-                req(5, "trade_id", PrimitiveType::Long),
-                req(6, "price", decimal()),
-                req(7, "quantity", decimal()),
-                req(8, "side", PrimitiveType::String),
-                req(9, "event_time", PrimitiveType::Timestamptz),
-                req(10, "ingest_time", PrimitiveType::Timestamptz),
-                req(11, "kafka_timestamp", PrimitiveType::Timestamptz),
-                req(12, "source_topic", PrimitiveType::String),
-                req(13, "source_partition", PrimitiveType::Int),
-                req(14, "source_offset", PrimitiveType::Long),
-            ])
-            .build()
-            .expect("valid trade schema")
+    let same = match (&theirs[..], partitioning) {
+        ([], None) => true,
+        ([(column, transform)], Some((ours, ours_t))) => column == ours && *transform == ours_t,
+        _ => false,
+    };
+    if same {
+        return Ok(());
     }
-    fn partition_source_id() -> i32 {
-        9
-    }
-    fn partition_day(&self) -> i32 {
-        day_of_us(self.event_us)
-    }
-    fn produce_ms(&self) -> i64 {
-        self.source.kafka_ts_ms
-    }
-    fn to_batch(rows: &[Self], ctx: &RowContext, schema: &SchemaRef) -> RecordBatch {
-        let n = rows.len();
-        let mut message_id = StringBuilder::with_capacity(n, n * 24);
-        let mut exchange = StringBuilder::with_capacity(n, n * 7);
-        let mut symbol = StringBuilder::with_capacity(n, n * 8);
-        let mut native = StringBuilder::with_capacity(n, n * 8);
-        let mut trade_id = Int64Builder::with_capacity(n);
-        let mut price = Decimal128Builder::with_capacity(n);
-        let mut qty = Decimal128Builder::with_capacity(n);
-        let mut side = StringBuilder::with_capacity(n, n * 4);
-        let mut event = TimestampMicrosecondBuilder::with_capacity(n);
-        let mut ingest = TimestampMicrosecondBuilder::with_capacity(n);
-        let mut kafka_ts = TimestampMicrosecondBuilder::with_capacity(n);
-        let mut topic = StringBuilder::with_capacity(n, n * 28);
-        let mut partition = Int32Builder::with_capacity(n);
-        let mut offset = Int64Builder::with_capacity(n);
-        for r in rows {
-            message_id.append_value(&r.message_id);
-            exchange.append_value(r.exchange.name());
-            symbol.append_value(&r.symbol);
-            native.append_value(&r.native_symbol);
-            trade_id.append_value(r.trade_id as i64);
-            price.append_value(r.price.0);
-            qty.append_value(r.quantity.0);
-            side.append_value(r.side.name());
-            event.append_value(r.event_us);
-            ingest.append_value(r.source.ingest_us);
-            kafka_ts.append_value(r.source.kafka_ts_ms * 1000);
-            topic.append_value(
-                ctx.topics
-                    .get(r.source.topic as usize)
-                    .map(String::as_str)
-                    .unwrap_or("?"),
-            );
-            partition.append_value(r.source.partition);
-            offset.append_value(r.source.offset);
+    let describe = |fields: &[(String, Transform)]| {
+        if fields.is_empty() {
+            "unpartitioned".to_string()
+        } else {
+            let parts: Vec<String> = fields.iter().map(|(c, t)| format!("{t}({c})")).collect();
+            format!("partitioned by {}", parts.join(", "))
         }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(message_id.finish()),
-            Arc::new(exchange.finish()),
-            Arc::new(symbol.finish()),
-            Arc::new(native.finish()),
-            Arc::new(trade_id.finish()),
-            Arc::new(price.finish()),
-            Arc::new(qty.finish()),
-            Arc::new(side.finish()),
-            Arc::new(event.finish()),
-            Arc::new(ingest.finish()),
-            Arc::new(kafka_ts.finish()),
-            Arc::new(topic.finish()),
-            Arc::new(partition.finish()),
-            Arc::new(offset.finish()),
-        ];
-        finish(schema, columns)
-    }
+    };
+    let ours: Vec<(String, Transform)> = partitioning.into_iter().map(|(c, t)| (c.to_string(), t)).collect();
+    let column = theirs.first().or(ours.first()).map_or("", |(c, _)| c.as_str());
+    Err(Error::Schema {
+        table: table.to_string(),
+        column: column.to_string(),
+        message: format!(
+            "the table is {}, but K2 writes it {}; K2 cannot write another partition spec",
+            describe(&theirs),
+            describe(&ours)
+        ),
+    })
 }
 
-impl TableRow for DeadLetter {
-    fn schema() -> Schema {
-        Schema::builder()
-            .with_fields(vec![
-                req(1, "source_topic", PrimitiveType::String),
-                req(2, "source_partition", PrimitiveType::Int),
-                req(3, "source_offset", PrimitiveType::Long),
-                req(4, "reason", PrimitiveType::String),
-                opt(5, "raw_key", PrimitiveType::Binary),
-                req(6, "raw_payload", PrimitiveType::Binary),
-                req(7, "kafka_timestamp", PrimitiveType::Timestamptz),
-                req(8, "ingest_time", PrimitiveType::Timestamptz),
-            ])
-            .build()
-            .expect("valid dead-letter schema")
-    }
-    fn partition_source_id() -> i32 {
-        7
-    }
-    fn partition_day(&self) -> i32 {
-        day_of_us(self.source.kafka_ts_ms * 1000)
-    }
-    fn produce_ms(&self) -> i64 {
-        self.source.kafka_ts_ms
-    }
-    fn to_batch(rows: &[Self], ctx: &RowContext, schema: &SchemaRef) -> RecordBatch {
-        let n = rows.len();
-        let mut topic = StringBuilder::with_capacity(n, n * 28);
-        let mut partition = Int32Builder::with_capacity(n);
-        let mut offset = Int64Builder::with_capacity(n);
-        let mut reason = StringBuilder::with_capacity(n, n * 40);
-        let mut key = LargeBinaryBuilder::with_capacity(n, n * 8);
-        let mut payload = LargeBinaryBuilder::with_capacity(n, n * 128);
-        let mut kafka_ts = TimestampMicrosecondBuilder::with_capacity(n);
-        let mut ingest = TimestampMicrosecondBuilder::with_capacity(n);
-        for r in rows {
-            topic.append_value(
-                ctx.topics
-                    .get(r.source.topic as usize)
-                    .map(String::as_str)
-                    .unwrap_or("?"),
-            );
-            partition.append_value(r.source.partition);
-            offset.append_value(r.source.offset);
-            reason.append_value(&r.reason);
-            key.append_option(r.key.as_deref());
-            payload.append_value(&r.payload);
-            kafka_ts.append_value(r.source.kafka_ts_ms * 1000);
-            ingest.append_value(r.source.ingest_us);
-        }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(topic.finish()),
-            Arc::new(partition.finish()),
-            Arc::new(offset.finish()),
-            Arc::new(reason.finish()),
-            Arc::new(key.finish()),
-            Arc::new(payload.finish()),
-            Arc::new(kafka_ts.finish()),
-            Arc::new(ingest.finish()),
-        ];
-        finish(schema, columns)
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iceberg::spec::{NestedField, UnboundPartitionSpec};
+    use std::sync::Arc;
 
-impl TableRow for Alert {
-    fn schema() -> Schema {
+    fn schema(fields: &[(i32, &str, PrimitiveType, bool)]) -> Schema {
         Schema::builder()
-            .with_fields(vec![
-                req(1, "alert_id", PrimitiveType::String),
-                req(2, "symbol", PrimitiveType::String),
-                req(3, "buy_exchange", PrimitiveType::String),
-                req(4, "sell_exchange", PrimitiveType::String),
-                req(5, "buy_price", decimal()),
-                req(6, "sell_price", decimal()),
-                req(7, "spread_bps", PrimitiveType::Double),
-                req(8, "binance_message_id", PrimitiveType::String),
-                req(9, "kraken_message_id", PrimitiveType::String),
-                req(10, "binance_event_time", PrimitiveType::Timestamptz),
-                req(11, "kraken_event_time", PrimitiveType::Timestamptz),
-                req(12, "produce_time", PrimitiveType::Timestamptz),
-                req(13, "detected_time", PrimitiveType::Timestamptz),
-            ])
+            .with_fields(fields.iter().map(|(id, name, ty, required)| {
+                Arc::new(if *required {
+                    NestedField::required(*id, *name, Type::Primitive(ty.clone()))
+                } else {
+                    NestedField::optional(*id, *name, Type::Primitive(ty.clone()))
+                })
+            }))
             .build()
-            .expect("valid alert schema")
+            .unwrap()
     }
-    fn partition_source_id() -> i32 {
-        10
+
+    fn k2() -> Schema {
+        schema(&[
+            (1, "id", PrimitiveType::String, true),
+            (2, "n", PrimitiveType::Int, true),
+            (3, "ts", PrimitiveType::Timestamptz, true),
+            (4, "note", PrimitiveType::String, false),
+        ])
     }
-    fn partition_day(&self) -> i32 {
-        day_of_us(self.binance_event_us)
+
+    fn day_spec(s: &Schema) -> PartitionSpec {
+        UnboundPartitionSpec::builder()
+            .add_partition_field(3, "ts_day", Transform::Day)
+            .unwrap()
+            .build()
+            .bind(Arc::new(s.clone()))
+            .unwrap()
     }
-    fn produce_ms(&self) -> i64 {
-        self.produce_ms
+
+    fn run(table: &Schema, history: &[&Schema]) -> Result<Evolution> {
+        check(
+            "ns.t",
+            table,
+            history.iter().copied(),
+            &day_spec(table),
+            &k2(),
+            Some(("ts", Transform::Day)),
+        )
     }
-    fn to_batch(rows: &[Self], _ctx: &RowContext, schema: &SchemaRef) -> RecordBatch {
-        let n = rows.len();
-        let mut id = StringBuilder::with_capacity(n, n * 16);
-        let mut symbol = StringBuilder::with_capacity(n, n * 8);
-        let mut buy = StringBuilder::with_capacity(n, n * 7);
-        let mut sell = StringBuilder::with_capacity(n, n * 7);
-        let mut buy_price = Decimal128Builder::with_capacity(n);
-        let mut sell_price = Decimal128Builder::with_capacity(n);
-        let mut spread = Float64Builder::with_capacity(n);
-        let mut bid = StringBuilder::with_capacity(n, n * 24);
-        let mut kid = StringBuilder::with_capacity(n, n * 24);
-        let mut bt = TimestampMicrosecondBuilder::with_capacity(n);
-        let mut kt = TimestampMicrosecondBuilder::with_capacity(n);
-        let mut pt = TimestampMicrosecondBuilder::with_capacity(n);
-        let mut dt = TimestampMicrosecondBuilder::with_capacity(n);
-        for r in rows {
-            id.append_value(&r.alert_id);
-            symbol.append_value(&r.symbol);
-            buy.append_value(r.buy_exchange.name());
-            sell.append_value(r.sell_exchange.name());
-            buy_price.append_value(r.buy_price.0);
-            sell_price.append_value(r.sell_price.0);
-            spread.append_value(r.spread_bps());
-            bid.append_value(&r.binance_message_id);
-            kid.append_value(&r.kraken_message_id);
-            bt.append_value(r.binance_event_us);
-            kt.append_value(r.kraken_event_us);
-            pt.append_value(r.produce_ms * 1000);
-            dt.append_value(r.detected_us);
-        }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(id.finish()),
-            Arc::new(symbol.finish()),
-            Arc::new(buy.finish()),
-            Arc::new(sell.finish()),
-            Arc::new(buy_price.finish()),
-            Arc::new(sell_price.finish()),
-            Arc::new(spread.finish()),
-            Arc::new(bid.finish()),
-            Arc::new(kid.finish()),
-            Arc::new(bt.finish()),
-            Arc::new(kt.finish()),
-            Arc::new(pt.finish()),
-            Arc::new(dt.finish()),
+
+    #[test]
+    fn the_same_schema_needs_nothing() {
+        let e = run(&k2(), &[]).unwrap();
+        assert!(e.missing.is_empty());
+    }
+
+    #[test]
+    fn an_optional_column_of_another_tool_is_fine() {
+        let mut fields = vec![
+            (1, "id", PrimitiveType::String, true),
+            (2, "n", PrimitiveType::Int, true),
+            (3, "ts", PrimitiveType::Timestamptz, true),
+            (4, "note", PrimitiveType::String, false),
         ];
-        finish(schema, columns)
+        fields.push((5, "extra", PrimitiveType::Long, false));
+        assert!(run(&schema(&fields), &[]).unwrap().missing.is_empty());
+        fields[4].3 = true;
+        let e = run(&schema(&fields), &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("`ns.t`") && e.contains("`extra`") && e.contains("requires"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn promotions_are_accepted_and_other_types_refused() {
+        let table = schema(&[
+            (1, "id", PrimitiveType::String, true),
+            (2, "n", PrimitiveType::Long, true),
+            (3, "ts", PrimitiveType::Timestamptz, true),
+            (4, "note", PrimitiveType::String, false),
+        ]);
+        run(&table, &[]).unwrap();
+        let table = schema(&[
+            (1, "id", PrimitiveType::Long, true),
+            (2, "n", PrimitiveType::Int, true),
+            (3, "ts", PrimitiveType::Timestamptz, true),
+            (4, "note", PrimitiveType::String, false),
+        ]);
+        let e = run(&table, &[]).unwrap_err().to_string();
+        assert!(e.contains("`id`") && e.contains("long") && e.contains("string"), "{e}");
+        let dec = |p| {
+            Type::Primitive(PrimitiveType::Decimal {
+                precision: p,
+                scale: 18,
+            })
+        };
+        assert!(accepts(&dec(38), &dec(30)) && !accepts(&dec(30), &dec(38)));
+    }
+
+    #[test]
+    fn a_column_k2_may_leave_null_cannot_be_required() {
+        let table = schema(&[
+            (1, "id", PrimitiveType::String, true),
+            (2, "n", PrimitiveType::Int, true),
+            (3, "ts", PrimitiveType::Timestamptz, true),
+            (4, "note", PrimitiveType::String, true),
+        ]);
+        let e = run(&table, &[]).unwrap_err().to_string();
+        assert!(e.contains("`note`") && e.contains("null"), "{e}");
+        // The other way round is fine: K2 always has a value.
+        let table = schema(&[
+            (1, "id", PrimitiveType::String, false),
+            (2, "n", PrimitiveType::Int, true),
+            (3, "ts", PrimitiveType::Timestamptz, true),
+            (4, "note", PrimitiveType::String, false),
+        ]);
+        run(&table, &[]).unwrap();
+    }
+
+    #[test]
+    fn new_columns_are_added_but_renamed_ones_refused() {
+        let old = schema(&[
+            (1, "id", PrimitiveType::String, true),
+            (2, "n", PrimitiveType::Int, true),
+            (3, "ts", PrimitiveType::Timestamptz, true),
+        ]);
+        let e = run(&old, &[&old]).unwrap();
+        assert_eq!(e.missing.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["note"]);
+        let renamed = schema(&[
+            (1, "id", PrimitiveType::String, true),
+            (2, "count", PrimitiveType::Int, true),
+            (3, "ts", PrimitiveType::Timestamptz, true),
+            (4, "note", PrimitiveType::String, false),
+        ]);
+        let e = run(&renamed, &[&k2(), &renamed]).unwrap_err().to_string();
+        assert!(
+            e.contains("`n`") && e.contains("`count`") && e.contains("renamed"),
+            "{e}"
+        );
+        // A dropped column is K2's to add again.
+        let dropped = schema(&[
+            (1, "id", PrimitiveType::String, true),
+            (2, "n", PrimitiveType::Int, true),
+            (3, "ts", PrimitiveType::Timestamptz, true),
+        ]);
+        let e = run(&dropped, &[&k2(), &dropped]).unwrap();
+        assert_eq!(e.missing.len(), 1);
+    }
+
+    #[test]
+    fn another_partition_spec_is_refused() {
+        let table = k2();
+        let hourly = UnboundPartitionSpec::builder()
+            .add_partition_field(3, "ts_hour", Transform::Hour)
+            .unwrap()
+            .build()
+            .bind(Arc::new(table.clone()))
+            .unwrap();
+        let e = check("ns.t", &table, [], &hourly, &k2(), Some(("ts", Transform::Day)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hour(ts)") && e.contains("day(ts)"), "{e}");
+        let none = PartitionSpec::unpartition_spec();
+        let e = check("ns.t", &table, [], &none, &k2(), Some(("ts", Transform::Day)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unpartitioned"), "{e}");
+        check("ns.t", &table, [], &none, &k2(), None).unwrap();
     }
 }

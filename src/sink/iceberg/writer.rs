@@ -1,12 +1,13 @@
-//! Per-worker staging of data files: the first half of the commit protocol.
+//! Per-worker staging of data files: the Iceberg sink's half of the commit
+//! protocol.
 //!
-//! Epochs are grouped into *commit groups* of `commit_interval_ms` by a rule
-//! that every worker computes alike ([`CommitGroups`]). A worker buffers its
-//! rows per group and, once its input frontier has passed the group's last
-//! epoch, writes them as Parquet data files (one per day partition, rolled at
-//! the target size) and sends their descriptions to the committer. Until then
-//! it holds a capability for the group, so the committer cannot consider the
-//! group complete while any worker still has rows for it.
+//! A worker buffers its rows per commit group ([`GroupBuffer`]) and, once its
+//! input frontier has passed the group's last epoch, writes them as Parquet
+//! data files (one per partition, rolled at the target size) and stages their
+//! descriptions for the [`super::participant::IcebergParticipant`], through
+//! the worker's cut. Until then it holds a capability for the group, so the
+//! committer cannot consider the group complete while any worker still has
+//! rows for it.
 //!
 //! The rows stay in memory until the group is staged: a write that fails
 //! keeps them and the capability, deletes the files the attempt began, and
@@ -16,11 +17,13 @@
 //! reading, so memory stays bounded. The job may stall on a full disk, but it
 //! never commits a group without its rows.
 
-use super::schema::{RowContext, TableRow};
+use super::rows::{RowContext, TableRow};
 use crate::checkpoint::backpressure::{Backpressure, Stall};
-use crate::time::{Time, epoch_complete, stamp_time};
-use iceberg::spec::{DataFile, DataFileFormat, Literal, PartitionKey, Struct, serialize_data_file_to_json};
-use iceberg::table::Table;
+use crate::checkpoint::{CommitGroups, CommitItem, Cut, GroupBuffer, Staged};
+use crate::time::{Time, stamp_time};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{DataType, SchemaRef};
+use iceberg::spec::{DataFile, DataFileFormat, Literal, PartitionKey, Struct, Transform, serialize_data_file_to_json};
 use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
@@ -35,27 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::CapabilitySet;
 use timely::dataflow::operators::generic::Operator;
-
-/// Which epochs end a commit group. Every worker and the committer use the
-/// same rule, so all tables of a job are cut at the same epochs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CommitGroups {
-    /// Epoch length, ms.
-    pub epoch_ms: u64,
-    /// Commit interval, ms (>= `epoch_ms`).
-    pub commit_interval_ms: u64,
-}
-
-impl CommitGroups {
-    /// The last epoch of the group that `epoch` belongs to: the group's label.
-    pub fn group_of(&self, epoch: u64) -> u64 {
-        let window = epoch.saturating_mul(self.epoch_ms) / self.commit_interval_ms;
-        let next_window_ms = (window + 1).saturating_mul(self.commit_interval_ms);
-        next_window_ms.div_ceil(self.epoch_ms).saturating_sub(1).max(epoch)
-    }
-}
 
 /// Data files staged by one worker for one table and commit group.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -83,7 +66,7 @@ pub struct TableWriter<R> {
     /// Table name within the namespace.
     pub name: String,
     /// The table, as loaded at start (for its schema, spec and location).
-    pub table: Table,
+    pub table: iceberg::table::Table,
     /// The job's name, the first part of every file name.
     pub job: String,
     /// A per-run token in file names, so runs never collide.
@@ -102,8 +85,48 @@ pub struct TableWriter<R> {
     pub rows: PhantomData<fn() -> R>,
 }
 
-/// An open data file writer of one day partition.
-type DayWriter = DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
+/// An open data file writer of one partition.
+type PartitionWriter = DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
+
+/// Whether `a` and `b` differ only in labels (time zone, decimal precision).
+fn same_layout(a: &DataType, b: &DataType) -> bool {
+    match (a, b) {
+        (DataType::Timestamp(u1, _), DataType::Timestamp(u2, _)) => u1 == u2,
+        (DataType::Decimal128(_, s1), DataType::Decimal128(_, s2)) => s1 == s2,
+        (DataType::Utf8, DataType::LargeUtf8) | (DataType::LargeUtf8, DataType::Utf8) => false,
+        _ => false,
+    }
+}
+
+/// Re-labels an array whose physical layout already matches `to`.
+fn relabel(col: ArrayRef, to: &DataType) -> ArrayRef {
+    let data = col
+        .to_data()
+        .into_builder()
+        .data_type(to.clone())
+        .build()
+        .expect("same physical layout");
+    arrow_array::make_array(data)
+}
+
+/// `col` widened to `to` as Iceberg promotes a column's type (`int` to
+/// `long`, `float` to `double`; a wider decimal is [`same_layout`]), if
+/// that is the difference; see [`super::schema`].
+fn promote(col: &ArrayRef, to: &DataType) -> Option<ArrayRef> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float32Type, Int32Type};
+    match (col.data_type(), to) {
+        (DataType::Int32, DataType::Int64) => {
+            let wide: arrow_array::Int64Array = col.as_primitive::<Int32Type>().unary(i64::from);
+            Some(Arc::new(wide))
+        }
+        (DataType::Float32, DataType::Float64) => {
+            let wide: arrow_array::Float64Array = col.as_primitive::<Float32Type>().unary(f64::from);
+            Some(Arc::new(wide))
+        }
+        _ => None,
+    }
+}
 
 /// Rows encoded per Arrow batch: bounds the Arrow copy of a big group.
 const BATCH_ROWS: usize = 65_536;
@@ -112,11 +135,11 @@ const BATCH_ROWS: usize = 65_536;
 /// group's end.
 const ENCODE_EVERY: usize = 8_192;
 
-/// Open data files of one commit group, one per day partition seen so far.
+/// Open data files of one commit group, one per partition seen so far.
 pub struct OpenFiles {
     worker: usize,
     group: u64,
-    days: BTreeMap<i32, DayWriter>,
+    partitions: BTreeMap<Option<i32>, PartitionWriter>,
     /// The unique parts of the file names begun, to clean up a failed attempt.
     markers: Vec<String>,
 }
@@ -127,33 +150,36 @@ impl<R: TableRow> TableWriter<R> {
         OpenFiles {
             worker,
             group,
-            days: BTreeMap::new(),
+            partitions: BTreeMap::new(),
             markers: Vec::new(),
         }
     }
 
-    /// Encodes `rows` into `files` (sorting them by day partition first).
+    /// Encodes `rows` into `files` (sorting them by partition first).
     pub fn append(&self, files: &mut OpenFiles, rows: &mut [R]) -> iceberg::Result<()> {
-        rows.sort_by_key(|r| r.partition_day());
+        rows.sort_by_key(|r| r.partition());
         let metadata = self.table.metadata();
         let schema = metadata.current_schema().clone();
         let arrow_schema = Arc::new(iceberg::arrow::schema_to_arrow_schema(&schema)?);
         self.runtime.block_on(async {
             let mut start = 0;
             while start < rows.len() {
-                let day = rows[start].partition_day();
-                let end = start + rows[start..].iter().take_while(|r| r.partition_day() == day).count();
-                let writer = match files.days.entry(day) {
+                let partition = rows[start].partition();
+                let end = start + rows[start..].iter().take_while(|r| r.partition() == partition).count();
+                let writer = match files.partitions.entry(partition) {
                     std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::btree_map::Entry::Vacant(v) => {
                         // Unique per attempt: a retry never reuses a failed attempt's names.
                         let marker = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
                         files.markers.push(marker.clone());
-                        v.insert(self.open_day(files.worker, files.group, day, marker).await?)
+                        v.insert(
+                            self.open_partition(files.worker, files.group, partition, marker)
+                                .await?,
+                        )
                     }
                 };
                 for chunk in rows[start..end].chunks(BATCH_ROWS) {
-                    writer.write(R::to_batch(chunk, &self.ctx, &arrow_schema)).await?;
+                    writer.write(self.batch(chunk, &arrow_schema)?).await?;
                 }
                 start = end;
             }
@@ -161,13 +187,74 @@ impl<R: TableRow> TableWriter<R> {
         })
     }
 
-    async fn open_day(&self, worker: usize, group: u64, day: i32, marker: String) -> iceberg::Result<DayWriter> {
+    /// `rows` as an Arrow batch of the table's current schema, by column
+    /// name: a nullable column K2's row type lacks (another tool added it)
+    /// is null; a required one, or a column of another type, is an error.
+    fn batch(&self, rows: &[R], schema: &SchemaRef) -> iceberg::Result<RecordBatch> {
+        let err = |message: String| iceberg::Error::new(iceberg::ErrorKind::DataInvalid, message);
+        let columns = R::to_columns(rows, &self.ctx);
+        let names = R::columns();
+        let mut out = Vec::with_capacity(schema.fields().len());
+        for field in schema.fields() {
+            match names.iter().position(|(n, _, _)| *n == field.name()) {
+                Some(i) => {
+                    let col = &columns[i];
+                    if col.data_type() == field.data_type() {
+                        out.push(col.clone());
+                    } else if same_layout(col.data_type(), field.data_type()) {
+                        out.push(relabel(col.clone(), field.data_type()));
+                    } else if let Some(promoted) = promote(col, field.data_type()) {
+                        out.push(promoted);
+                    } else {
+                        return Err(err(format!(
+                            "table `{}`: column `{}` is {}, but K2 writes {}: an incompatible schema change",
+                            self.name,
+                            field.name(),
+                            field.data_type(),
+                            col.data_type()
+                        )));
+                    }
+                }
+                None if field.is_nullable() => out.push(arrow_array::new_null_array(field.data_type(), rows.len())),
+                None => {
+                    return Err(err(format!(
+                        "table `{}` requires column `{}`, which K2's rows do not have: an incompatible schema change",
+                        self.name,
+                        field.name()
+                    )));
+                }
+            }
+        }
+        RecordBatch::try_new(schema.clone(), out).map_err(|e| err(format!("table `{}`: {e}", self.name)))
+    }
+
+    async fn open_partition(
+        &self,
+        worker: usize,
+        group: u64,
+        partition: Option<i32>,
+        marker: String,
+    ) -> iceberg::Result<PartitionWriter> {
         let metadata = self.table.metadata();
         let schema = metadata.current_schema().clone();
         let spec = metadata.default_partition_spec().as_ref().clone();
-        let key = PartitionKey::new(spec, schema.clone(), Struct::from_iter([Some(Literal::date(day))]));
+        let key = match (partition, spec.fields().first()) {
+            (Some(value), Some(field)) => {
+                let literal = match field.transform {
+                    Transform::Day => Literal::date(value),
+                    _ => Literal::int(value),
+                };
+                Some(PartitionKey::new(
+                    spec,
+                    schema.clone(),
+                    Struct::from_iter([Some(literal)]),
+                ))
+            }
+            _ => None,
+        };
+        let part = partition.map_or("none".to_string(), |p| p.to_string());
         let names = DefaultFileNameGenerator::new(
-            format!("{}-{}-w{worker}-g{group}-d{day}", self.job, self.run_id),
+            format!("{}-{}-w{worker}-g{group}-p{part}", self.job, self.run_id),
             Some(marker),
             DataFileFormat::Parquet,
         );
@@ -179,7 +266,7 @@ impl<R: TableRow> TableWriter<R> {
             DefaultLocationGenerator::new(metadata)?,
             names,
         );
-        DataFileWriterBuilder::new(rolling).build(Some(key)).await
+        DataFileWriterBuilder::new(rolling).build(key).await
     }
 
     /// Closes `files` and describes them for the committer; `rows` are all
@@ -190,12 +277,12 @@ impl<R: TableRow> TableWriter<R> {
         let partition_type = metadata.default_partition_spec().partition_type(&schema)?;
         let mut data_files: Vec<DataFile> = Vec::new();
         self.runtime.block_on(async {
-            for (_, mut writer) in files.days {
+            for (_, mut writer) in files.partitions {
                 data_files.extend(writer.close().await?);
             }
             iceberg::Result::Ok(())
         })?;
-        let mut produce: Vec<i64> = rows.iter().map(|r| r.produce_ms()).collect();
+        let mut produce: Vec<i64> = rows.iter().filter_map(|r| r.produce_ms()).collect();
         produce.sort_unstable();
         let mut produce_ms: Vec<(i64, u32)> = Vec::new();
         for ms in produce {
@@ -258,46 +345,68 @@ struct Retry {
 /// is staged (so a failed write can be retried from the rows), and the data
 /// files the first `encoded` of them are already in.
 struct Pending<R> {
-    caps: CapabilitySet<Time>,
     rows: Vec<R>,
     encoded: usize,
-    /// `None` once an early write failed: the group is then written at once
-    /// at its end, as a retry would.
+    /// The files being written; `None` before the first row, and once an
+    /// early write failed (the group is then written at once at its end, as
+    /// a retry would).
     files: Option<OpenFiles>,
+    /// An early write failed.
+    failed: bool,
 }
 
-/// Writes a stream of rows into staged Iceberg data files.
+impl<R> Default for Pending<R> {
+    fn default() -> Self {
+        Pending {
+            rows: Vec::new(),
+            encoded: 0,
+            files: None,
+            failed: false,
+        }
+    }
+}
+
+/// A table of the job, for one worker's dataflow: how to write it, and the
+/// cut its staged files join.
+pub struct Table<'scope, R> {
+    /// How to write the table.
+    pub writer: TableWriter<R>,
+    /// The worker's cut.
+    pub cut: Cut<'scope>,
+}
+
+/// The participant name of Iceberg tables in cuts and manifests.
+pub const PARTICIPANT: &str = "iceberg";
+
+/// Writes a stream of rows into an Iceberg table, exactly once.
 pub trait WriteIceberg<'scope, R> {
-    /// Stages this worker's rows per commit group; see the module docs.
-    fn write_iceberg(self, writer: TableWriter<R>) -> Stream<'scope, Time, Vec<StagedFiles>>;
+    /// Stages this worker's rows per commit group for the table's commits;
+    /// see the module docs.
+    fn write_iceberg(self, table: Table<'scope, R>);
 }
 
 impl<'scope, R: TableRow> WriteIceberg<'scope, R> for Stream<'scope, Time, Vec<R>> {
-    fn write_iceberg(self, writer: TableWriter<R>) -> Stream<'scope, Time, Vec<StagedFiles>> {
+    fn write_iceberg(self, table: Table<'scope, R>) {
+        let Table { writer, cut } = table;
         let name = format!("Iceberg({})", writer.name);
         let scope = self.scope();
         let worker = scope.index();
-        self.unary_frontier(Pipeline, &name, move |_cap, info| {
+        let staged = self.unary_frontier(Pipeline, &name, move |_cap, info| {
             let activator = scope.activator_for(info.address);
-            let mut pending: BTreeMap<u64, Pending<R>> = BTreeMap::new();
+            let mut pending: GroupBuffer<Pending<R>> = GroupBuffer::new(writer.groups);
             let mut retry: Option<Retry> = None;
             move |(input, frontier), output| {
-                input.for_each_stamp(|cap, data| {
+                input.for_each(|cap, data| {
                     let Some(time) = stamp_time(cap.stamp().iter()) else {
                         tracing::error!(table = %writer.name, "records without a timestamp; K2 sources always stamp records");
                         return;
                     };
                     let group = writer.groups.group_of(time.epoch);
-                    let entry = pending.entry(group).or_insert_with(|| Pending {
-                        caps: CapabilitySet::new(),
-                        rows: Vec::new(),
-                        encoded: 0,
-                        files: Some(writer.open(worker, group)),
-                    });
-                    entry.caps.insert(cap.delayed(&time, 0));
-                    for batch in data {
-                        entry.rows.append(batch);
+                    let entry = pending.at(&cap, time, 0);
+                    if entry.files.is_none() && !entry.failed {
+                        entry.files = Some(writer.open(worker, group));
                     }
+                    entry.rows.append(data);
                     // Encode as rows arrive, so that closing the group at its
                     // end (on the way to the commit) has little left to do.
                     if entry.rows.len() - entry.encoded >= ENCODE_EVERY
@@ -307,6 +416,7 @@ impl<'scope, R: TableRow> WriteIceberg<'scope, R> for Stream<'scope, Time, Vec<R
                             tracing::warn!(table = %writer.name, group, error = %e, "writing data files failed; will write the group at its end");
                             writer.abandon(&files.markers);
                             entry.files = None;
+                            entry.failed = true;
                         }
                         entry.encoded = entry.rows.len();
                     }
@@ -319,11 +429,8 @@ impl<'scope, R: TableRow> WriteIceberg<'scope, R> for Stream<'scope, Time, Vec<R
                 {
                     return;
                 }
-                while let Some(entry) = pending.first_entry() {
-                    if !epoch_complete(frontier.iter(), *entry.key()) {
-                        break;
-                    }
-                    let (group, mut p) = entry.remove_entry();
+                let mut complete = pending.complete(frontier.iter()).into_iter();
+                while let Some((group, caps, mut p)) = complete.next() {
                     let staged = match p.files.take() {
                         Some(mut files) => {
                             let written = writer.append(&mut files, &mut p.rows[p.encoded..]);
@@ -341,7 +448,13 @@ impl<'scope, R: TableRow> WriteIceberg<'scope, R> for Stream<'scope, Time, Vec<R
                             if let Some(r) = retry.take() {
                                 tracing::info!(table = %writer.name, group, attempts = r.attempt + 1, "writing data files works again");
                             }
-                            output.session(&p.caps).give(staged)
+                            let payload = serde_json::to_vec(&staged).expect("staged files serialize");
+                            output.session(&caps).give(CommitItem::Staged(Staged {
+                                participant: PARTICIPANT.to_string(),
+                                group,
+                                worker,
+                                payload,
+                            }))
                         }
                         Err(e) => {
                             let r = retry.get_or_insert_with(|| Retry {
@@ -363,14 +476,18 @@ impl<'scope, R: TableRow> WriteIceberg<'scope, R> for Stream<'scope, Time, Vec<R
                                 error = %e,
                                 "writing data files failed; the sources pause; retrying in {wait:?}"
                             );
-                            pending.insert(group, p);
+                            pending.put_back(group, caps, p);
+                            for (group, caps, p) in complete.by_ref() {
+                                pending.put_back(group, caps, p);
+                            }
                             activator.activate_after(wait);
                             break;
                         }
                     }
                 }
             }
-        })
+        });
+        cut.register(staged);
     }
 }
 
@@ -419,8 +536,11 @@ mod tests {
             ..Default::default()
         };
         let table = runtime.block_on(async {
-            let catalog = super::super::JobCatalog::open(&cfg).await.unwrap();
-            catalog.ensure_table::<Trade>("t").await.unwrap()
+            let catalog = super::super::JobCatalog::open(&cfg, &Default::default()).await.unwrap();
+            catalog
+                .ensure_table(&crate::sink::iceberg::TableDecl::of::<Trade>("t"))
+                .await
+                .unwrap()
         });
         let writer = TableWriter::<Trade> {
             name: "t".into(),
@@ -445,7 +565,7 @@ mod tests {
             .map(|i| trade(i, 1_767_225_600_000_000 + (i % 3) as i64 * day_us))
             .collect();
         let want: Vec<String> = {
-            let mut v: Vec<String> = rows.iter().map(|t| t.message_id.clone()).collect();
+            let mut v: Vec<String> = rows.iter().map(|t| t.message_id.to_string()).collect();
             v.sort();
             v
         };
@@ -461,31 +581,5 @@ mod tests {
         assert_eq!(ids_in(&at_once), want);
         assert_eq!(pieces.produce_ms, at_once.produce_ms);
         std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn groups_end_on_commit_interval_boundaries() {
-        let g = CommitGroups {
-            epoch_ms: 200,
-            commit_interval_ms: 1000,
-        };
-        assert_eq!(
-            (0..10).map(|e| g.group_of(e)).collect::<Vec<_>>(),
-            vec![4, 4, 4, 4, 4, 9, 9, 9, 9, 9]
-        );
-        let g = CommitGroups {
-            epoch_ms: 300,
-            commit_interval_ms: 1000,
-        };
-        for e in 0..1000 {
-            let label = g.group_of(e);
-            assert!(label >= e);
-            assert_eq!(g.group_of(label), label, "a label is its own group's end");
-        }
-        let g = CommitGroups {
-            epoch_ms: 100,
-            commit_interval_ms: 100,
-        };
-        assert_eq!(g.group_of(8_800_000_000), 8_800_000_000);
     }
 }

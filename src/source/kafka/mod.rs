@@ -10,6 +10,6 @@ pub mod plan;
 pub mod reader;
 pub mod watch;
 
-pub use plan::{OffsetReport, PartitionPlan, Resume, SourcePlan};
-pub use reader::{SourceSpec, SourceStats, SourceStreams, StopSignal, kafka_source};
+pub use plan::{PartitionPlan, SourcePlan};
+pub use reader::{SourceSpec, SourceStats, SourceStreams, kafka_source};
 pub use watch::PartitionWatch;

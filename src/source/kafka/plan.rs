@@ -24,6 +24,7 @@
 //! timestamp of the last message read, which the checkpoint also records:
 //! the message at that offset must still have it.
 
+use crate::checkpoint::Resume;
 use crate::config::StartPosition;
 use crate::error::{Error, Result};
 use crate::kafka::Quiet;
@@ -38,43 +39,10 @@ use std::time::{Duration, Instant};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Source progress: the next offset of a partition when an epoch closed.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct OffsetReport {
-    /// The epoch that closed.
-    pub epoch: u64,
-    /// Topic index in the job's topic list.
-    pub topic: u16,
-    /// Partition.
-    pub partition: i32,
-    /// The next offset to read: everything before it is in epochs `<= epoch`.
-    pub next_offset: i64,
-    /// The largest event time read so far from the partition, µs.
-    pub max_event_us: Option<u64>,
-    /// The Kafka timestamp of the last message read (at `next_offset - 1`),
-    /// ms: recovery checks that the broker still has that message there.
-    pub last_ts_ms: Option<i64>,
-}
-
 /// The worker that reads partition `partition` of topic index `topic`, out
 /// of `workers`: independent of the number of partitions (see the module docs).
 pub fn owner(topic: u16, partition: i32, workers: usize) -> usize {
     (partition.unsigned_abs() as usize + topic as usize) % workers.max(1)
-}
-
-/// Where a resumed job starts, from its checkpoint: per `(topic index,
-/// partition)`, the next offset, the largest event time (µs) and the Kafka
-/// timestamp of the last message read.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Resume {
-    /// Next offsets.
-    pub offsets: BTreeMap<(u16, i32), i64>,
-    /// Largest event times read, µs.
-    pub watermarks: BTreeMap<(u16, i32), u64>,
-    /// Kafka timestamps of the last messages read, ms.
-    pub last_ts_ms: BTreeMap<(u16, i32), i64>,
-    /// Whether there is a checkpoint at all (then partitions it lacks are new).
-    pub checkpointed: bool,
 }
 
 /// One partition of one topic, with its range for this run.
@@ -118,10 +86,9 @@ impl SourcePlan {
         let consumer: BaseConsumer<Quiet> = client
             .create_with_context(Quiet)
             .map_err(|e| Error::kafka("create consumer", e))?;
-        let brokers = client.get("bootstrap.servers").unwrap_or("?").to_string();
         let mut partitions = Vec::new();
         for (index, (exchange, topic)) in topics.iter().enumerate() {
-            let metadata = wait_for_metadata(&consumer, &brokers, topic, connect_timeout)?;
+            let metadata = crate::kafka::wait_for_metadata(&consumer, client, topic, connect_timeout)?;
             let ids = topic_partitions(&metadata, topic)?;
             for partition in ids {
                 let key = (index as u16, partition);
@@ -247,47 +214,6 @@ fn check_resume(topic: &str, partition: i32, next: i64, low: i64, high: i64) -> 
         )));
     }
     Ok(())
-}
-
-/// The topic's metadata, waiting (with backoff, saying why) while the
-/// brokers cannot be reached, up to `timeout`.
-fn wait_for_metadata(
-    consumer: &BaseConsumer<Quiet>,
-    brokers: &str,
-    topic: &str,
-    timeout: Duration,
-) -> Result<Metadata> {
-    let deadline = Instant::now() + timeout;
-    let mut delays = crate::retry::backoff(Duration::from_millis(500), Duration::from_secs(10));
-    loop {
-        // Short tries, so that the wait is reported while it lasts.
-        let attempt = Duration::from_secs(2).min(deadline.saturating_duration_since(Instant::now()));
-        match consumer.fetch_metadata(Some(topic), attempt.max(Duration::from_millis(100))) {
-            Ok(m) => return Ok(m),
-            Err(e) if Instant::now() < deadline => {
-                let wait = delays
-                    .next()
-                    .unwrap_or(Duration::from_secs(10))
-                    .min(deadline.saturating_duration_since(Instant::now()));
-                tracing::warn!(
-                    brokers,
-                    topic,
-                    error = %e,
-                    "waiting for Kafka at {brokers} (kafka.brokers); retrying in {wait:?}, giving up after kafka.connect_timeout_ms"
-                );
-                std::thread::sleep(wait);
-            }
-            Err(e) => {
-                return Err(Error::kafka(
-                    format!(
-                        "reach the brokers at {brokers} (kafka.brokers) for topic `{topic}` within kafka.connect_timeout_ms = {} ms",
-                        timeout.as_millis()
-                    ),
-                    e,
-                ));
-            }
-        }
-    }
 }
 
 /// The sorted partition ids of `topic` in `metadata`, or why there are none.

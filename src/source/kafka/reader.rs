@@ -33,6 +33,14 @@
 //! bounded run, and the idle watermark in a continuous one (a partition added
 //! to the topic may be handed to it later, see [`super::watch`]).
 //!
+//! ## The end of a run
+//! Stopped, or at the end of a bounded input, the source reports where it
+//! got and holds `(STOPPED, watermark)` until `release` (the frontier of
+//! what the committer receives) is all at `STOPPED`; see [`crate::stop`].
+//! A partition read to the end of a bounded input still holds the
+//! watermark (it has more to come, for the next run); one without any
+//! message does not.
+//!
 //! ## Lateness and the future
 //! A trade is late when its event time is below its own partition's
 //! watermark at the moment it is read. Never the cross-partition watermark:
@@ -61,6 +69,13 @@
 //! Polls use a zero timeout. The operator is re-activated by librdkafka when a
 //! queue becomes non-empty, after a full batch, and at the next epoch boundary.
 //!
+//! ## Observability
+//! Counters ([`SourceStats`]) are added once per activation, and each
+//! partition's read position and each worker's watermark are published
+//! once per activation too ([`SourceStats::partitions`],
+//! [`SourceStats::watermarks`]): the telemetry thread reads them for
+//! consumer lag and event-time lag, so nothing is added per record.
+//!
 //! ## Stopping on a lost position
 //! If the broker no longer has the offset a partition reads from (the topic
 //! was deleted and re-created, or retention overtook the reader), librdkafka
@@ -69,13 +84,15 @@
 //! had read: it never jumps silently.
 
 use super::decode::{ControlKind, Decoded, decode};
-use super::plan::{OffsetReport, PartitionPlan, owner};
+use super::plan::{PartitionPlan, owner};
 use super::watch::PartitionWatch;
 use crate::checkpoint::Backpressure;
+use crate::checkpoint::OffsetReport;
 use crate::config::{ControlPolicy, FuturePolicy};
 use crate::kafka::Quiet;
 use crate::record::{DeadLetter, SourcePosition, Trade};
-use crate::time::Time;
+use crate::stop::StopSignal;
+use crate::time::{STOPPED, Time};
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -83,65 +100,15 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::{Scope, Stream};
-
-/// Asks running sources to stop: now, or once they reach given offsets; and
-/// carries the reason when the job must end with an error.
-#[derive(Clone, Debug, Default)]
-pub struct StopSignal(Arc<StopInner>);
-
-#[derive(Debug, Default)]
-struct StopInner {
-    now: AtomicBool,
-    drain: Mutex<Option<BTreeMap<(u16, i32), i64>>>,
-    drain_set: AtomicBool,
-    failure: Mutex<Option<String>>,
-}
-
-impl StopSignal {
-    /// Stop at the current position, closing the current epoch.
-    pub fn stop_now(&self) {
-        self.0.now.store(true, Ordering::SeqCst);
-    }
-    /// Stop at the current position (committing what was read), and end the
-    /// run with `reason` as its error. The first reason wins.
-    pub fn fail(&self, reason: String) {
-        let mut failure = self.0.failure.lock().expect("failure lock");
-        if failure.is_none() {
-            tracing::error!(reason, "stopping the job");
-            *failure = Some(reason);
-        }
-        drop(failure);
-        self.stop_now();
-    }
-    /// The reason given to [`StopSignal::fail`], if any.
-    pub fn failure(&self) -> Option<String> {
-        self.0.failure.lock().expect("failure lock").clone()
-    }
-    /// Stop each partition once it reaches the given next offset.
-    pub fn drain_to(&self, ends: BTreeMap<(u16, i32), i64>) {
-        *self.0.drain.lock().expect("drain lock") = Some(ends);
-        self.0.drain_set.store(true, Ordering::SeqCst);
-    }
-    /// Whether [`StopSignal::stop_now`] was called.
-    pub fn is_stopped(&self) -> bool {
-        self.0.now.load(Ordering::SeqCst)
-    }
-    fn drain_targets(&self) -> Option<BTreeMap<(u16, i32), i64>> {
-        if self.0.drain_set.load(Ordering::Relaxed) {
-            self.0.drain.lock().expect("drain lock").clone()
-        } else {
-            None
-        }
-    }
-}
 
 /// Counters of all source workers of a process.
 #[derive(Debug, Default)]
@@ -166,6 +133,25 @@ pub struct SourceStats {
     pub control: [AtomicU64; ControlKind::ALL.len()],
     /// Partitions added to the topics while the job ran, now read.
     pub partitions_added: AtomicU64,
+    /// Every partition this process reads, with its position.
+    pub partitions: Mutex<Vec<Arc<PartitionProgress>>>,
+    /// Each source worker's event-time watermark, µs (`u64::MAX`: a worker
+    /// with nothing to read in a bounded run).
+    pub watermarks: Mutex<Vec<Arc<AtomicU64>>>,
+}
+
+/// Where a source worker is in one partition, published once per
+/// activation (two relaxed stores), for consumer lag.
+#[derive(Debug)]
+pub struct PartitionProgress {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+    /// The next offset to read.
+    pub next: AtomicI64,
+    /// The partition reported its end and nothing was read since.
+    pub caught_up: AtomicBool,
 }
 
 impl SourceStats {
@@ -230,6 +216,7 @@ pub struct SourceStreams<'scope> {
 struct Part {
     queue: PartitionQueue<Quiet>,
     s: PartState,
+    progress: Arc<PartitionProgress>,
 }
 
 /// What has been read from one partition.
@@ -324,12 +311,12 @@ impl Polling<'_> {
             Err(reason) => Some(reason),
         };
         if let Some(reason) = reason {
-            self.dead.push(DeadLetter {
-                source: pos,
+            self.dead.push(DeadLetter::new(
+                &pos,
                 reason,
-                key: m.key().map(<[u8]>::to_vec),
-                payload: payload.unwrap_or_default().to_vec(),
-            });
+                m.key().map(<[u8]>::to_vec),
+                payload.unwrap_or_default().to_vec(),
+            ));
         }
         if p.plan.end.is_some_and(|end| p.next >= end) {
             p.done = true;
@@ -403,6 +390,7 @@ fn add_partitions(
     consumer: &Arc<BaseConsumer<Quiet>>,
     plans: Vec<PartitionPlan>,
     wake: &dyn Fn() -> Box<dyn Fn() + Send + Sync>,
+    stats: &SourceStats,
 ) -> crate::error::Result<Vec<Part>> {
     let mut tpl = TopicPartitionList::new();
     let mut parts = Vec::with_capacity(plans.len());
@@ -418,8 +406,15 @@ fn add_partitions(
         queue.set_nonempty_callback(wake);
         tpl.add_partition_offset(&plan.topic_name, plan.partition, Offset::Offset(plan.start))
             .map_err(|e| crate::error::Error::kafka("build assignment", e))?;
+        let progress = Arc::new(PartitionProgress {
+            topic: plan.topic_name.clone(),
+            partition: plan.partition,
+            next: AtomicI64::new(plan.start),
+            caught_up: AtomicBool::new(false),
+        });
         parts.push(Part {
             queue,
+            progress,
             s: PartState {
                 next: plan.start,
                 max_event_us: plan.max_event_us,
@@ -436,13 +431,21 @@ fn add_partitions(
             .incremental_assign(&tpl)
             .map_err(|e| crate::error::Error::kafka("assign partitions", e))?;
     }
+    stats
+        .partitions
+        .lock()
+        .expect("source partitions")
+        .extend(parts.iter().map(|p| p.progress.clone()));
     Ok(parts)
 }
 
 /// Builds the source for this worker; see the module docs.
+/// `release`: the frontier of everything the committer receives, to let go
+/// of the capabilities at the end of the run (module docs).
 pub fn kafka_source<'scope>(
     scope: Scope<'scope, Time>,
     spec: SourceSpec,
+    release: ProbeHandle<Time>,
 ) -> crate::error::Result<SourceStreams<'scope>> {
     let mut builder = OperatorBuilder::new(format!("KafkaSource(w{})", scope.index()), scope);
     let info = builder.operator_info();
@@ -467,10 +470,16 @@ pub fn kafka_source<'scope>(
     let mut parts = Vec::new();
     if !spec.partitions.is_empty() {
         let c = consumer(&spec)?;
-        parts = add_partitions(&c, spec.partitions.clone(), &wake)?;
+        parts = add_partitions(&c, spec.partitions.clone(), &wake, &spec.stats)?;
         client = Some(c);
     }
     let mut watch_version = spec.watch.as_ref().map_or(0, PartitionWatch::version);
+    let published_watermark = Arc::new(AtomicU64::new(0));
+    spec.stats
+        .watermarks
+        .lock()
+        .expect("source watermarks")
+        .push(published_watermark.clone());
 
     builder.build(move |caps| {
         let mut caps = caps.into_iter();
@@ -488,6 +497,7 @@ pub fn kafka_source<'scope>(
         if let Some(c) = caps.as_mut() {
             c.downgrade(&first);
         }
+        published_watermark.store(first.event, Ordering::Relaxed);
         let mut drain_applied = false;
         let mut last_error_log: Option<Instant> = None;
         let mut trade_buf = Vec::new();
@@ -495,6 +505,16 @@ pub fn kafka_source<'scope>(
         let mut decoded = Vec::new();
         move |_frontiers| {
             let Some(c) = caps.as_mut() else { return };
+            if c.time().epoch == STOPPED {
+                // The run is over: hold event time where it is until the
+                // final cut is taken (see "The end of a run" above).
+                if release.with_frontier(|f| f.iter().all(|t| t.epoch >= STOPPED)) {
+                    caps = None;
+                } else {
+                    activator.activate_after(Duration::from_millis(5));
+                }
+                return;
+            }
             let now = now_ms();
             let now_instant = Instant::now();
             if !drain_applied && let Some(targets) = spec.stop.drain_targets() {
@@ -523,9 +543,9 @@ pub fn kafka_source<'scope>(
                     .collect();
                 if !new.is_empty() {
                     let added = match &client {
-                        Some(c) => add_partitions(c, new.clone(), &wake),
+                        Some(c) => add_partitions(c, new.clone(), &wake, &spec.stats),
                         None => consumer(&spec).and_then(|c| {
-                            let added = add_partitions(&c, new.clone(), &wake);
+                            let added = add_partitions(&c, new.clone(), &wake, &spec.stats);
                             client = Some(c);
                             added
                         }),
@@ -625,6 +645,10 @@ pub fn kafka_source<'scope>(
                 }
                 polled_full |= polled >= per_partition;
             }
+            for p in &parts {
+                p.progress.next.store(p.s.next, Ordering::Relaxed);
+                p.progress.caught_up.store(p.s.caught_up, Ordering::Relaxed);
+            }
             let stats = &spec.stats;
             if poll.read > 0 {
                 stats.messages.fetch_add(poll.read, Ordering::Relaxed);
@@ -662,13 +686,16 @@ pub fn kafka_source<'scope>(
                 progress_out.activate().session(&c.progress).give_iterator(reports);
             }
             if finishing {
-                caps = None;
+                let watermark = watermark(&parts, now, now_instant, &spec).max(current.event);
+                c.downgrade(&Time::new(STOPPED, watermark));
+                activator.activate();
                 return;
             }
             let watermark = watermark(&parts, now, now_instant, &spec).max(current.event);
             let next = Time::new(epoch, watermark);
             if next != current {
                 c.downgrade(&next);
+                published_watermark.store(watermark, Ordering::Relaxed);
             }
             if polled_full {
                 activator.activate();
@@ -710,8 +737,10 @@ fn watermark(parts: &[Part], now_ms: u64, now: Instant, spec: &SourceSpec) -> u6
         .iter()
         .map(|p| &p.s)
         .filter(|p| {
+            // Read to the end of a bounded input, a partition still holds
+            // the watermark: its next messages come in the next run.
             let idle = p.caught_up && now.duration_since(p.last_message) >= idle;
-            !p.done && !idle
+            if p.done { p.max_event_us.is_some() } else { !idle }
         })
         .map(|p| p.max_event_us.unwrap_or(0).saturating_sub(ooo_us))
         .min();

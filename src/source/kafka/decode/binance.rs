@@ -10,7 +10,7 @@
 
 use super::fields::*;
 use super::{ControlKind, DecodeError, Decoded};
-use crate::record::{Exchange, Side, SourcePosition, Trade};
+use crate::record::{Exchange, MessageId, Side, SourcePosition, Trade};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -133,21 +133,19 @@ fn event(ev: BinanceEvent<'_>, source: &SourcePosition, out: &mut Vec<Trade>) ->
 fn trade(ev: BinanceEvent<'_>, source: &SourcePosition) -> Result<Trade, DecodeError> {
     let f = Field::top("s");
     let native = string_field(f, required(f, ev.symbol)?, "a string")?;
-    let symbol = match normalize_binance_symbol(&native) {
-        Some(s) => s,
-        None if is_binance_symbol(&native) => {
-            return Err(DecodeError::UnknownQuoteAsset(native.into_owned()));
-        }
-        None => {
-            return Err(invalid(
+    let names = super::names(Exchange::Binance, &native, |native| {
+        match normalize_binance_symbol(native) {
+            Some(s) => Ok(s),
+            None if is_binance_symbol(native) => Err(DecodeError::UnknownQuoteAsset(native.to_owned())),
+            None => Err(invalid(
                 f,
                 format!(
                     "invalid symbol {:?} (expected upper-case letters and digits)",
-                    snippet(&native)
+                    snippet(native)
                 ),
-            ));
+            )),
         }
-    };
+    })?;
 
     let f = Field::top("t");
     let trade_id = trade_id_field(f, required(f, ev.trade_id)?)?;
@@ -173,10 +171,13 @@ fn trade(ev: BinanceEvent<'_>, source: &SourcePosition) -> Result<Trade, DecodeE
     };
 
     Ok(Trade {
-        message_id: super::message_id(Exchange::Binance, &native, trade_id),
+        message_id: MessageId {
+            stream: names.stream,
+            trade_id,
+        },
         exchange: Exchange::Binance,
-        symbol,
-        native_symbol: native.into_owned(),
+        symbol: names.symbol,
+        native_symbol: names.native,
         trade_id,
         price,
         quantity,

@@ -12,7 +12,7 @@
 use super::fields::*;
 use super::rfc3339::parse_rfc3339_micros;
 use super::{ControlKind, DecodeError, Decoded};
-use crate::record::{Exchange, Side, SourcePosition, Trade};
+use crate::record::{Exchange, MessageId, Side, SourcePosition, Trade};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::fmt;
@@ -230,8 +230,10 @@ pub(super) fn decode(text: &str, source: &SourcePosition, out: &mut Vec<Trade>) 
 fn kraken_trade(index: usize, t: KrakenTrade<'_>, source: &SourcePosition) -> Result<Trade, DecodeError> {
     let f = Field::data(index, "symbol");
     let native = string_field(f, required(f, t.symbol)?, "a string")?;
-    let symbol = normalize_kraken_symbol(&native)
-        .ok_or_else(|| invalid(f, format!("expected BASE/QUOTE, found {:?}", snippet(&native))))?;
+    let names = super::names(Exchange::Kraken, &native, |native| {
+        normalize_kraken_symbol(native)
+            .ok_or_else(|| invalid(f, format!("expected BASE/QUOTE, found {:?}", snippet(native))))
+    })?;
 
     let f = Field::data(index, "side");
     let side = match &*string_field(f, required(f, t.side)?, "a string")? {
@@ -260,10 +262,13 @@ fn kraken_trade(index: usize, t: KrakenTrade<'_>, source: &SourcePosition) -> Re
         .ok_or_else(|| invalid(f, format!("invalid RFC 3339 timestamp {:?}", snippet(&ts))))?;
 
     Ok(Trade {
-        message_id: super::message_id(Exchange::Kraken, &native, trade_id),
+        message_id: MessageId {
+            stream: names.stream,
+            trade_id,
+        },
         exchange: Exchange::Kraken,
-        symbol,
-        native_symbol: native.into_owned(),
+        symbol: names.symbol,
+        native_symbol: names.native,
         trade_id,
         price,
         quantity,

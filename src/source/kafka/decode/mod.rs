@@ -90,7 +90,7 @@ pub use binance::{BINANCE_QUOTE_ASSETS, normalize_binance_symbol};
 pub use kraken::normalize_kraken_symbol;
 pub use rfc3339::parse_rfc3339_micros;
 
-use crate::record::{Exchange, SourcePosition, Trade};
+use crate::record::{Exchange, SourcePosition, Symbol, Trade};
 
 /// Why a message could not be decoded. The `Display` form is a one-line,
 /// human-readable reason that names the offending field; it is what ends up in
@@ -207,6 +207,44 @@ pub fn decode(
             decoded
         }
     }
+}
+
+/// The interned names of a native symbol: its own spelling, the
+/// normalized `BASE/QUOTE`, and its message-id stream `{exchange}:{native}`.
+#[derive(Clone, Copy)]
+pub(crate) struct Names {
+    pub native: Symbol,
+    pub symbol: Symbol,
+    pub stream: Symbol,
+}
+
+thread_local! {
+    /// Per exchange, the names of the native symbols this thread has seen.
+    static NAMES: std::cell::RefCell<[std::collections::HashMap<&'static str, Names>; 2]> =
+        std::cell::RefCell::new([Default::default(), Default::default()]);
+}
+
+/// The names of `native` on `exchange`, normalized by `normalize` the first
+/// time this thread sees it (no allocation after that).
+pub(crate) fn names(
+    exchange: Exchange,
+    native: &str,
+    normalize: impl FnOnce(&str) -> Result<String, DecodeError>,
+) -> Result<Names, DecodeError> {
+    let slot = exchange as usize;
+    if let Some(hit) = NAMES.with(|n| n.borrow()[slot].get(native).copied()) {
+        return Ok(hit);
+    }
+    let symbol = normalize(native)?;
+    let too_many = || DecodeError::Shape(format!("more than {} distinct symbols in this process", Symbol::LIMIT));
+    let native = Symbol::intern(native).ok_or_else(too_many)?;
+    let names = Names {
+        native,
+        symbol: Symbol::intern(&symbol).ok_or_else(too_many)?,
+        stream: Symbol::intern(&format!("{}:{native}", exchange.name())).ok_or_else(too_many)?,
+    };
+    NAMES.with(|n| n.borrow_mut()[slot].insert(native.as_str(), names));
+    Ok(names)
 }
 
 /// `{exchange}:{native symbol}:{trade id}`, the message id of a trade.

@@ -168,7 +168,7 @@ fn kraken_valid() {
 #[test]
 fn kraken_multi_snapshot() {
     let trades = ok(Exchange::Kraken, KRAKEN_MULTI);
-    let ids: Vec<_> = trades.iter().map(|t| t.message_id.as_str()).collect();
+    let ids: Vec<_> = trades.iter().map(|t| t.message_id.to_string()).collect();
     assert_eq!(ids, ["kraken:XBT/USD:1", "kraken:XBT/USD:2", "kraken:XBT/USD:3"]);
     assert!(trades.iter().all(|t| t.symbol == "BTC/USD"));
     assert_eq!(trades[0].side, Side::Sell);

@@ -8,7 +8,7 @@
 //!
 //! * **Real formats.** A [`Feed`] emits Binance spot `trade` events or Kraken
 //!   WebSocket v2 `trade` messages, byte-compatible with what the decoder in
-//!   [`crate::source::kafka::decode`] expects from the exchanges, with the
+//!   [`k2::source::kafka::decode`] expects from the exchanges, with the
 //!   native symbol as the Kafka key.
 //! * **Known ground truth.** Every message says what it is
 //!   ([`MessageKind`]): the message ids of the trades it carries, or that it
@@ -33,7 +33,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::Exchange;
+use k2::record::Exchange;
 
 /// How many recent valid messages a duplicate may be drawn from.
 const DUPLICATE_WINDOW: usize = 100;
@@ -50,7 +50,7 @@ pub struct FeedConfig {
     /// get realistic price levels and precisions; others trade around 100.
     pub symbols: Vec<String>,
     /// The quote asset of every symbol, e.g. `"USDT"`. It must be one of
-    /// [`BINANCE_QUOTE_ASSETS`](crate::source::kafka::decode::BINANCE_QUOTE_ASSETS)
+    /// [`BINANCE_QUOTE_ASSETS`](k2::source::kafka::decode::BINANCE_QUOTE_ASSETS)
     /// so that Binance symbols can be split.
     pub quote: String,
     /// Fraction of messages, in `[0, 1]`, that are byte-exact re-sends of a
@@ -90,7 +90,7 @@ impl FeedConfig {
         for base in &self.symbols {
             let native = native_symbol(Exchange::Binance, base, &self.quote);
             let expected = format!("{base}/{}", self.quote);
-            if crate::source::kafka::decode::normalize_binance_symbol(&native).as_deref() != Some(expected.as_str()) {
+            if k2::source::kafka::decode::normalize_binance_symbol(&native).as_deref() != Some(expected.as_str()) {
                 return Err(format!(
                     "feed: symbol `{base}` with quote `{}` is not a valid pair (assets must be \
                      upper-case letters and digits, and the quote a known Binance quote asset)",
@@ -152,16 +152,6 @@ pub enum MessageKind {
         /// The kind of damage, e.g. `"truncated JSON"`.
         why: &'static str,
     },
-}
-
-impl MessageKind {
-    /// The trades' message ids; empty for malformed messages.
-    pub fn message_ids(&self) -> &[String] {
-        match self {
-            MessageKind::Valid { message_ids } | MessageKind::Duplicate { message_ids } => message_ids,
-            MessageKind::Malformed { .. } => &[],
-        }
-    }
 }
 
 /// One generated Kafka message.
@@ -238,7 +228,7 @@ const WHY_GARBAGE: &str = "garbage text";
 const WHY_DECIMAL: &str = "invalid decimal";
 const WHY_TIMESTAMP: &str = "invalid timestamp";
 
-/// Decimal strings that [`parse_decimal`](crate::source::kafka::decode::parse_decimal) rejects.
+/// Decimal strings that [`parse_decimal`](k2::source::kafka::decode::parse_decimal) rejects.
 const BAD_DECIMAL_STRINGS: &[&str] = &[
     "1.2.3",
     "abc",
@@ -1005,8 +995,8 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Decimal, SourcePosition, Trade};
-    use crate::source::kafka::decode::{decode, parse_rfc3339_micros};
+    use k2::record::{Decimal, SourcePosition, Trade};
+    use k2::source::kafka::decode::{decode, parse_rfc3339_micros};
     use std::collections::{HashMap, HashSet};
 
     const T0: i64 = 1_700_000_000_000_000;
@@ -1152,8 +1142,8 @@ mod tests {
                         MessageKind::Valid { message_ids } | MessageKind::Duplicate { message_ids } => {
                             let trades =
                                 decoded.unwrap_or_else(|e| panic!("{} {e}", String::from_utf8_lossy(&msg.payload)));
-                            let ids: Vec<_> = trades.iter().map(|t| &t.message_id).collect();
-                            assert_eq!(ids, message_ids.iter().collect::<Vec<_>>());
+                            let ids: Vec<_> = trades.iter().map(|t| t.message_id.to_string()).collect();
+                            assert_eq!(&ids, message_ids);
                             for t in &trades {
                                 assert_eq!(t.native_symbol.as_bytes(), &msg.key[..]);
                                 assert!(t.price > Decimal(0) && t.quantity > Decimal(0));
@@ -1317,7 +1307,7 @@ mod tests {
                         let frac = t.price.to_string();
                         pepe_decimals = pepe_decimals.max(frac.len() - 2);
                     }
-                    last.insert((exchange, t.symbol.clone()), t.price.to_f64());
+                    last.insert((exchange, t.symbol.to_string()), t.price.to_f64());
                 }
             }
             if let (Some(b), Some(k)) = (
