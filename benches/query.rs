@@ -156,7 +156,9 @@ fn start_feed(brokers: &str, topics: &(String, String), rate: u64, secs: u64, lo
 
 /// The Parquet files of the table's current snapshot.
 async fn data_files(q_config: &k2::config::Config, table: &str) -> Vec<String> {
-    let catalog = k2::sink::iceberg::JobCatalog::open(&q_config.iceberg).await.unwrap();
+    let catalog = k2::sink::iceberg::JobCatalog::open(&q_config.iceberg, &q_config.s3)
+        .await
+        .unwrap();
     let t = catalog.load(table).await.unwrap();
     let mut tasks = t.scan().select_empty().build().unwrap().plan_files().await.unwrap();
     let mut files = Vec::new();

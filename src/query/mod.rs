@@ -50,10 +50,11 @@ pub use error::{QueryError, QueryResult};
 pub use seam::{DedupCounts, DedupSource};
 pub use snapshot::{Cut, Offsets};
 
-use crate::config::Config;
+use crate::config::{CatalogKind, Config, Location};
 use crate::error::Error;
+use crate::operators::dedup::DedupState;
 use crate::record::{DeadLetter, Exchange, Trade};
-use crate::sink::iceberg::{JobCatalog, RowContext, TableRow};
+use crate::sink::iceberg::{JobCatalog, RowContext, TableRow, rows_batch};
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use datafusion::catalog::MemorySchemaProvider;
@@ -64,7 +65,7 @@ use datafusion::logical_expr::LogicalPlanBuilder;
 use datafusion::sql::TableReference;
 use futures::StreamExt;
 use iceberg::table::Table;
-use iceberg::{Catalog, NamespaceIdent, TableIdent};
+use iceberg::{Catalog, NamespaceIdent};
 use iceberg_datafusion::IcebergStaticTableProvider;
 use serde::{Deserialize, Serialize};
 use snapshot::Pinned;
@@ -292,16 +293,15 @@ fn feed_of(table: &str, topics: &[TopicSpec]) -> Option<Feed> {
 
 /// A job's tables, queryable with SQL; see the module docs.
 pub struct Query {
-    config: Config,
-    catalog: Arc<dyn Catalog>,
-    namespace: NamespaceIdent,
+    config: Arc<Config>,
+    catalog: JobCatalog,
     tail: Mutex<Option<Arc<TailReader>>>,
 }
 
 impl std::fmt::Debug for Query {
     // Not the config: its Kafka client settings may hold credentials.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Query(job {}, namespace {:?})", self.config.job.name, self.namespace)
+        write!(f, "Query(job {}, {:?})", self.config.job.name, self.catalog)
     }
 }
 
@@ -330,11 +330,18 @@ fn ms(since: Instant) -> f64 {
 }
 
 impl Query {
-    /// Opens the job's catalog (`[iceberg]` of `config`); Kafka is reached
-    /// only when a query reads a tail.
+    /// Opens the job's catalog as the job does (`[iceberg]` and `[s3]` of
+    /// `config`: SQLite or another SQL database, or a REST catalog, with
+    /// the warehouse on local disk or in S3); Kafka is reached only when a
+    /// query reads a tail.
     pub async fn open(config: &Config) -> QueryResult<Query> {
-        if config.iceberg.catalog_uri.is_none() {
-            let db = config.iceberg.warehouse_abs().join("catalog.db");
+        let iceberg = &config.iceberg;
+        if iceberg.catalog == CatalogKind::Sql
+            && iceberg.catalog_uri.is_none()
+            && let Location::Local(_) = iceberg.warehouse_location()
+        {
+            // The default SQLite file: opening it would create an empty one.
+            let db = iceberg.warehouse_abs().join("catalog.db");
             if !db.exists() {
                 return Err(Error::Other(format!(
                     "no catalog at {}: has the job run yet? (iceberg.warehouse)",
@@ -343,16 +350,26 @@ impl Query {
                 .into());
             }
         }
-        let catalog = JobCatalog::open(&config.iceberg).await?;
-        Ok(Query::with_catalog(config, catalog.catalog))
+        let catalog = JobCatalog::open(iceberg, &config.s3).await?;
+        Ok(Query::with_job_catalog(config, catalog))
     }
 
-    /// Queries the tables of `config`'s job in `catalog` (any Iceberg
-    /// catalog: SQL, REST), namespace `iceberg.namespace`.
+    /// Queries the tables of `config`'s job in `catalog`, an Iceberg catalog
+    /// the caller opened (namespace `iceberg.namespace`).
     pub fn with_catalog(config: &Config, catalog: Arc<dyn Catalog>) -> Query {
-        Query {
+        let catalog = JobCatalog {
+            catalog,
             namespace: NamespaceIdent::new(config.iceberg.namespace.clone()),
-            config: config.clone(),
+            description: "the catalog given to Query::with_catalog".to_string(),
+        };
+        Query::with_job_catalog(config, catalog)
+    }
+
+    /// Queries the tables of `config`'s job in `catalog`, opened by
+    /// [`JobCatalog::open`].
+    pub fn with_job_catalog(config: &Config, catalog: JobCatalog) -> Query {
+        Query {
+            config: Arc::new(config.clone()),
             catalog,
             tail: Mutex::new(None),
         }
@@ -360,12 +377,13 @@ impl Query {
 
     /// The tables of the job's namespace, sorted.
     pub async fn tables(&self) -> QueryResult<Vec<String>> {
-        let ns = self.namespace.join(".");
+        let ns = self.catalog.namespace.join(".");
         let mut names: Vec<String> = self
             .catalog
-            .list_tables(&self.namespace)
+            .catalog
+            .list_tables(&self.catalog.namespace)
             .await
-            .map_err(|e| Error::iceberg(&ns, "list tables", e))?
+            .map_err(|e| Error::iceberg(&ns, format!("list tables in {}", self.catalog.description), e))?
             .into_iter()
             .map(|t| t.name().to_string())
             .collect();
@@ -402,7 +420,7 @@ impl Query {
         let references = state.resolve_table_references(&statement).map_err(sql_error)?;
 
         // Which tables, each loaded once.
-        let namespace = self.namespace.join(".");
+        let namespace = self.catalog.namespace.join(".");
         let mut names: BTreeSet<String> = BTreeSet::new();
         let mut known: Option<Vec<String>> = None;
         for r in &references {
@@ -663,7 +681,6 @@ impl Query {
         let mut messages = 0;
         match feed {
             Feed::Trades(topic) => {
-                check_schema::<Trade>(name, schema)?;
                 let tail = &tails[&topic.name];
                 messages += tail.messages;
                 let trades: Vec<Trade> = tail
@@ -673,7 +690,7 @@ impl Query {
                     .cloned()
                     .collect();
                 let (kept, counts, source) = self.dedup(ctx, name, topic, pinned, trades, options).await?;
-                let batch = Trade::to_batch(&kept, row_ctx, schema);
+                let batch = tail_batch(name, &kept, row_ctx, schema)?;
                 Ok((
                     vec![batch],
                     TailSeam {
@@ -686,7 +703,6 @@ impl Query {
                 ))
             }
             Feed::DeadLetters(topics) => {
-                check_schema::<DeadLetter>(name, schema)?;
                 let mut rows: Vec<DeadLetter> = Vec::new();
                 for t in topics {
                     let tail = &tails[&t.name];
@@ -694,11 +710,11 @@ impl Query {
                     rows.extend(
                         tail.dead_letters
                             .iter()
-                            .filter(|d| after_start(&t.name, d.source.partition, d.source.offset))
+                            .filter(|d| after_start(&t.name, d.partition, d.offset))
                             .cloned(),
                     );
                 }
-                let batch = DeadLetter::to_batch(&rows, row_ctx, schema);
+                let batch = tail_batch(name, &rows, row_ctx, schema)?;
                 Ok((
                     vec![batch],
                     TailSeam {
@@ -723,19 +739,29 @@ impl Query {
         trades: Vec<Trade>,
         options: &QueryOptions,
     ) -> QueryResult<(Vec<Trade>, DedupCounts, DedupSource)> {
+        let params = self.config.dedup.params();
         let (Some(snapshot), Some(cut)) = (&pinned.snapshot, &pinned.cut) else {
-            let (kept, counts) = seam::dedup_tail(trades, |_, _, _| false);
+            let (kept, counts) = seam::dedup_tail(trades, &mut DedupState::default(), &params, |_| false);
             return Ok((kept, counts, DedupSource::NoHistory));
         };
-        let reason = match options.seam_dedup {
-            SeamDedup::AntiJoin => "asked for".to_string(),
-            SeamDedup::Auto => match seam::checkpointed(&self.config, cut, &topic.name) {
-                Ok(seen) => {
-                    let (kept, counts) = seam::dedup_tail(trades, |stream, seq, _| seen.contains(stream, seq));
-                    return Ok((kept, counts, DedupSource::Checkpoint { epoch: cut.epoch }));
+        let (trades, reason) = match options.seam_dedup {
+            SeamDedup::AntiJoin => (trades, "asked for".to_string()),
+            SeamDedup::Auto => {
+                // The checkpoint store blocks (it may be S3), and the dedup
+                // state stays on the thread that restored it.
+                let epoch = cut.epoch;
+                let (config, cut, topic) = (self.config.clone(), cut.clone(), topic.name.clone());
+                let outcome = tokio::task::spawn_blocking(move || match seam::checkpointed(&config, &cut, &topic) {
+                    Ok(mut state) => Ok(seam::dedup_tail(trades, &mut state, &params, |_| false)),
+                    Err(reason) => Err((trades, reason)),
+                })
+                .await
+                .map_err(|e| Error::Other(format!("reading the job's dedup checkpoint: {e}")))?;
+                match outcome {
+                    Ok((kept, counts)) => return Ok((kept, counts, DedupSource::Checkpoint { epoch })),
+                    Err(fallback) => fallback,
                 }
-                Err(reason) => reason,
-            },
+            }
         };
         tracing::debug!(table = name, reason, "seam: anti-join against the snapshot");
         let wanted = seam::tail_ids(&trades);
@@ -755,19 +781,17 @@ impl Query {
                 seam::probe(batch.column(0), &wanted, &mut found)?;
             }
         }
-        let (kept, counts) = seam::dedup_tail(trades, |_, _, id| found.contains(id));
+        let (kept, counts) = seam::dedup_tail(trades, &mut DedupState::default(), &params, |t| {
+            found.contains(&t.message_id)
+        });
         Ok((kept, counts, DedupSource::AntiJoin { reason }))
     }
 
     /// Loads table `name`, waiting out a busy catalog.
     async fn load(&self, name: &str) -> QueryResult<Table> {
-        let ident = TableIdent::new(self.namespace.clone(), name.to_string());
-        let qualified = format!("{}.{name}", self.namespace.join("."));
-        crate::retry::retry_async("load table", Duration::from_secs(10), || {
-            self.catalog.load_table(&ident)
-        })
-        .await
-        .map_err(|e| Error::iceberg(qualified, "load table", e).into())
+        crate::retry::retry_async("load table", Duration::from_secs(10), || self.catalog.load(name))
+            .await
+            .map_err(Into::into)
     }
 
     /// The tail reader, created on first use.
@@ -782,25 +806,19 @@ impl Query {
     }
 }
 
-/// Tail rows are built in K2's row schema: refuse a table whose schema was
-/// changed since K2 created it, rather than build wrong rows.
-fn check_schema<R: TableRow>(name: &str, schema: &SchemaRef) -> QueryResult<()> {
-    let want =
-        iceberg::arrow::schema_to_arrow_schema(&R::schema()).map_err(|e| Error::iceberg(name, "arrow schema", e))?;
-    let same = want.fields().len() == schema.fields().len()
-        && want
-            .fields()
-            .iter()
-            .zip(schema.fields())
-            .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
-    if same {
-        Ok(())
-    } else {
-        Err(QueryError::seam(
+/// Tail rows as a batch of the history's `schema`, by column name as the
+/// job writes them (a column another tool added is null); a schema K2
+/// cannot write is a seam error.
+fn tail_batch<R: TableRow>(name: &str, rows: &[R], ctx: &RowContext, schema: &SchemaRef) -> QueryResult<RecordBatch> {
+    rows_batch(name, rows, ctx, schema).map_err(|e| {
+        QueryError::seam(
             name,
-            "the table's schema differs from the one K2 writes: tail rows cannot be built; query it with --mode history",
-        ))
-    }
+            format!(
+                "tail rows cannot be built in the table's schema ({}); query it with --mode history",
+                e.message()
+            ),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -11,13 +11,17 @@
 //! * **From the job's checkpoint** (preferred). The manifest of the
 //!   snapshot's epoch lists the dedup operator's state as of exactly that
 //!   cut: per stream, the numbers seen, as ranges. That is the state the job
-//!   itself resumes from, so the tail is deduplicated exactly as the job's
-//!   next commits will be, at a cost in the number of symbols, not of rows.
+//!   itself resumes from, restored here as one [`DedupState`] and run over
+//!   the tail by the operator's own rules, so the tail is deduplicated
+//!   exactly as the job's next commits will be, at a cost in the number of
+//!   symbols, not of rows. The checkpoint store is the job's: a folder or
+//!   an `s3://` prefix (`[checkpoint] dir`, `[s3]`).
 //! * **By an anti-join** against the snapshot, restricted to the tail's ids:
 //!   one scan of the `message_id` column, probing a hash set of the tail's
 //!   ids. It needs nothing but the table, so it is the fallback when the
 //!   checkpoint cannot be read (another host, or the manifest of that epoch
-//!   pruned since: `checkpoint.keep`).
+//!   pruned since: `checkpoint.keep`). The tail's own repeats are then
+//!   dropped by a fresh [`DedupState`].
 //!
 //! The two agree except in one corner the job itself treats specially: a
 //! stream with more than `dedup.max_gaps` gaps in its numbers has its oldest
@@ -26,14 +30,14 @@
 
 use super::error::QueryResult;
 use super::snapshot::Cut;
-use crate::checkpoint::ManifestStore;
-use crate::checkpoint::state::{StateCheckpoint, StateKind, StateStore, restore_snapshots};
+use crate::checkpoint::state::{StateCheckpoint, StateKind, StateStore};
+use crate::checkpoint::{CommitGroups, ManifestStore};
 use crate::config::Config;
-use crate::operators::dedup::{DedupId, DedupKey, hash_key};
-use crate::record::Trade;
-use crate::sink::iceberg::CommitGroups;
+use crate::operators::DedupParams;
+use crate::operators::dedup::DedupState;
+use crate::record::{MessageId, Trade};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 /// The dedup operator of the bronze dataflow, whose state the bronze tables
 /// were deduplicated by.
@@ -57,62 +61,15 @@ pub enum DedupSource {
     },
 }
 
-/// Per stream, the numbers the job had seen at a cut: sorted, disjoint
-/// `[start, end)` ranges.
-#[derive(Clone, Debug, Default)]
-pub struct SeenNumbers {
-    streams: HashMap<String, Vec<(u64, u64)>>,
-}
-
-impl SeenNumbers {
-    /// Whether number `seq` of `stream` was seen.
-    pub fn contains(&self, stream: &str, seq: u64) -> bool {
-        let Some(ranges) = self.streams.get(stream) else {
-            return false;
-        };
-        let i = ranges.partition_point(|&(start, _)| start <= seq);
-        i > 0 && seq < ranges[i - 1].1
-    }
-
-    /// Streams held.
-    pub fn streams(&self) -> usize {
-        self.streams.len()
-    }
-
-    fn from_entries(entries: Vec<(String, Vec<(u64, u64)>)>) -> SeenNumbers {
-        let mut streams: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
-        for (stream, ranges) in entries {
-            streams.entry(stream).or_default().extend(ranges);
-        }
-        for ranges in streams.values_mut() {
-            ranges.sort_unstable();
-            // Merge overlapping or touching ranges (several runs' files may
-            // hold one stream).
-            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
-            for &(s, e) in ranges.iter() {
-                match merged.last_mut() {
-                    Some(last) if s <= last.1 => last.1 = last.1.max(e),
-                    _ => merged.push((s, e)),
-                }
-            }
-            *ranges = merged;
-        }
-        SeenNumbers { streams }
-    }
-}
-
 /// The bronze dedup state the job checkpointed at `cut`, for the rows of
 /// `topic`; `Err(reason)` when it cannot be used (then the caller falls
-/// back to the anti-join).
-pub fn checkpointed(config: &Config, cut: &Cut, topic: &str) -> Result<SeenNumbers, String> {
-    let job_dir = config.checkpoint.job_dir(&cut.job);
-    if !job_dir.join("manifests").is_dir() {
-        return Err(format!("no checkpoints of job `{}` at {}", cut.job, job_dir.display()));
-    }
-    let store = ManifestStore::open(&job_dir).map_err(|e| e.to_string())?;
-    let manifest = store
+/// back to the anti-join). Blocking: the checkpoint store may be S3.
+pub fn checkpointed(config: &Config, cut: &Cut, topic: &str) -> Result<DedupState, String> {
+    let location = config.checkpoint.job_location(&cut.job);
+    let store = crate::checkpoint::store::open(&location, &config.s3).map_err(|e| e.to_string())?;
+    let manifest = ManifestStore::open(store.clone())
         .read(cut.epoch)
-        .map_err(|e| format!("the manifest of epoch {} is gone ({e})", cut.epoch))?;
+        .map_err(|e| format!("the manifest of epoch {} cannot be read ({e})", cut.epoch))?;
     if manifest.job != cut.job || manifest.offsets.get(topic) != cut.offsets.get(topic) {
         return Err(format!(
             "the manifest of epoch {} does not match the snapshot's cut",
@@ -132,7 +89,7 @@ pub fn checkpointed(config: &Config, cut: &Cut, topic: &str) -> Result<SeenNumbe
     }
     let ckpt = StateCheckpoint {
         operator: BRONZE_DEDUP_OPERATOR.to_string(),
-        store: StateStore::new(&job_dir),
+        store: StateStore::new(store),
         groups: CommitGroups {
             epoch_ms: config.job.epoch_ms,
             commit_interval_ms: config.job.commit_interval_ms,
@@ -141,10 +98,7 @@ pub fn checkpointed(config: &Config, cut: &Cut, topic: &str) -> Result<SeenNumbe
         generation: 0,
         restore,
     };
-    // As one worker of one: every stream, each from the run that owns it.
-    let entries: Vec<(String, Vec<(u64, u64)>)> =
-        restore_snapshots(&ckpt, 0, 1, |s: &String| hash_key(s)).map_err(|e| e.to_string())?;
-    Ok(SeenNumbers::from_entries(entries))
+    DedupState::restored(&ckpt).map_err(|e| e.to_string())
 }
 
 /// What deduplicating one table's tail did.
@@ -158,46 +112,53 @@ pub struct DedupCounts {
     pub duplicates_of_history: u64,
 }
 
-/// The tail's trades the job would keep, in order: the first copy of each
-/// identity in the tail, unless `in_history` says the snapshot holds it.
+/// The tail's trades the job would keep, in order: each goes through the
+/// dedup operator's rules on `state` (the history's, restored from the
+/// checkpoint, or a fresh one), unless `in_history` says the snapshot
+/// holds it.
 pub fn dedup_tail(
     trades: Vec<Trade>,
-    mut in_history: impl FnMut(&str, u64, &str) -> bool,
+    state: &mut DedupState,
+    params: &DedupParams,
+    mut in_history: impl FnMut(&Trade) -> bool,
 ) -> (Vec<Trade>, DedupCounts) {
     let mut counts = DedupCounts::default();
-    let mut seen: HashSet<(String, u64)> = HashSet::new();
+    let mut kept_ids: HashSet<MessageId> = HashSet::new();
     let mut kept = Vec::with_capacity(trades.len());
     for t in trades {
-        let (stream, seq) = match t.dedup_id() {
-            DedupId::Sequenced { stream, seq } => (stream, seq),
-            DedupId::Id(id) => (id, 0),
-        };
-        if in_history(stream, seq, &t.message_id) {
+        if in_history(&t) {
             counts.duplicates_of_history += 1;
-        } else if seen.insert((stream.to_string(), seq)) {
+        } else if state.observe(&t, params).first {
             counts.kept += 1;
+            kept_ids.insert(t.message_id);
             kept.push(t);
-        } else {
+        } else if kept_ids.contains(&t.message_id) {
             counts.duplicates_in_tail += 1;
+        } else {
+            // Known to the restored state: the history holds it.
+            counts.duplicates_of_history += 1;
         }
     }
     (kept, counts)
 }
 
-/// Tail ids to look up in the history: the distinct message ids.
+/// Tail ids to look up in the history: the distinct message ids, as the
+/// table's `message_id` column writes them.
 pub fn tail_ids(trades: &[Trade]) -> HashSet<String> {
-    trades.iter().map(|t| t.message_id.clone()).collect()
+    trades.iter().map(|t| t.message_id.to_string()).collect()
 }
 
 /// Result of the anti-join's scan: the tail ids the history holds.
-pub type FoundIds = HashSet<String>;
+pub type FoundIds = HashSet<MessageId>;
 
 /// Checks a scan batch's `message_id` column against `wanted`.
 pub fn probe(column: &arrow_array::ArrayRef, wanted: &HashSet<String>, found: &mut FoundIds) -> QueryResult<()> {
     use arrow_array::cast::AsArray;
     let mut check = |s: &str| {
-        if wanted.contains(s) && !found.contains(s) {
-            found.insert(s.to_string());
+        if wanted.contains(s)
+            && let Ok(id) = s.parse::<MessageId>()
+        {
+            found.insert(id);
         }
     };
     match column.data_type() {
@@ -216,20 +177,47 @@ pub fn probe(column: &arrow_array::ArrayRef, wanted: &HashSet<String>, found: &m
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Exchange;
+
+    fn trade(id: &str) -> Trade {
+        let message_id: MessageId = id.into();
+        Trade {
+            message_id,
+            ..crate::record::test_trade(Exchange::Binance, message_id.trade_id, "1", 0)
+        }
+    }
 
     #[test]
-    fn seen_numbers_merge_and_look_up() {
-        let seen = SeenNumbers::from_entries(vec![
-            ("binance:BTCUSDT".into(), vec![(10, 20), (30, 31)]),
-            ("binance:BTCUSDT".into(), vec![(15, 25)]),
-            ("kraken:BTC/USD".into(), vec![(0, 5)]),
-        ]);
-        let b = "binance:BTCUSDT";
-        assert!(!seen.contains(b, 9));
-        assert!(seen.contains(b, 10) && seen.contains(b, 24) && seen.contains(b, 30));
-        assert!(!seen.contains(b, 25) && !seen.contains(b, 29) && !seen.contains(b, 31));
-        assert!(seen.contains("kraken:BTC/USD", 0) && !seen.contains("kraken:BTC/USD", 5));
-        assert!(!seen.contains("kraken:ETH/USD", 1));
-        assert_eq!(seen.streams(), 2);
+    fn the_tail_keeps_first_copies_the_history_lacks() {
+        let tail = [
+            "binance:BTCUSDT:7",
+            "binance:BTCUSDT:8",
+            "binance:BTCUSDT:7",
+            "binance:ETHUSDT:1",
+        ]
+        .map(trade)
+        .to_vec();
+        let params = DedupParams::default();
+        // Anti-join: the history holds ETHUSDT:1.
+        let held: MessageId = "binance:ETHUSDT:1".into();
+        let (kept, counts) = dedup_tail(tail.clone(), &mut DedupState::default(), &params, |t| {
+            t.message_id == held
+        });
+        let ids: Vec<String> = kept.iter().map(|t| t.message_id.to_string()).collect();
+        assert_eq!(ids, ["binance:BTCUSDT:7", "binance:BTCUSDT:8"]);
+        assert_eq!(
+            counts,
+            DedupCounts {
+                kept: 2,
+                duplicates_in_tail: 1,
+                duplicates_of_history: 1
+            }
+        );
+        // A state that has seen BTCUSDT:8 (as a restored checkpoint has).
+        let mut state = DedupState::default();
+        state.observe(&trade("binance:BTCUSDT:8"), &params);
+        let (kept, counts) = dedup_tail(tail, &mut state, &params, |_| false);
+        assert_eq!(kept.len(), 2);
+        assert_eq!((counts.duplicates_in_tail, counts.duplicates_of_history), (1, 1));
     }
 }

@@ -1,11 +1,13 @@
 //! Reading the Kafka tail: the messages beyond a snapshot's cut, up to the
 //! high watermarks read at query start, decoded as the job decodes them.
 //!
-//! A message becomes what the job's source makes of it (see
-//! `source::kafka::reader`): trades, a dead letter with the same reason, or
-//! nothing (a control message under `source.control = "skip"`). Lateness is
-//! not decided here: bronze tables keep late trades, and no column records
-//! it.
+//! A message becomes what the job's source makes of it, through the
+//! source's own decoder and rules ([`crate::source::kafka::decode`],
+//! [`crate::source::kafka::reader::future_reason`] and
+//! [`crate::source::kafka::reader::control_reason`]): trades, a dead letter
+//! with the same reason, or nothing (a control message under
+//! `source.control = "skip"`). Lateness is not decided here: bronze tables
+//! keep late trades, and no column records it.
 
 use super::error::{QueryError, QueryResult};
 use crate::config::{Config, ControlPolicy, FuturePolicy};
@@ -13,6 +15,7 @@ use crate::error::Error;
 use crate::kafka::Quiet;
 use crate::record::{DeadLetter, Exchange, SourcePosition, Trade};
 use crate::source::kafka::decode::{Decoded, decode};
+use crate::source::kafka::reader::{control_reason, future_horizon_us, future_reason};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -72,10 +75,10 @@ impl std::fmt::Debug for TailReader {
     }
 }
 
-fn now_ms() -> i64 {
+fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
@@ -142,7 +145,7 @@ impl TailReader {
         timeout: Duration,
     ) -> QueryResult<BTreeMap<String, TopicTail>> {
         let consumer = self.consumer();
-        let ingest_us = now_ms() * 1000;
+        let ingest_us = (now_ms() * 1000) as i64;
         let mut tpl = TopicPartitionList::new();
         // Per topic and partition: (next offset expected, end, what was read).
         let mut pending: HashMap<String, HashMap<i32, Range>> = HashMap::new();
@@ -273,44 +276,29 @@ impl TailReader {
             Some(bytes) => decode(spec.exchange, bytes, &pos, &mut trades).map_err(|e| e.to_string()),
         };
         let reason = match outcome {
-            Ok(Decoded::Trades) => match self.future_reason(&trades, kafka_ts_ms) {
-                None => return Item::Trades(trades),
+            Ok(Decoded::Trades) => {
+                let horizon_us = future_horizon_us(kafka_ts_ms, now_ms(), self.policy.max_future_ms);
+                let dead = self.policy.future == FuturePolicy::DeadLetter;
+                match dead
+                    .then(|| future_reason(&trades, horizon_us, self.policy.max_future_ms, kafka_ts_ms))
+                    .flatten()
+                {
+                    None => return Item::Trades(trades),
+                    Some(reason) => reason,
+                }
+            }
+            Ok(Decoded::Control(kind)) => match control_reason(self.policy.control, kind) {
+                None => return Item::Skip,
                 Some(reason) => reason,
-            },
-            Ok(Decoded::Control(kind)) => match self.policy.control {
-                ControlPolicy::Skip => return Item::Skip,
-                ControlPolicy::DeadLetter => format!("control message ({})", kind.name()),
             },
             Err(reason) => reason,
         };
-        Item::Dead(Box::new(DeadLetter {
-            source: pos,
+        Item::Dead(Box::new(DeadLetter::new(
+            &pos,
             reason,
-            key: m.key().map(<[u8]>::to_vec),
-            payload: payload.unwrap_or_default().to_vec(),
-        }))
-    }
-
-    /// The dead-letter reason of a message whose trades are dated too far
-    /// ahead, under `source.future = "dead_letter"` (as the source words it).
-    fn future_reason(&self, trades: &[Trade], kafka_ts_ms: i64) -> Option<String> {
-        if self.policy.future != FuturePolicy::DeadLetter {
-            return None;
-        }
-        let now = now_ms().max(0) as u64;
-        let reference_ms = if kafka_ts_ms > 0 {
-            (kafka_ts_ms as u64).min(now)
-        } else {
-            now
-        };
-        let horizon_us = reference_ms
-            .saturating_add(self.policy.max_future_ms)
-            .saturating_mul(1000);
-        let (i, t) = trades.iter().enumerate().find(|(_, t)| t.event_time() > horizon_us)?;
-        Some(format!(
-            "trade {i} ({}): event time {} µs is more than source.max_future_ms = {} ms after its Kafka timestamp {} ms",
-            t.message_id, t.event_us, self.policy.max_future_ms, kafka_ts_ms
-        ))
+            m.key().map(<[u8]>::to_vec),
+            payload.unwrap_or_default().to_vec(),
+        )))
     }
 }
 
