@@ -11,6 +11,7 @@ mod gold;
 mod market;
 mod ohlcv;
 mod produce;
+mod query;
 mod registry;
 
 use anyhow::{Context, Result, anyhow};
@@ -55,6 +56,8 @@ enum Command {
     Dataflows,
     /// List a job's checkpoints: epoch, time, offsets, state size, tables.
     Checkpoints(CheckpointsArgs),
+    /// SQL over a job's tables: history, the Kafka tail, or both joined exactly.
+    Query(query::QueryArgs),
 }
 
 #[derive(clap::Args)]
@@ -277,6 +280,7 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Cluster(args) => cluster(&args),
         Command::Demo(args) => demo::demo(&args),
         Command::Checkpoints(args) => checkpoints(&args),
+        Command::Query(args) => query::run(&args),
         Command::Dataflows => {
             println!("{}", registry::listing());
             Ok(())

@@ -22,6 +22,7 @@ pub mod kafka;
 pub mod launch;
 pub mod metrics;
 pub mod operators;
+pub mod query;
 pub mod record;
 pub mod retry;
 pub mod secret;

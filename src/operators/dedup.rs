@@ -277,21 +277,29 @@ impl SeqSet {
         self.ranges.is_empty()
     }
 
+    /// Adds every number of `ranges` (`[start, end)` each): a restore, in
+    /// time proportional to the ranges, not to the numbers they hold.
     fn union(&mut self, ranges: &[(u64, u64)]) {
         for &(s, e) in ranges {
-            // Rare (restores only): number by number is simple and exact.
-            let mut x = s;
-            while x < e {
-                if let Some((&rs, &re)) = self.ranges.range(..=x).next_back()
-                    && x < re
-                {
-                    let _ = rs;
-                    x = re;
-                    continue;
-                }
-                self.insert(x);
-                x += 1;
+            if s >= e {
+                continue;
             }
+            let (mut start, mut end) = (s, e);
+            // A range reaching `s` (or touching it) absorbs it.
+            if let Some((&ps, &pe)) = self.ranges.range(..=s).next_back()
+                && pe >= s
+            {
+                start = ps;
+                end = end.max(pe);
+            }
+            // So does every range starting inside or right after it.
+            let within: Vec<u64> = self.ranges.range(start..=end).map(|(&k, _)| k).collect();
+            for k in within {
+                if let Some(ke) = self.ranges.remove(&k) {
+                    end = end.max(ke);
+                }
+            }
+            self.ranges.insert(start, end);
         }
     }
 }
@@ -370,6 +378,16 @@ pub struct Observed {
 }
 
 impl DedupState {
+    /// The state `ckpt` restores, all workers' as one: what the job knew at
+    /// the checkpoint's cut, for a reader that deduplicates as the job will
+    /// (`k2 query`'s tail). A stream's numbers live on one worker, so this
+    /// decides every record as the job does on any number of workers.
+    pub fn restored(ckpt: &StateCheckpoint) -> crate::error::Result<DedupState> {
+        let mut st = DedupState::default();
+        restore(ckpt, 0, 1, &mut st)?;
+        Ok(st)
+    }
+
     /// Decides whether `record` is a first occurrence, and remembers it.
     pub fn observe<D: DedupKey>(&mut self, record: &D, params: &DedupParams) -> Observed {
         let mut out = Observed::default();
@@ -883,5 +901,29 @@ mod tests {
         u.union(&[(5, 9), (20, 22)]);
         u.union(&[(8, 12)]);
         assert_eq!(u.ranges().collect::<Vec<_>>(), vec![(5, 12), (20, 22)]);
+    }
+
+    /// A union of ranges holds what inserting their numbers one by one does.
+    #[test]
+    fn seq_set_union_equals_inserting_every_number() {
+        let mut rng = SmallRng::seed_from_u64(7);
+        for _ in 0..500 {
+            let (mut by_range, mut by_number) = (SeqSet::default(), SeqSet::default());
+            for _ in 0..rng.random_range(1..6) {
+                let ranges: Vec<(u64, u64)> = (0..rng.random_range(0..6))
+                    .map(|_| {
+                        let s = rng.random_range(0..60);
+                        (s, s + rng.random_range(0..12))
+                    })
+                    .collect();
+                by_range.union(&ranges);
+                for &(s, e) in &ranges {
+                    (s..e).for_each(|x| {
+                        by_number.insert(x);
+                    });
+                }
+                assert_eq!(by_range, by_number, "after {ranges:?}");
+            }
+        }
     }
 }

@@ -21,4 +21,4 @@ pub use catalog::JobCatalog;
 pub use k2_derive::{Columns, TableRow};
 pub use participant::{IcebergPart, IcebergParticipant, TableCommit};
 pub use rows::{Column, Columns, RowContext, TableDecl, TableRow};
-pub use writer::{StagedFiles, Table, TableWriter, WriteIceberg};
+pub use writer::{StagedFiles, Table, TableWriter, WriteIceberg, rows_batch};

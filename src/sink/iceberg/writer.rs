@@ -144,6 +144,52 @@ pub struct OpenFiles {
     markers: Vec<String>,
 }
 
+/// `rows` of table `name` as an Arrow batch of `schema` (the table's
+/// current one), by column name: a nullable column K2's row type lacks
+/// (another tool added it) is null; a required one, or a column of another
+/// type, is an error. What the writer writes, and what `k2 query` builds
+/// the Kafka tail's rows with.
+pub fn rows_batch<R: TableRow>(
+    name: &str,
+    rows: &[R],
+    ctx: &RowContext,
+    schema: &SchemaRef,
+) -> iceberg::Result<RecordBatch> {
+    let err = |message: String| iceberg::Error::new(iceberg::ErrorKind::DataInvalid, message);
+    let columns = R::to_columns(rows, ctx);
+    let names = R::columns();
+    let mut out = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        match names.iter().position(|(n, _, _)| *n == field.name()) {
+            Some(i) => {
+                let col = &columns[i];
+                if col.data_type() == field.data_type() {
+                    out.push(col.clone());
+                } else if same_layout(col.data_type(), field.data_type()) {
+                    out.push(relabel(col.clone(), field.data_type()));
+                } else if let Some(promoted) = promote(col, field.data_type()) {
+                    out.push(promoted);
+                } else {
+                    return Err(err(format!(
+                        "table `{name}`: column `{}` is {}, but K2 writes {}: an incompatible schema change",
+                        field.name(),
+                        field.data_type(),
+                        col.data_type()
+                    )));
+                }
+            }
+            None if field.is_nullable() => out.push(arrow_array::new_null_array(field.data_type(), rows.len())),
+            None => {
+                return Err(err(format!(
+                    "table `{name}` requires column `{}`, which K2's rows do not have: an incompatible schema change",
+                    field.name()
+                )));
+            }
+        }
+    }
+    RecordBatch::try_new(schema.clone(), out).map_err(|e| err(format!("table `{name}`: {e}")))
+}
+
 impl<R: TableRow> TableWriter<R> {
     /// Starts the data files of `group` on `worker`; nothing is written yet.
     pub fn open(&self, worker: usize, group: u64) -> OpenFiles {
@@ -179,53 +225,14 @@ impl<R: TableRow> TableWriter<R> {
                     }
                 };
                 for chunk in rows[start..end].chunks(BATCH_ROWS) {
-                    writer.write(self.batch(chunk, &arrow_schema)?).await?;
+                    writer
+                        .write(rows_batch(&self.name, chunk, &self.ctx, &arrow_schema)?)
+                        .await?;
                 }
                 start = end;
             }
             iceberg::Result::Ok(())
         })
-    }
-
-    /// `rows` as an Arrow batch of the table's current schema, by column
-    /// name: a nullable column K2's row type lacks (another tool added it)
-    /// is null; a required one, or a column of another type, is an error.
-    fn batch(&self, rows: &[R], schema: &SchemaRef) -> iceberg::Result<RecordBatch> {
-        let err = |message: String| iceberg::Error::new(iceberg::ErrorKind::DataInvalid, message);
-        let columns = R::to_columns(rows, &self.ctx);
-        let names = R::columns();
-        let mut out = Vec::with_capacity(schema.fields().len());
-        for field in schema.fields() {
-            match names.iter().position(|(n, _, _)| *n == field.name()) {
-                Some(i) => {
-                    let col = &columns[i];
-                    if col.data_type() == field.data_type() {
-                        out.push(col.clone());
-                    } else if same_layout(col.data_type(), field.data_type()) {
-                        out.push(relabel(col.clone(), field.data_type()));
-                    } else if let Some(promoted) = promote(col, field.data_type()) {
-                        out.push(promoted);
-                    } else {
-                        return Err(err(format!(
-                            "table `{}`: column `{}` is {}, but K2 writes {}: an incompatible schema change",
-                            self.name,
-                            field.name(),
-                            field.data_type(),
-                            col.data_type()
-                        )));
-                    }
-                }
-                None if field.is_nullable() => out.push(arrow_array::new_null_array(field.data_type(), rows.len())),
-                None => {
-                    return Err(err(format!(
-                        "table `{}` requires column `{}`, which K2's rows do not have: an incompatible schema change",
-                        self.name,
-                        field.name()
-                    )));
-                }
-            }
-        }
-        RecordBatch::try_new(schema.clone(), out).map_err(|e| err(format!("table `{}`: {e}", self.name)))
     }
 
     async fn open_partition(

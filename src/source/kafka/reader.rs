@@ -303,10 +303,7 @@ impl Polling<'_> {
             Ok(Decoded::Trades) => self.trades_of(p, kafka_ts_ms),
             Ok(Decoded::Control(kind)) => {
                 spec.stats.control[kind as usize].fetch_add(1, Ordering::Relaxed);
-                match spec.control {
-                    ControlPolicy::Skip => None,
-                    ControlPolicy::DeadLetter => Some(format!("control message ({})", kind.name())),
-                }
+                control_reason(spec.control, kind)
             }
             Err(reason) => Some(reason),
         };
@@ -328,25 +325,10 @@ impl Polling<'_> {
     /// instead (a future-dated trade under `source.future = "dead_letter"`).
     fn trades_of(&mut self, p: &mut PartState, kafka_ts_ms: i64) -> Option<String> {
         let spec = self.spec;
-        // The latest believable event time: the Kafka timestamp (or now, if
-        // the producer's clock is ahead) plus the allowance.
-        let reference_ms = if kafka_ts_ms > 0 {
-            (kafka_ts_ms as u64).min(self.now_ms)
-        } else {
-            self.now_ms
-        };
-        let horizon_us = reference_ms.saturating_add(spec.max_future_ms).saturating_mul(1000);
+        let horizon_us = future_horizon_us(kafka_ts_ms, self.now_ms, spec.max_future_ms);
         if spec.future == FuturePolicy::DeadLetter
-            && let Some((i, t)) = self
-                .decoded
-                .iter()
-                .enumerate()
-                .find(|(_, t)| t.event_time() > horizon_us)
+            && let Some(reason) = future_reason(&self.decoded, horizon_us, spec.max_future_ms, kafka_ts_ms)
         {
-            let reason = format!(
-                "trade {i} ({}): event time {} µs is more than source.max_future_ms = {} ms after its Kafka timestamp {} ms",
-                t.message_id, t.event_us, spec.max_future_ms, kafka_ts_ms
-            );
             self.future += self.decoded.iter().filter(|t| t.event_time() > horizon_us).count() as u64;
             self.decoded.clear();
             return Some(reason);
@@ -372,6 +354,39 @@ impl Polling<'_> {
             self.trades.push(t);
         }
         None
+    }
+}
+
+/// The latest believable event time (µs) of a trade whose message has Kafka
+/// timestamp `kafka_ts_ms`, read at `now_ms`: the timestamp (or now, if the
+/// producer's clock is ahead) plus `source.max_future_ms`.
+pub fn future_horizon_us(kafka_ts_ms: i64, now_ms: u64, max_future_ms: u64) -> u64 {
+    let reference_ms = if kafka_ts_ms > 0 {
+        (kafka_ts_ms as u64).min(now_ms)
+    } else {
+        now_ms
+    };
+    reference_ms.saturating_add(max_future_ms).saturating_mul(1000)
+}
+
+/// The dead-letter reason of a message whose `trades` include one dated
+/// after `horizon_us` (see [`future_horizon_us`]), under `source.future =
+/// "dead_letter"`; `None` if none is.
+pub fn future_reason(trades: &[Trade], horizon_us: u64, max_future_ms: u64, kafka_ts_ms: i64) -> Option<String> {
+    let (i, t) = trades.iter().enumerate().find(|(_, t)| t.event_time() > horizon_us)?;
+    Some(format!(
+        "trade {i} ({}): event time {} µs is more than source.max_future_ms = {max_future_ms} ms after its Kafka \
+         timestamp {kafka_ts_ms} ms",
+        t.message_id, t.event_us
+    ))
+}
+
+/// The dead-letter reason of a control message of `kind` under `policy`;
+/// `None` when it is skipped.
+pub fn control_reason(policy: ControlPolicy, kind: ControlKind) -> Option<String> {
+    match policy {
+        ControlPolicy::Skip => None,
+        ControlPolicy::DeadLetter => Some(format!("control message ({})", kind.name())),
     }
 }
 
