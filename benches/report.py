@@ -321,6 +321,30 @@ def latency_section(doc, out, lines, figures):
     return ratios
 
 
+def headline(tp_ratios):
+    """The gap, first: K2 (1 worker) ÷ COST in CPU per message, and K2 ÷ Flink and ÷ Spark in
+    messages per CPU-second (whole process / marginal), from this run's throughput medians."""
+    out = []
+    cost = tp_ratios.get("k2-w1/baseline")
+    if cost and cost.get("msgs_per_cpu_s"):
+        out.append(
+            f"**K2 ÷ COST, CPU per message (1 worker): {1 / cost['msgs_per_cpu_s']:.2f}×** "
+            f"(aim ≤ 1.3×; marginal {fmt(1 / cost['marginal_msgs_per_cpu_s'] if cost.get('marginal_msgs_per_cpu_s') else None, 2, '×')})  "
+        )
+    for peer in ["flink", "spark"]:
+        best = max(
+            (tp_ratios[k] for k in (f"k2-w1/{peer}", f"k2-w2/{peer}") if tp_ratios.get(k, {}).get("msgs_per_cpu_s")),
+            key=lambda r: r["msgs_per_cpu_s"],
+            default=None,
+        )
+        if best:
+            out.append(
+                f"**K2 ÷ {peer.capitalize()}, msgs per CPU-s: {best['msgs_per_cpu_s']:.2f}× whole process, "
+                f"{fmt(best['marginal_msgs_per_cpu_s'], 2, '×')} marginal**  "
+            )
+    return out + [""] if out else out
+
+
 def aims_section(doc, tp_ratios, lines):
     lines.append("## Aims (targets for the report, never asserted)\n")
     lines.append("| aim | measured | met |")
@@ -383,8 +407,11 @@ def main():
         f"{m.get('java')}, {m.get('rustc')}; Kafka {m.get('kafka')}, shared by every engine.\n",
     ]
     figures = []
-    tp_ratios = throughput_section(doc, args.out, lines, figures)
-    lat_ratios = latency_section(doc, args.out, lines, figures)
+    body = []
+    tp_ratios = throughput_section(doc, args.out, body, figures)
+    lat_ratios = latency_section(doc, args.out, body, figures)
+    lines.extend(headline(tp_ratios))
+    lines.extend(body)
     aims_section(doc, tp_ratios, lines)
     prof = doc.get("profile") or {}
     b, a = prof.get("bronze") or {}, prof.get("arbitrage") or {}
