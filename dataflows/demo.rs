@@ -65,6 +65,7 @@ pub fn report_json(r: &RunReport) -> serde_json::Value {
         "snapshots": r.snapshots,
         "rows": r.rows,
         "latency_ms": r.latency_ms.map(|(p50, p99, max)| serde_json::json!({"p50": p50, "p99": p99, "max": max})),
+        "cuts_coalesced": r.cuts_coalesced,
         "commit_ms": r.commit_ms.map(|(p50, p99, max)| serde_json::json!({"p50": p50, "p99": p99, "max": max})),
         "last_epoch": r.last_epoch,
         "cpu_s": r.cpu_s,

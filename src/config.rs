@@ -128,7 +128,8 @@ pub struct JobConfig {
     /// mean lower commit latency and more, smaller files.
     pub epoch_ms: u64,
     /// Minimum time between Iceberg commits, in ms. A commit covers every
-    /// complete epoch since the previous one.
+    /// complete epoch since the previous one; cuts that queue behind a commit
+    /// that takes longer are committed together, as one.
     pub commit_interval_ms: u64,
     /// `continuous` (run until SIGINT/SIGTERM) or `bounded` (stop at the end
     /// offsets seen at start).

@@ -10,7 +10,8 @@
 //! - recovery: kill -9, restart at once, time until the new instance's
 //!   first manifest (3 rounds, median).
 //!
-//! Both run `bronze` on 1 worker with the default 1 s commit interval.
+//! Both run `bronze` on 1 worker with the default 1 s commit interval
+//! (`K2_BENCH_COMMIT_MS` sets another).
 
 use super::common::store::{self, Catalog};
 use super::common::*;
@@ -19,6 +20,14 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The commit interval: `K2_BENCH_COMMIT_MS`, else the default 1000 ms.
+fn commit_ms() -> u64 {
+    std::env::var("K2_BENCH_COMMIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
 
 /// Where one backend keeps the job's checkpoints and tables.
 struct Backend {
@@ -41,9 +50,10 @@ impl Backend {
             let checkpoints = store::checkpoints_in_s3(&config, "bench-storage", 10_000);
             (config, Some(catalog), Some(checkpoints))
         };
-        let text = std::fs::read_to_string(&config)
-            .unwrap()
-            .replace("commit_interval_ms = 300", "commit_interval_ms = 1000");
+        let text = std::fs::read_to_string(&config).unwrap().replace(
+            "commit_interval_ms = 300",
+            &format!("commit_interval_ms = {}", commit_ms()),
+        );
         std::fs::write(&config, text).unwrap();
         Backend {
             name,
@@ -171,10 +181,10 @@ fn one(name: &'static str, brokers: &str, rate: u64, feed_s: u64) -> Value {
     backend.clean();
     let pick = |v: &Value, q: &str| v.get(q).cloned().unwrap_or(Value::Null);
     let row = json!({
-        "backend": name, "feed_msg_per_s": rate, "feed_s": feed_s,
+        "backend": name, "feed_msg_per_s": rate, "feed_s": feed_s, "commit_interval_ms": commit_ms(),
         "commit_ms_p50": pick(&report["commit_ms"], "p50"), "commit_ms_p99": pick(&report["commit_ms"], "p99"),
         "visible_ms_p50": pick(&report["latency_ms"], "p50"), "visible_ms_p99": pick(&report["latency_ms"], "p99"),
-        "snapshots": report["snapshots"],
+        "snapshots": report["snapshots"], "cuts_coalesced": report["cuts_coalesced"],
         "recovery_s": recovery_s, "recovery_s_median": if recovery_s.is_empty() { Value::Null } else { json!(median(recovery_s.clone())) },
     });
     eprintln!("  storage {name:8}: {row}");

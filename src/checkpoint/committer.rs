@@ -53,6 +53,9 @@ pub struct CommitStats {
     pub cut_us: Histogram<u64>,
     /// The last committed cut's epoch.
     pub last_epoch: Option<u64>,
+    /// Cuts committed together with a later one, because they queued behind
+    /// a commit that outlasted the commit interval.
+    pub coalesced: u64,
     /// When the first cut of this run was committed.
     pub first_commit_at: Option<std::time::Instant>,
     /// A commit that failed for good; the job stops with it.
@@ -69,6 +72,7 @@ impl Default for CommitStats {
             commit_us: Histogram::new(3).expect("histogram"),
             cut_us: Histogram::new(3).expect("histogram"),
             last_epoch: None,
+            coalesced: 0,
             first_commit_at: None,
             error: None,
         }
@@ -124,6 +128,18 @@ struct Cut {
     last_ts: BTreeMap<(u16, i32), i64>,
     state: Vec<StateFile>,
     event_frontier_us: Option<u64>,
+}
+
+impl Cut {
+    /// This cut and the `later` one, as one: everything both staged, and the
+    /// later one's offsets, state and frontiers (which include this one's).
+    fn then(self, later: Cut) -> Cut {
+        let mut staged = self.staged;
+        for (participant, mut parts) in later.staged {
+            staged.entry(participant).or_default().append(&mut parts);
+        }
+        Cut { staged, ..later }
+    }
 }
 
 /// Offsets by topic name, as in manifests and `k2.offsets`.
@@ -299,7 +315,24 @@ fn start_commit_thread(spec: CommitSpec) -> mpsc::Sender<Cut> {
         .name("k2-committer".into())
         .spawn(move || {
             let spec = thread_spec;
-            for cut in rx {
+            while let Ok(mut cut) = rx.recv() {
+                // Cuts that queued while the previous commit ran are committed
+                // as one, as of the newest: commits never queue behind each
+                // other, so the commit interval shortens to what the catalog
+                // allows.
+                let mut queued = 0;
+                while let Ok(next) = rx.try_recv() {
+                    cut = cut.then(next);
+                    queued += 1;
+                }
+                if queued > 0 {
+                    tracing::debug!(
+                        cuts = queued + 1,
+                        epoch = cut.epoch,
+                        "a commit outlasted the commit interval; committing the cuts queued behind it as one"
+                    );
+                    spec.stats.lock().expect("stats").coalesced += queued;
+                }
                 if spec.stats.lock().expect("stats").error.is_some() {
                     continue;
                 }
@@ -423,7 +456,40 @@ pub fn commit_id(job: &str, destination: &str, epoch: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::Horizons;
+    use super::{Cut, Horizons};
+    use std::collections::BTreeMap;
+
+    fn cut(epoch: u64, staged: &[(&str, &[u8])], offset: i64) -> Cut {
+        let mut by: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+        for (p, bytes) in staged {
+            by.entry(p.to_string()).or_default().push(bytes.to_vec());
+        }
+        Cut {
+            epoch,
+            staged: by,
+            offsets: BTreeMap::from([((0, 0), offset)]),
+            watermarks: BTreeMap::new(),
+            last_ts: BTreeMap::new(),
+            state: Vec::new(),
+            event_frontier_us: Some(epoch * 10),
+        }
+    }
+
+    #[test]
+    fn queued_cuts_commit_everything_both_staged_as_of_the_later() {
+        let a = cut(4, &[("iceberg", b"a1"), ("kafka", b"k1")], 10);
+        let b = cut(9, &[("iceberg", b"b1"), ("iceberg", b"b2")], 25);
+        let c = cut(14, &[], 31);
+        let merged = a.then(b).then(c);
+        assert_eq!(merged.epoch, 14);
+        assert_eq!(merged.offsets[&(0, 0)], 31);
+        assert_eq!(merged.event_frontier_us, Some(140));
+        assert_eq!(
+            merged.staged["iceberg"],
+            vec![b"a1".to_vec(), b"b1".to_vec(), b"b2".to_vec()]
+        );
+        assert_eq!(merged.staged["kafka"], vec![b"k1".to_vec()]);
+    }
 
     #[test]
     fn a_cut_gets_the_event_frontier_seen_while_its_epochs_were_open() {

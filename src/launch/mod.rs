@@ -361,6 +361,9 @@ pub struct RunReport {
     /// Time to commit one cut (prepare, manifest, every table and
     /// transaction), ms: p50, p99, max.
     pub commit_ms: Option<(f64, f64, f64)>,
+    /// Cuts committed together with a later one because they queued behind
+    /// a commit that outlasted the commit interval.
+    pub cuts_coalesced: u64,
     /// Last committed epoch.
     pub last_epoch: Option<u64>,
     /// CPU time of this process (user + system), seconds.
@@ -681,6 +684,7 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         snapshots: stats.snapshots,
         rows: stats.rows.clone(),
         latency_ms: latency,
+        cuts_coalesced: stats.coalesced,
         commit_ms: (!stats.cut_us.is_empty()).then(|| {
             let ms = |us: u64| us as f64 / 1000.0;
             (
