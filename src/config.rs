@@ -783,11 +783,16 @@ pub struct IcebergConfig {
     pub namespace: String,
     /// Data files are rolled at this size, as well as at every commit.
     pub target_file_size_bytes: u64,
-    /// Snapshots older than this are expired at start (metadata only: the
-    /// data files of an append-only table stay).
+    /// Snapshots older than this are expired, at start and every
+    /// `expire_every_ms` while running (metadata only: the data files of an
+    /// append-only table stay). Every commit rewrites the table's metadata,
+    /// which lists every snapshot kept: at a commit a second, an hour's
+    /// snapshots are a few MB.
     pub max_snapshot_age_ms: u64,
     /// ... but at least this many snapshots are kept.
     pub min_snapshots_to_keep: usize,
+    /// How often a running job expires snapshots, ms.
+    pub expire_every_ms: u64,
 }
 
 impl Default for IcebergConfig {
@@ -801,8 +806,9 @@ impl Default for IcebergConfig {
             token: None,
             namespace: "market_data".into(),
             target_file_size_bytes: 128 * 1024 * 1024,
-            max_snapshot_age_ms: 24 * 3600 * 1000,
+            max_snapshot_age_ms: 3600 * 1000,
             min_snapshots_to_keep: 100,
+            expire_every_ms: 5 * 60 * 1000,
         }
     }
 }
@@ -1213,6 +1219,9 @@ impl Config {
             ));
         }
         self.kafka.validate()?;
+        if self.iceberg.expire_every_ms < 1000 {
+            return Err(Error::config("iceberg.expire_every_ms", "must be >= 1000"));
+        }
         if self.iceberg.namespace.is_empty() {
             return Err(Error::config("iceberg.namespace", "must not be empty"));
         }

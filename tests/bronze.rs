@@ -108,3 +108,56 @@ fn bad_config_and_bad_flags_get_one_clear_line() {
         "{err}"
     );
 }
+
+/// A job that runs for long keeps its tables' metadata bounded: it expires
+/// snapshots older than `max_snapshot_age_ms` while running, keeping at
+/// least `min_snapshots_to_keep`, and every row stays.
+#[test]
+fn a_running_job_expires_old_snapshots() {
+    use common::job::{spawn_job, stop_job};
+    let brokers = broker();
+    let topics = topics("expiry");
+    let dir = temp_dir("expiry");
+    ok(produce_cmd(&brokers, &topics).args(["--count", "0", "--quiet"]));
+    let config = bronze_config(&dir, "expiry", &brokers, &topics, "");
+    common::job::append_config(
+        &config,
+        "max_snapshot_age_ms = 1500\nmin_snapshots_to_keep = 2\nexpire_every_ms = 1000\n",
+    );
+    // The appended keys belong to [iceberg]: move [checkpoint] after them.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let (head, checkpoint) = text.split_at(text.find("[checkpoint]").unwrap());
+    let (checkpoint, iceberg_keys) = checkpoint.split_at(checkpoint.find("max_snapshot_age_ms").unwrap());
+    std::fs::write(&config, format!("{head}{iceberg_keys}{checkpoint}")).unwrap();
+
+    let job = spawn_job(&config, "bronze", 1, &dir.join("job.log"));
+    // A feed of 8 s at 500 msg/s: about 25 commits of 300 ms per table.
+    let truth = dir.join("truth.jsonl");
+    ok(produce_cmd(&brokers, &topics)
+        .args([
+            "--rate",
+            "500",
+            "--duration",
+            "8s",
+            "--duplicates",
+            "0.05",
+            "--malformed",
+            "0.02",
+        ])
+        .args(["--seed", "8", "--quiet", "--truth"])
+        .arg(&truth));
+    let exp = expected(&read_truth(&truth));
+    common::job::wait_for_offsets(&dir, "expiry", &exp.ends, 60);
+    stop_job(job, &dir.join("job.log"));
+    check_exactly_once(&dir, &topics, &exp, "expiry");
+    for t in read_tables(&dir, &TABLES[..2], "message_id", false) {
+        let snapshots = t["snapshots"].as_array().unwrap();
+        let commits = snapshots.last().unwrap()["sequence_number"].as_u64().unwrap();
+        assert!(
+            commits >= 10 && snapshots.len() >= 2 && (snapshots.len() as u64) * 2 < commits,
+            "{}: {} snapshots kept of {commits} commits",
+            t["table"],
+            snapshots.len()
+        );
+    }
+}

@@ -426,6 +426,9 @@ fn commit_cut(spec: &CommitSpec, mut cut: Cut) -> crate::error::Result<()> {
     if prune {
         prune_checkpoints(&spec.manifests, &spec.state_store, spec.keep_manifests, cut.epoch);
     }
+    for p in &spec.participants {
+        p.maintain();
+    }
     Ok(())
 }
 

@@ -139,6 +139,11 @@ pub trait Participant: Send + Sync {
         Ok(())
     }
 
+    /// Upkeep while the job runs, between two commits, on the committer's
+    /// thread: nothing a later cut needs may go. Failures are the
+    /// participant's to log; the job goes on.
+    fn maintain(&self) {}
+
     /// What the participant holds of `job`, for humans (e.g. "`t` (30 rows,
     /// up to epoch 12)"), or nothing.
     fn holdings(&self, _job: &str) -> Result<Vec<String>> {

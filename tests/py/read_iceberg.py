@@ -4,7 +4,7 @@
 Prints one JSON object per --table on its own line:
 
   {"table", "metadata_location", "partition_spec", "current_snapshot_id",
-   "snapshots": [{"snapshot_id", "parent_id", "timestamp_ms", "summary"}, ...],  # oldest first
+   "snapshots": [{"snapshot_id", "parent_id", "timestamp_ms", "sequence_number", "summary"}, ...],  # oldest first
    "row_count", "rows": [{column: value, ...}, ...]}                             # rows unless --summary-only
 
 Values: decimals as strings, timestamps as integer microseconds since the Unix epoch,
@@ -152,6 +152,7 @@ def describe_snapshots(table) -> list[dict[str, Any]]:
             "snapshot_id": s.snapshot_id,
             "parent_id": s.parent_snapshot_id,
             "timestamp_ms": s.timestamp_ms,
+            "sequence_number": s.sequence_number,
             "summary": s.summary.model_dump() if s.summary is not None else {},
         }
         for s in snaps

@@ -108,6 +108,8 @@ pub struct IcebergParticipant {
     tables: Vec<String>,
     config: Config,
     runtime: tokio::runtime::Handle,
+    /// When snapshots were last expired (at start, by recovery's clean).
+    expired_at: std::sync::Mutex<std::time::Instant>,
 }
 
 impl IcebergParticipant {
@@ -118,6 +120,7 @@ impl IcebergParticipant {
             tables,
             config,
             runtime,
+            expired_at: std::sync::Mutex::new(std::time::Instant::now()),
         }
     }
 
@@ -307,6 +310,28 @@ impl Participant for IcebergParticipant {
             }
         }
         Ok(())
+    }
+
+    fn maintain(&self) {
+        let due = {
+            let mut last = self.expired_at.lock().expect("expiry clock");
+            let due = last.elapsed() >= std::time::Duration::from_millis(self.config.iceberg.expire_every_ms);
+            if due {
+                *last = std::time::Instant::now();
+            }
+            due
+        };
+        if !due {
+            return;
+        }
+        for name in &self.tables {
+            if let Err(e) = self
+                .runtime
+                .block_on(maintenance::expire_snapshots(&self.catalog, name, &self.config))
+            {
+                tracing::warn!(table = name, error = %e, "snapshot expiry failed; will try again later");
+            }
+        }
     }
 
     fn clean(&self, job: &str, kept: &[Manifest]) -> Result<()> {
