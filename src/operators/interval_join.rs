@@ -160,6 +160,20 @@ impl<K, D> Default for SideState<K, D> {
     }
 }
 
+/// The index of the first record with an event time of at least `lo`.
+/// Probes look just behind the newest records (event times are nearly in
+/// order and Δ is short), so walk back a few steps before searching.
+fn first_at_or_after<D>(records: &VecDeque<Stored<D>>, lo: u64) -> usize {
+    let mut i = records.len();
+    for _ in 0..8 {
+        match i.checked_sub(1).map(|j| records[j].event >= lo) {
+            Some(true) => i -= 1,
+            _ => return i,
+        }
+    }
+    records.partition_point(|s| s.event < lo)
+}
+
 impl<K: Hash + Eq + Clone, D> SideState<K, D> {
     /// The slot of `key`, opened if need be.
     fn slot(&mut self, key: &K) -> usize {
@@ -176,7 +190,10 @@ impl<K: Hash + Eq + Clone, D> SideState<K, D> {
             self.empty -= 1;
         }
         // Usually the back: event times are nearly in order.
-        let pos = records.partition_point(|s| s.event <= event);
+        let pos = match records.back() {
+            Some(last) if last.event > event => records.partition_point(|s| s.event <= event),
+            _ => records.len(),
+        };
         if pos == 0 {
             if let Some(front) = records.front() {
                 self.index.remove(&(front.event, slot));
@@ -216,7 +233,7 @@ impl<K: Hash + Eq + Clone, D> SideState<K, D> {
             .get(key)
             .map(|&slot| &self.keys[slot].as_ref().expect("open").records);
         records.into_iter().flat_map(move |records| {
-            let start = records.partition_point(|s| s.event < lo);
+            let start = first_at_or_after(records, lo);
             records.range(start..).take_while(move |s| s.event <= hi)
         })
     }
@@ -614,6 +631,31 @@ mod tests {
     use timely::dataflow::Scope;
     use timely::dataflow::operators::Inspect;
     use timely::dataflow::operators::generic::operator::source;
+
+    #[test]
+    fn the_probe_start_is_the_first_record_at_or_after_its_bound() {
+        let mut rng = SmallRng::seed_from_u64(7);
+        for _ in 0..500 {
+            let n = rng.random_range(0..40);
+            let mut events: Vec<u64> = (0..n).map(|_| rng.random_range(0..60)).collect();
+            events.sort();
+            let records: VecDeque<Stored<()>> = events
+                .iter()
+                .map(|&event| Stored {
+                    event,
+                    time: Time::default(),
+                    record: (),
+                })
+                .collect();
+            for lo in 0..65 {
+                assert_eq!(
+                    first_at_or_after(&records, lo),
+                    records.partition_point(|s| s.event < lo),
+                    "{events:?} from {lo}"
+                );
+            }
+        }
+    }
 
     #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
     struct Rec {
