@@ -67,8 +67,8 @@ fn run_bounded(config: &Path, workers: usize) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Sum of the offsets of the newest manifest, and its generation.
-fn newest_manifest(dir: &Path, job: &str) -> Option<(i64, u64, i64)> {
+/// The newest manifest of `job` with checkpoints in `dir/checkpoints`, as JSON.
+fn newest_manifest_json(dir: &Path, job: &str) -> Option<Value> {
     let manifests = dir.join("checkpoints").join(job).join("manifests");
     let newest = std::fs::read_dir(&manifests)
         .ok()?
@@ -76,7 +76,12 @@ fn newest_manifest(dir: &Path, job: &str) -> Option<(i64, u64, i64)> {
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .max()?;
-    let m: Value = serde_json::from_slice(&std::fs::read(newest).ok()?).ok()?;
+    serde_json::from_slice(&std::fs::read(newest).ok()?).ok()
+}
+
+/// Sum of the offsets of the newest manifest, and its generation.
+fn newest_manifest(dir: &Path, job: &str) -> Option<(i64, u64, i64)> {
+    let m = newest_manifest_json(dir, job)?;
     let sum = m["offsets"]
         .as_object()?
         .values()

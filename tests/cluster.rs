@@ -5,11 +5,12 @@
 mod common;
 
 use common::arb::*;
+use common::job::wait_for;
 use common::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const START_MS: i64 = 1767225600000;
 
@@ -160,29 +161,7 @@ fn committed_offsets(dir: &Path, job: &str) -> i64 {
         return 0;
     };
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(newest).unwrap()).unwrap();
-    m["offsets"]
-        .as_object()
-        .unwrap()
-        .values()
-        .flat_map(|p| p.as_object().unwrap().values())
-        .map(|v| v.as_i64().unwrap())
-        .sum()
-}
-
-/// Messages in both topics.
-fn topic_ends(brokers: &str, topics: &(String, String)) -> i64 {
-    [&topics.0, &topics.1]
-        .into_iter()
-        .map(|t| read_topic(brokers, t).values().map(|m| m.len() as i64).sum::<i64>())
-        .sum()
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let until = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < until, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    offsets_sum(&m)
 }
 
 /// The pid the supervisor logged for process `index`.

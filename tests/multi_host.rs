@@ -7,7 +7,7 @@
 mod common;
 
 use common::arb::*;
-use common::job::create_feed_topics;
+use common::job::{create_feed_topics, wait_for};
 use common::store::*;
 use common::*;
 use std::path::{Path, PathBuf};
@@ -88,29 +88,7 @@ fn committed_offsets(checkpoints: &str, job: &str) -> i64 {
         return 0;
     };
     let m: serde_json::Value = serde_json::from_slice(&s3_read(&newest)).unwrap();
-    m["offsets"]
-        .as_object()
-        .unwrap()
-        .values()
-        .flat_map(|p| p.as_object().unwrap().values())
-        .map(|v| v.as_i64().unwrap())
-        .sum()
-}
-
-/// Messages in both topics.
-fn topic_ends(brokers: &str, topics: &(String, String)) -> i64 {
-    [&topics.0, &topics.1]
-        .into_iter()
-        .map(|t| read_topic(brokers, t).values().map(|m| m.len() as i64).sum::<i64>())
-        .sum()
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let until = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < until, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    offsets_sum(&m)
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -143,7 +121,7 @@ fn two_hosts_sharing_only_kafka_s3_and_the_catalog_recover_from_sigkill_exactly_
     let hosts: Vec<Host> = (0..2).map(|i| Host::new(&base, i, &text, &hosts_file)).collect();
 
     let mut procs: Vec<Child> = hosts.iter().map(Host::start).collect();
-    wait_until("the first checkpoint", Duration::from_secs(120), || {
+    wait_for("the first checkpoint", Duration::from_secs(120), || {
         committed_offsets(&checkpoints, "hosts") > 0
     });
 
@@ -170,7 +148,7 @@ fn two_hosts_sharing_only_kafka_s3_and_the_catalog_recover_from_sigkill_exactly_
     let mut procs: Vec<Child> = hosts.iter().map(Host::start).collect();
     part(&brokers, &topics, 2);
     let ends = topic_ends(&brokers, &topics);
-    wait_until("everything to be committed", Duration::from_secs(180), || {
+    wait_for("everything to be committed", Duration::from_secs(180), || {
         committed_offsets(&checkpoints, "hosts") == ends
     });
     for p in &procs {

@@ -15,7 +15,7 @@
 
 use super::common::store::{self, Catalog};
 use super::common::*;
-use super::{median, now_ms};
+use super::{median, newest_manifest_json, now_ms};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -76,16 +76,7 @@ impl Backend {
     /// The newest manifest's generation and creation time.
     fn newest(&self) -> Option<(u64, i64)> {
         let m: Value = match &self.checkpoints {
-            None => {
-                let manifests = self.dir.join("checkpoints/bench/manifests");
-                let newest = std::fs::read_dir(&manifests)
-                    .ok()?
-                    .flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|e| e == "json"))
-                    .max()?;
-                serde_json::from_slice(&std::fs::read(newest).ok()?).ok()?
-            }
+            None => newest_manifest_json(&self.dir, "bench")?,
             Some(prefix) => {
                 let newest = store::s3_list(&format!("{prefix}/bench/manifests"))
                     .into_iter()

@@ -359,3 +359,22 @@ pub fn assert_alerts_topic(brokers: &str, topic: &str, want: &Oracle) {
         want_ids.len()
     );
 }
+
+/// Messages in both topics.
+pub fn topic_ends(brokers: &str, topics: &(String, String)) -> i64 {
+    [&topics.0, &topics.1]
+        .into_iter()
+        .map(|t| read_topic(brokers, t).values().map(|m| m.len() as i64).sum::<i64>())
+        .sum()
+}
+
+/// The sum of a manifest's next offsets (its JSON).
+pub fn offsets_sum(manifest: &Value) -> i64 {
+    manifest["offsets"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|p| p.as_object().unwrap().values())
+        .map(|v| v.as_i64().unwrap())
+        .sum()
+}

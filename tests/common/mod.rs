@@ -30,7 +30,7 @@ pub fn k2() -> Command {
     Command::new(k2_path())
 }
 
-fn run_script(script: &str, args: &[&str]) -> String {
+pub(crate) fn run_script(script: &str, args: &[&str]) -> String {
     let out = Command::new(root().join(script))
         .args(args)
         .output()
@@ -108,33 +108,14 @@ fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Writes a job config for the bronze dataflow; `kafka_extra` lines go into
-/// the `[kafka]` table.
+/// Writes a job config for the bronze dataflow, its tables in a local
+/// warehouse (`dir/warehouse`, SQLite) and its checkpoints in
+/// `dir/checkpoints`; `kafka_extra` lines go into the `[kafka]` table.
 pub fn bronze_config(dir: &Path, job: &str, brokers: &str, topics: &(String, String), kafka_extra: &str) -> PathBuf {
-    let path = dir.join(format!("{job}.toml"));
-    let text = format!(
-        r#"
-[job]
-name = "{job}"
-epoch_ms = 100
-commit_interval_ms = 300
-
-[kafka]
-brokers = "{brokers}"
-{kafka_extra}
-topics = {{ binance = "{}", kraken = "{}" }}
-
-[iceberg]
-warehouse = "{}"
-
-[checkpoint]
-dir = "{}"
-"#,
-        topics.0,
-        topics.1,
-        dir.join("warehouse").display(),
-        dir.join("checkpoints").display()
-    );
+    let path = store::job_config(dir, job, brokers, topics, &store::Catalog::local(dir));
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replacen("[kafka]\n", &format!("[kafka]\n{kafka_extra}\n"), 1);
     std::fs::write(&path, text).unwrap();
     path
 }

@@ -4,8 +4,9 @@
 //! The services are found where `scripts/s3.sh` and `scripts/iceberg-rest.sh`
 //! start them: their default ports, or the `K2_S3_PORT`, `K2_S3_BUCKET`,
 //! `K2_REST_PORT` and `K2_REST_WAREHOUSE` overrides those scripts document.
-//! A test that needs one and finds it down fails, saying which script starts
-//! it: nothing is skipped.
+//! A test that needs one starts it with its script if none runs (the first
+//! start on a machine builds SeaweedFS); one that still finds it down fails,
+//! saying why: nothing is skipped.
 
 use super::*;
 use std::io::{Read, Write};
@@ -64,9 +65,19 @@ fn http_status(port: &str, method: &str, path: &str) -> Option<u16> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Panics, saying how to start it, unless the S3 store answers and has
-/// its bucket; returns the endpoint.
+/// Starts `script` once per test process (idempotent: a running service is
+/// left alone), as [`super::broker`] starts the broker.
+fn start_once(script: &'static str, started: &'static std::sync::OnceLock<()>) {
+    started.get_or_init(|| {
+        super::run_script(script, &["start"]);
+    });
+}
+
+/// Starts the S3 store if none runs (`scripts/s3.sh start`); panics, saying
+/// what is wrong, unless it answers and has its bucket; returns the endpoint.
 pub fn require_s3() -> String {
+    static STARTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    start_once("scripts/s3.sh", &STARTED);
     let port = env_or("K2_S3_PORT", "8333");
     let bucket = s3_bucket();
     match http_status(&port, "HEAD", &format!("/{bucket}")) {
@@ -84,10 +95,13 @@ pub fn require_s3() -> String {
     }
 }
 
-/// Panics, saying how to start it, unless the REST catalog (and the S3
-/// store behind it) answers; returns the catalog's URI.
+/// Starts the REST catalog (and the S3 store behind it) if none runs
+/// (`scripts/iceberg-rest.sh start`); panics, saying what is wrong, unless
+/// it answers; returns the catalog's URI.
 pub fn require_rest() -> String {
     require_s3();
+    static STARTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    start_once("scripts/iceberg-rest.sh", &STARTED);
     let port = env_or("K2_REST_PORT", "8182");
     match http_status(&port, "GET", "/v1/config") {
         Some(200) => rest_uri(),
