@@ -3,11 +3,11 @@
 //! Every Kafka message read by a source goes through [`decode`] exactly once,
 //! so this is the hottest code in the engine. Three requirements shape it:
 //!
-//! * **Exactness.** Prices and quantities are [`Decimal`]s. Binance sends them
+//! * **Exactness.** Prices and quantities are [`Decimal`](crate::decimal::Decimal)s. Binance sends them
 //!   as decimal *strings*, Kraken as JSON *numbers*; a Kraken price such as
 //!   `0.000012345678` must not pass through an `f64`, which would turn it into
 //!   a neighbouring binary fraction. The decoder therefore never asks serde for
-//!   a number: it takes the literal number text (a borrowed [`RawValue`]) and
+//!   a number: it takes the literal number text (a borrowed [`RawValue`](serde_json::value::RawValue)) and
 //!   parses it with [`parse_decimal`].
 //! * **Speed.** No `serde_json::Value` tree is built, and the payload is
 //!   scanned once (Kraken's `data` array included). Each message is
@@ -68,7 +68,7 @@
 //!
 //! # Decimal grammar
 //!
-//! [`parse_decimal`](crate::decimal::parse_decimal) accepts exactly the JSON number grammar, in a string or
+//! [`parse_decimal`] accepts exactly the JSON number grammar, in a string or
 //! not: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`. So `"0.00100000"`,
 //! `"-0"`, `1e-8` and `1.5E+3` are accepted, while `""`, `"-"`, `"+1"`,
 //! `".5"`, `"1."`, `"01"`, `"1e"`, `" 1"`, `"NaN"` and `"1,5"` are rejected.
