@@ -2,7 +2,8 @@
 //! catalog: two `k2 run -n 2 -p i -h hosts` processes, each in its own
 //! empty working directory, one killed with SIGKILL and restarted, and the
 //! bronze tables, the alerts table and the alerts topic exactly what the
-//! sequential oracle computes from the topics.
+//! sequential oracle computes from the topics; and `k2 cluster` on the same
+//! production config.
 
 mod common;
 
@@ -95,6 +96,67 @@ fn signal(child: &Child, sig: &str) {
     ok(Command::new("kill").args([sig, &child.id().to_string()]));
 }
 
+/// A `market` config that names no local path: checkpoints in S3, tables
+/// through the REST catalog into S3, alerts in a transactional topic.
+/// Returns the catalog, the checkpoints' S3 prefix and the config's text.
+fn production_config(base: &Path, job: &str, brokers: &str, topics: &(String, String)) -> (Catalog, String, String) {
+    let catalog = Catalog::rest(job);
+    let config = job_config(base, job, brokers, topics, &catalog);
+    let checkpoints = checkpoints_in_s3(&config, job, 1000);
+    common::job::append_config(&config, &arbitrage_sections(topics, "kafka_sink = \"transactional\""));
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(!text.contains(base.to_str().unwrap()), "no local path in:\n{text}");
+    (catalog, checkpoints, text)
+}
+
+/// Asserts bronze, the alerts table and the alerts topic hold exactly what
+/// the oracle computes from the topics.
+fn assert_exact_in(what: &str, brokers: &str, topics: &(String, String), catalog: &Catalog) {
+    let want = oracle(brokers, topics);
+    assert!(want.alerts.len() > 50, "the feed yields alerts: {}", want.alerts.len());
+    assert_bronze_in(what, catalog, &want);
+    let (alerts, late) = engine_output_in(catalog);
+    assert_matches(what, &alerts, &want);
+    assert_same_late(&late, &want.late, what);
+    assert_alerts_topic(brokers, &format!("{}.alerts", topics.0), &want);
+}
+
+/// `k2 cluster` on the same production config: two supervised processes,
+/// run in an empty folder, exact.
+#[test]
+fn k2_cluster_runs_the_production_path_exactly_once() {
+    let brokers = broker();
+    let topics = topics("hostscl");
+    let base = temp_dir("hostscl");
+    create_feed_topics(&brokers, &topics);
+    part(&brokers, &topics, 0);
+    part(&brokers, &topics, 1);
+    let (catalog, checkpoints, text) = production_config(&base, "hostscl", &brokers, &topics);
+    let cwd = base.join("host");
+    std::fs::create_dir_all(&cwd).unwrap();
+    std::fs::write(cwd.join("job.toml"), &text).unwrap();
+    ok(k2().current_dir(&cwd).args([
+        "cluster",
+        "market",
+        "--bounded",
+        "-n",
+        "2",
+        "-w",
+        "1",
+        "--config",
+        "job.toml",
+    ]));
+    assert_exact_in("k2 cluster on S3 + REST", &brokers, &topics, &catalog);
+    let files: Vec<_> = std::fs::read_dir(&cwd)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(files, ["job.toml"], "the cluster wrote nothing locally");
+    catalog.drop();
+    s3_delete_prefix(&checkpoints);
+}
+
 #[test]
 fn two_hosts_sharing_only_kafka_s3_and_the_catalog_recover_from_sigkill_exactly_once() {
     let brokers = broker();
@@ -102,15 +164,7 @@ fn two_hosts_sharing_only_kafka_s3_and_the_catalog_recover_from_sigkill_exactly_
     let base = temp_dir("hosts");
     create_feed_topics(&brokers, &topics);
     part(&brokers, &topics, 0);
-
-    // The config names no local path: checkpoints in S3, tables through the
-    // REST catalog into S3.
-    let catalog = Catalog::rest("hosts");
-    let config = job_config(&base, "hosts", &brokers, &topics, &catalog);
-    let checkpoints = checkpoints_in_s3(&config, "hosts", 1000);
-    common::job::append_config(&config, &arbitrage_sections(&topics, "kafka_sink = \"transactional\""));
-    let text = std::fs::read_to_string(&config).unwrap();
-    assert!(!text.contains(base.to_str().unwrap()), "no local path in:\n{text}");
+    let (catalog, checkpoints, text) = production_config(&base, "hosts", &brokers, &topics);
     let ports: Vec<u16> = (0..2)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
         .collect::<Vec<_>>()
@@ -164,13 +218,7 @@ fn two_hosts_sharing_only_kafka_s3_and_the_catalog_recover_from_sigkill_exactly_
         );
     }
 
-    let want = oracle(&brokers, &topics);
-    assert!(want.alerts.len() > 50, "the feed yields alerts: {}", want.alerts.len());
-    assert_bronze_in("two hosts after a SIGKILL", &catalog, &want);
-    let (alerts, late) = engine_output_in(&catalog);
-    assert_matches("two hosts after a SIGKILL", &alerts, &want);
-    assert_same_late(&late, &want.late, "two hosts after a SIGKILL");
-    assert_alerts_topic(&brokers, &format!("{}.alerts", topics.0), &want);
+    assert_exact_in("two hosts after a SIGKILL", &brokers, &topics, &catalog);
     for h in &hosts {
         assert_eq!(
             h.files(),
