@@ -241,14 +241,16 @@ cmd_start() {
     # `__` -> `-`), and its port only from CATALOG_REST_PORT. The S3 store accepts any
     # key; the AWS SDK still wants one, and a region. env -i: no stray CATALOG_* or
     # AWS_* variable of the caller's leaks in.
-    # SQLite: WAL and a busy timeout, so that concurrent commits wait for the write
-    # lock instead of failing with SQLITE_BUSY; such a failure inside a commit can
-    # leave a pooled connection holding the lock, and every later write fails.
+    # SQLite: one pooled connection (CATALOG_CLIENTS=1), in WAL with a busy timeout.
+    # SQLite has one writer; with two connections, concurrent commits failed with
+    # SQLITE_BUSY or SQLITE_BUSY_SNAPSHOT inside a commit, which could leave a
+    # connection holding the write lock, and every later write failed.
     # setsid: the server outlives the caller's process group; 8>&- 9>&-: no lock fds.
     setsid env -i PATH="$PATH" HOME="$HOME" LANG=C.UTF-8 \
         AWS_ACCESS_KEY_ID=k2 AWS_SECRET_ACCESS_KEY=k2 AWS_REGION=us-east-1 \
         CATALOG_WAREHOUSE="$WAREHOUSE" \
         CATALOG_URI="jdbc:sqlite:file:$DB?journal_mode=WAL&busy_timeout=30000" \
+        CATALOG_CLIENTS=1 \
         CATALOG_JDBC_USER=k2 CATALOG_JDBC_PASSWORD=k2 \
         CATALOG_REST_PORT="$PORT" \
         CATALOG_IO__IMPL=org.apache.iceberg.aws.s3.S3FileIO \

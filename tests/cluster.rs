@@ -270,13 +270,7 @@ fn a_process_with_another_config_refuses_to_join() {
     .unwrap();
     part(&brokers, &topics, 0);
     let hosts = dir.join("hosts");
-    let ports: Vec<u16> = (0..2)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect::<Vec<_>>()
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect();
-    std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1])).unwrap();
+    std::fs::write(&hosts, common::job::loopback_hosts(2)).unwrap();
     let start = |index: usize, config: &Path| {
         k2().args(["run", "market", "--bounded", "-n", "2", "-p", &index.to_string(), "-h"])
             .arg(&hosts)

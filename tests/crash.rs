@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::job::start_producer;
 use common::store::*;
 use common::*;
 use rand::rngs::SmallRng;
@@ -23,27 +24,6 @@ fn start_job(config: &Path, workers: usize, log: &Path, fault: Option<&str>) -> 
         cmd.env("K2_FAULT", f);
     }
     cmd.spawn().expect("spawn k2 run")
-}
-
-/// Starts a background producer at `rate` msg/s for `secs` seconds.
-fn start_producer(brokers: &str, topics: &(String, String), dir: &Path, rate: u64, secs: u64, seed: u64) -> Child {
-    produce_cmd(brokers, topics)
-        .args(["--rate", &rate.to_string(), "--duration", &format!("{secs}s")])
-        .args([
-            "--duplicates",
-            "0.05",
-            "--malformed",
-            "0.02",
-            "--seed",
-            &seed.to_string(),
-            "--quiet",
-        ])
-        .arg("--truth")
-        .arg(dir.join("truth.jsonl"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("producer.log")).unwrap())
-        .spawn()
-        .expect("spawn producer")
 }
 
 /// Creates the topics before any job starts (a job refuses missing topics).

@@ -8,7 +8,7 @@
 mod common;
 
 use common::arb::*;
-use common::job::{create_feed_topics, wait_for};
+use common::job::{create_feed_topics, loopback_hosts, wait_for};
 use common::store::*;
 use common::*;
 use std::path::{Path, PathBuf};
@@ -165,13 +165,7 @@ fn two_hosts_sharing_only_kafka_s3_and_the_catalog_recover_from_sigkill_exactly_
     create_feed_topics(&brokers, &topics);
     part(&brokers, &topics, 0);
     let (catalog, checkpoints, text) = production_config(&base, "hosts", &brokers, &topics);
-    let ports: Vec<u16> = (0..2)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect::<Vec<_>>()
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect();
-    let hosts_file = format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]);
+    let hosts_file = loopback_hosts(2);
     let hosts: Vec<Host> = (0..2).map(|i| Host::new(&base, i, &text, &hosts_file)).collect();
 
     let mut procs: Vec<Child> = hosts.iter().map(Host::start).collect();

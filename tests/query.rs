@@ -16,22 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-
-/// A background `k2 produce` at `rate` msg/s for `secs` s, with duplicates,
-/// malformed messages and a truth file.
-fn start_producer(brokers: &str, topics: &(String, String), dir: &Path, rate: u64, secs: u64) -> Child {
-    produce_cmd(brokers, topics)
-        .args(["--rate", &rate.to_string(), "--duration", &format!("{secs}s")])
-        .args(["--duplicates", "0.05", "--malformed", "0.02", "--seed", "11", "--quiet"])
-        .arg("--truth")
-        .arg(dir.join("truth.jsonl"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("producer.log")).unwrap())
-        .spawn()
-        .expect("spawn producer")
-}
 
 /// The first `n` payloads of `topic`/`partition`.
 fn first_payloads(brokers: &str, topic: &str, partition: i32, n: usize) -> Vec<String> {
@@ -117,7 +102,7 @@ fn hybrid_answers_equal_the_truth_at_their_high_watermarks_while_committing_and_
     create_feed_topics(&brokers, &topics);
     let config_path = bronze_config(&dir, "qseam", &brokers, &topics, "");
     let log = dir.join("job.log");
-    let mut producer = start_producer(&brokers, &topics, &dir, 2000, 22);
+    let mut producer = start_producer(&brokers, &topics, &dir, 2000, 22, 11);
     let mut job = spawn_job(&config_path, "bronze", 1, &log);
     let config = k2::config::Config::load(&config_path).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()

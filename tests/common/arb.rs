@@ -345,7 +345,12 @@ pub fn assert_bronze_in(what: &str, catalog: &store::Catalog, want: &Oracle) {
 /// Asserts the transactional alerts topic holds, as a `read_committed`
 /// consumer sees it, exactly the oracle's alerts, each once.
 pub fn assert_alerts_topic(brokers: &str, topic: &str, want: &Oracle) {
-    let ids = committed_alert_ids(brokers, topic);
+    assert_alerts_topic_in(&k2::config::KafkaConfig::plaintext(brokers), topic, want)
+}
+
+/// [`assert_alerts_topic`], read with the client settings of `kafka`.
+pub fn assert_alerts_topic_in(kafka: &k2::config::KafkaConfig, topic: &str, want: &Oracle) {
+    let ids = committed_alert_ids_in(kafka, topic);
     let n = ids.len();
     let set: BTreeSet<String> = ids.into_iter().collect();
     assert_eq!(n, set.len(), "an alert was published twice to the transactional topic");

@@ -207,3 +207,36 @@ pub fn append_config(config: &Path, text: &str) {
 pub fn create_feed_topics(brokers: &str, topics: &(String, String)) {
     ok(produce_cmd(brokers, topics).args(["--count", "0", "--quiet"]));
 }
+
+/// Starts a background producer at `rate` msg/s for `secs` seconds, with 5 %
+/// duplicates and 2 % malformed messages, its truth in `dir/truth.jsonl`.
+pub fn start_producer(brokers: &str, topics: &(String, String), dir: &Path, rate: u64, secs: u64, seed: u64) -> Child {
+    produce_cmd(brokers, topics)
+        .args(["--rate", &rate.to_string(), "--duration", &format!("{secs}s")])
+        .args([
+            "--duplicates",
+            "0.05",
+            "--malformed",
+            "0.02",
+            "--seed",
+            &seed.to_string(),
+            "--quiet",
+        ])
+        .arg("--truth")
+        .arg(dir.join("truth.jsonl"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("producer.log")).unwrap())
+        .spawn()
+        .expect("spawn producer")
+}
+
+/// A hostfile's text for `n` processes on free loopback ports.
+pub fn loopback_hosts(n: usize) -> String {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| format!("127.0.0.1:{}\n", l.local_addr().unwrap().port()))
+        .collect()
+}
