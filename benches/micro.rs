@@ -34,6 +34,7 @@ use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group,
 mod feed;
 use feed::{Feed, FeedConfig};
 use k2::checkpoint::CommitGroups;
+use k2::operators::arbitrage::Leg;
 use k2::operators::dedup::{DedupState, DedupStats};
 use k2::operators::{Dedup, DedupId, DedupKey, DedupParams, IntervalJoin, JoinState, JoinStats};
 use k2::record::{Exchange, SourcePosition, Trade};
@@ -496,7 +497,7 @@ fn heap_bytes<T>(f: impl FnOnce() -> T) -> (isize, T) {
     (LIVE_BYTES.load(Ordering::SeqCst), out)
 }
 
-type TradeJoin = JoinState<k2::record::Symbol, Trade, Trade>;
+type TradeJoin = JoinState<k2::record::Symbol, Leg, Leg>;
 
 /// A join state holding `per_key` Binance and `per_key` Kraken trades for
 /// each of `keys` symbols, 1 ms apart in event time. The trades are clones of
@@ -519,9 +520,9 @@ fn fill_join_state(templates: &[Trade; 2], keys: usize, per_key: usize) -> Trade
                 let ms = (t.event_us / 1000) as u64;
                 let time = Time::new(ms / EPOCH_MS, ms);
                 if side == 0 {
-                    state.insert_left(time, t);
+                    state.insert_left(time, Leg::from(&t));
                 } else {
-                    state.insert_right(time, t);
+                    state.insert_right(time, Leg::from(&t));
                 }
             }
         }
@@ -552,8 +553,10 @@ fn bench_join_memory(c: &mut Criterion) {
         if !printed {
             printed = true;
             eprintln!(
-                "join_memory: size_of::<Trade>() = {} bytes; per side, a key is a symbol and a record a trade",
-                std::mem::size_of::<Trade>()
+                "join_memory: size_of::<Trade>() = {} bytes, the join's Leg of it {} bytes; \
+                 per side, a key is a symbol and a record a trade's leg",
+                std::mem::size_of::<Trade>(),
+                std::mem::size_of::<Leg>()
             );
             // Many keys, few records each: the per-key cost shows; many
             // records per key: the per-record cost does.

@@ -11,6 +11,7 @@
 use k2::config::{Config, KafkaSinkMode, LatePolicy};
 use k2::error::Result;
 use k2::launch::{Dataflow, Job};
+use k2::operators::arbitrage::Leg;
 use k2::operators::interval_join::JoinState;
 use k2::operators::{Arbitrage, ArbitrageParams, DedupCheckpointed, LogState, read_logged};
 use k2::record::{Alert, Exchange, Trade};
@@ -91,10 +92,10 @@ pub fn part<'scope>(job: &Job<'scope>, trades: Stream<'scope, Time, Vec<Trade>>)
     let (left, right) = (job.state("join-binance"), job.state("join-kraken"));
     let mut restored = JoinState::new();
     for (time, t) in read_logged::<Trade>(&left.state)? {
-        restored.insert_left(time, t);
+        restored.insert_left(time, Leg::from(&t));
     }
     for (time, t) in read_logged::<Trade>(&right.state)? {
-        restored.insert_right(time, t);
+        restored.insert_right(time, Leg::from(&t));
     }
     binance.clone().log_state(left, expiry);
     kraken.clone().log_state(right, expiry);

@@ -111,12 +111,19 @@ pub struct JoinStats {
 
 pub use crate::hash::{key_hash, key_worker};
 
-/// One stored record, with its event time and the time it arrived at.
+/// One stored record with the time it arrived at. Its event time is the
+/// record's own ([`JoinSide::event_us`]), not stored twice.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Stored<D> {
-    event: u64,
     time: Time,
     record: D,
+}
+
+impl<D: JoinSide> Stored<D> {
+    #[inline]
+    fn event(&self) -> u64 {
+        self.record.event_us()
+    }
 }
 
 /// A key's records on one side, sorted by event time (stable for ties).
@@ -163,18 +170,18 @@ impl<K, D> Default for SideState<K, D> {
 /// The index of the first record with an event time of at least `lo`.
 /// Probes look just behind the newest records (event times are nearly in
 /// order and Δ is short), so walk back a few steps before searching.
-fn first_at_or_after<D>(records: &VecDeque<Stored<D>>, lo: u64) -> usize {
+fn first_at_or_after<D: JoinSide>(records: &VecDeque<Stored<D>>, lo: u64) -> usize {
     let mut i = records.len();
     for _ in 0..8 {
-        match i.checked_sub(1).map(|j| records[j].event >= lo) {
+        match i.checked_sub(1).map(|j| records[j].event() >= lo) {
             Some(true) => i -= 1,
             _ => return i,
         }
     }
-    records.partition_point(|s| s.event < lo)
+    records.partition_point(|s| s.event() < lo)
 }
 
-impl<K: Hash + Eq + Clone, D> SideState<K, D> {
+impl<K: Hash + Eq + Clone, D: JoinSide> SideState<K, D> {
     /// The slot of `key`, opened if need be.
     fn slot(&mut self, key: &K) -> usize {
         match self.slots.get(key) {
@@ -183,24 +190,25 @@ impl<K: Hash + Eq + Clone, D> SideState<K, D> {
         }
     }
 
-    /// Stores `record` (with event time `event`) at `time`, under the key of `slot`.
-    fn insert(&mut self, slot: usize, event: u64, time: Time, record: D) {
+    /// Stores `record` at `time`, under the key of `slot`.
+    fn insert(&mut self, slot: usize, time: Time, record: D) {
+        let event = record.event_us();
         let records = &mut self.keys[slot].as_mut().expect("mapped slot is open").records;
         if records.is_empty() {
             self.empty -= 1;
         }
         // Usually the back: event times are nearly in order.
         let pos = match records.back() {
-            Some(last) if last.event > event => records.partition_point(|s| s.event <= event),
+            Some(last) if last.event() > event => records.partition_point(|s| s.event() <= event),
             _ => records.len(),
         };
         if pos == 0 {
             if let Some(front) = records.front() {
-                self.index.remove(&(front.event, slot));
+                self.index.remove(&(front.event(), slot));
             }
             self.index.insert((event, slot));
         }
-        records.insert(pos, Stored { event, time, record });
+        records.insert(pos, Stored { time, record });
         self.len += 1;
     }
 
@@ -208,7 +216,7 @@ impl<K: Hash + Eq + Clone, D> SideState<K, D> {
     fn open(&mut self, key: &K) -> usize {
         let entry = Some(KeyRecords {
             key: key.clone(),
-            records: VecDeque::new(),
+            records: VecDeque::with_capacity(1),
         });
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -234,7 +242,7 @@ impl<K: Hash + Eq + Clone, D> SideState<K, D> {
             .map(|&slot| &self.keys[slot].as_ref().expect("open").records);
         records.into_iter().flat_map(move |records| {
             let start = first_at_or_after(records, lo);
-            records.range(start..).take_while(move |s| s.event <= hi)
+            records.range(start..).take_while(move |s| s.event() <= hi)
         })
     }
 
@@ -248,13 +256,13 @@ impl<K: Hash + Eq + Clone, D> SideState<K, D> {
             }
             self.index.pop_first();
             let records = &mut self.keys[slot].as_mut().expect("indexed slot is open").records;
-            while records.front().is_some_and(|s| expired(s.event)) {
+            while records.front().is_some_and(|s| expired(s.event())) {
                 records.pop_front();
                 self.len -= 1;
             }
             match records.front() {
                 Some(front) => {
-                    self.index.insert((front.event, slot));
+                    self.index.insert((front.event(), slot));
                 }
                 None => self.empty += 1,
             }
@@ -295,7 +303,7 @@ impl<K: Hash + Eq + Clone, D> SideState<K, D> {
         for entry in other.keys.iter().flatten().filter(|e| keep(&e.key)) {
             let slot = self.slot(&entry.key);
             for s in &entry.records {
-                self.insert(slot, s.event, s.time, s.record.clone());
+                self.insert(slot, s.time, s.record.clone());
                 restored += 1;
             }
         }
@@ -341,13 +349,13 @@ where
     /// Stores a left record that arrived at `time`, without joining it.
     pub fn insert_left(&mut self, time: Time, record: L) {
         let slot = self.left.slot(record.join_key());
-        self.left.insert(slot, record.event_us(), time, record);
+        self.left.insert(slot, time, record);
     }
 
     /// Stores a right record that arrived at `time`, without joining it.
     pub fn insert_right(&mut self, time: Time, record: R) {
         let slot = self.right.slot(record.join_key());
-        self.right.insert(slot, record.event_us(), time, record);
+        self.right.insert(slot, time, record);
     }
 
     /// Records stored, over both sides: the measure of state size.
@@ -503,7 +511,7 @@ where
                                 pending.push((time.join(&r.time), emit(&l, &r.record)));
                             }
                             let slot = state.left.slot(l.join_key());
-                            state.left.insert(slot, event, time, l);
+                            state.left.insert(slot, time, l);
                         }
                     }
                     n.pairs += pending.len();
@@ -523,7 +531,7 @@ where
                                 pending.push((time.join(&l.time), emit(&l.record, &r)));
                             }
                             let slot = state.right.slot(r.join_key());
-                            state.right.insert(slot, event, time, r);
+                            state.right.insert(slot, time, r);
                         }
                     }
                     n.pairs += pending.len();
@@ -639,18 +647,17 @@ mod tests {
             let n = rng.random_range(0..40);
             let mut events: Vec<u64> = (0..n).map(|_| rng.random_range(0..60)).collect();
             events.sort();
-            let records: VecDeque<Stored<()>> = events
+            let records: VecDeque<Stored<Rec>> = events
                 .iter()
                 .map(|&event| Stored {
-                    event,
                     time: Time::default(),
-                    record: (),
+                    record: rec(0, "a", event),
                 })
                 .collect();
             for lo in 0..65 {
                 assert_eq!(
                     first_at_or_after(&records, lo),
-                    records.partition_point(|s| s.event < lo),
+                    records.partition_point(|s| s.event() < lo),
                     "{events:?} from {lo}"
                 );
             }
@@ -1004,16 +1011,17 @@ mod tests {
 
     #[test]
     fn emptied_keys_release_their_slots() {
-        let mut side: SideState<String, u64> = SideState::default();
+        let mut side: SideState<String, Rec> = SideState::default();
         for round in 0..3u64 {
             for k in 0..200u64 {
-                let slot = side.slot(&format!("k{k}"));
-                side.insert(slot, round * 1_000 + k, Time::default(), k);
+                let key = format!("k{k}");
+                let slot = side.slot(&key);
+                side.insert(slot, Time::default(), rec(k, &key, round * 1_000 + k));
             }
             assert_eq!((side.len, side.live_keys()), (200, 200));
             let probed: Vec<u64> = side
                 .probe(&"k7".to_string(), round * 1_000 + 9, 2)
-                .map(|s| s.record)
+                .map(|s| s.record.id)
                 .collect();
             assert_eq!(probed, vec![7]);
             assert_eq!(side.evict(|event| event < round * 1_000 + 100), 100);
