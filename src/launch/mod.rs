@@ -319,7 +319,14 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
         .set("reconnect.backoff.max.ms", "1000")
         // When the local queue is full librdkafka pauses fetching for this
         // long (1 s by default), which starves a fast reader.
-        .set("fetch.queue.backoff.ms", "10");
+        .set("fetch.queue.backoff.ms", "10")
+        // K2 reads each partition from a queue of its own, and then these
+        // prefetch limits apply per partition, not per consumer: the
+        // defaults (100,000 messages, 64 MB) kept ~130 MB more resident than
+        // one queue does when reading a backlog of 4 partitions, for no
+        // speed. 10,000 messages is still 20 ms of reading at 500k msg/s.
+        .set("queued.min.messages", "10000")
+        .set("queued.max.messages.kbytes", "8192");
     for (k, v) in &config.kafka.consumer {
         c.set(k, v);
     }
