@@ -275,7 +275,7 @@ pub fn produce(args: &ProduceArgs, kafka: &KafkaConfig) -> Result<ProduceSummary
         .create_with_context(ctx)
         .map_err(|e| k2::error::Error::kafka("create Kafka producer", e))?;
 
-    let started = Instant::now();
+    let mut started = Instant::now();
     let mut summary = ProduceSummary::default();
     let mut next_id = 0usize;
     let mut send =
@@ -337,6 +337,21 @@ pub fn produce(args: &ProduceArgs, kafka: &KafkaConfig) -> Result<ProduceSummary
         for ex in &args.exchanges {
             ensure_topic(kafka, &topics[topic_index(*ex)], args.partitions)?;
         }
+        // Connect, learn the topics' leaders and get the idempotent
+        // producer's id before the first paced message: otherwise the first
+        // messages wait for all that after their timestamps were taken, and a
+        // latency run counts the feed's own start-up against the engine.
+        for ex in &args.exchanges {
+            producer
+                .client()
+                .fetch_metadata(Some(&topics[topic_index(*ex)]), Duration::from_secs(10))
+                .map_err(|e| k2::error::Error::kafka("fetch the feed topics' metadata", e))?;
+        }
+        let warm = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < warm {
+            producer.poll(Duration::from_millis(20));
+        }
+        started = Instant::now();
         let mut feeds: Vec<Feed> = args.exchanges.iter().map(|ex| Feed::new(*ex, &cfg)).collect();
         let total = args.count * feeds.len() as u64;
         let deadline = args.duration.map(|d| started + d);

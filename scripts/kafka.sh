@@ -34,7 +34,7 @@
 #                                                             (default <repo>/var/kafka)
 #   K2_KAFKA_LIB              jars, shared by all dirs        (default $K2_CACHE/kafka/lib)
 #   K2_CACHE                  download cache                  (default ~/.cache/k2)
-#   K2_KAFKA_HEAP             broker max heap                 (default 512m)
+#   K2_KAFKA_HEAP             broker heap, fixed (-Xms = -Xmx) (default 1g, as Kafka's own start script)
 #   K2_KAFKA_START_TIMEOUT    seconds to wait for health      (default 90)
 #   K2_KAFKA_STOP_TIMEOUT     seconds before SIGKILL          (default 30)
 #   JAVA_HOME                 java to use (else `java` on PATH; needs 17+)
@@ -55,7 +55,7 @@ BOOTSTRAP="$HOST:$PORT"
 SASL_BOOTSTRAP="$HOST:$SASL_PORT"
 SCRAM_MECHANISM=SCRAM-SHA-512
 SCRAM_USER=k2
-HEAP=${K2_KAFKA_HEAP:-512m}
+HEAP=${K2_KAFKA_HEAP:-1g}
 START_TIMEOUT=${K2_KAFKA_START_TIMEOUT:-90}
 STOP_TIMEOUT=${K2_KAFKA_STOP_TIMEOUT:-30}
 
@@ -463,9 +463,10 @@ cmd_start() {
     } >>"$LOGS/kafka.out"
     # setsid: the broker outlives the caller's process group (a test runner's
     # Ctrl-C); 8>&- 9>&-: the broker must not inherit the lock fds.
-    setsid "$java" -Xmx"$HEAP" -Xms64m \
+    setsid "$java" -Xmx"$HEAP" -Xms"$HEAP" \
         -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
         -XX:+ExplicitGCInvokesConcurrent -XX:+ExitOnOutOfMemoryError \
+        -Xlog:gc:file="$LOGS/gc.log":time,uptime:filecount=2,filesize=10m \
         -Djava.awt.headless=true \
         -Dkafka.logs.dir="$LOGS" \
         -Dlog4j2.configurationFile="$BROKER_LOG4J" \

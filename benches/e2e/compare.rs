@@ -616,6 +616,7 @@ fn read_trades(brokers: &str, topic: &str, exchange: k2::record::Exchange) -> Ve
 /// by brute force with K2's `detect`. Event times in µs, as K2's join
 /// compares them.
 fn oracle(brokers: &str, topics: &(String, String), plan: &Plan) -> Value {
+    use k2::operators::arbitrage::{Leg, detect};
     use k2::record::{Exchange, Trade};
     use std::collections::HashMap;
     let t = Instant::now();
@@ -645,7 +646,7 @@ fn oracle(brokers: &str, topics: &(String, String), plan: &Plan) -> Value {
             }
             for kt in k[lo..].iter().take_while(|kt| kt.event_us <= be + delta) {
                 pairs += 1;
-                alerts += k2::operators::arbitrage::detect(bt, kt, &params).is_some() as u64;
+                alerts += detect(&Leg::from(bt), &Leg::from(kt), &params).is_some() as u64;
             }
         }
     }
@@ -839,6 +840,9 @@ fn latency_run(engine: &str, brokers: &str, rate: u64, plan: &Plan) -> Value {
         "feed_s": round((feed_end - feed_start) as f64 / 1000.0, 2),
         "cpu_s": round(usage.cpu_s, 2), "wall_s": round(usage.wall_s, 2),
         "peak_rss_mib": round(usage.peak_rss_mib, 1), "broker_cpu_s": round(usage.broker_cpu_s, 2),
+        "voluntary_switches": usage.voluntary_switches, "involuntary_switches": usage.involuntary_switches,
+        "switches_per_s": round((usage.voluntary_switches + usage.involuntary_switches) as f64 / usage.wall_s.max(1e-3), 0),
+        "peak_threads": usage.peak_threads,
         "busy_cores_before": busy_before, "load1_before": load_before, "load1_after": load1(),
         "drained_s": drained_s, "report": report,
     });
@@ -852,7 +856,8 @@ fn latency_run(engine: &str, brokers: &str, rate: u64, plan: &Plan) -> Value {
         let a = &out["alert_latency"];
         eprintln!(
             "  {engine:16} {rate:>6}/s: {got} of {} alerts, p50 {} p99 {} p99.9 {} max {} ms (steady p99 {}, \
-             produce-to-detect p50 {} p99 {}), drained {:?} s",
+             produce-to-detect p50 {} p99 {}), drained {:?} s; {} threads, {:.0} context switches/s \
+             ({} voluntary, {} involuntary)",
             expected.unwrap_or(0),
             a["all"]["p50"],
             a["all"]["p99"],
@@ -861,7 +866,11 @@ fn latency_run(engine: &str, brokers: &str, rate: u64, plan: &Plan) -> Value {
             a["steady"]["p99"],
             a["produce_to_detect"]["p50"],
             a["produce_to_detect"]["p99"],
-            drained_s
+            drained_s,
+            usage.peak_threads,
+            (usage.voluntary_switches + usage.involuntary_switches) as f64 / usage.wall_s.max(1e-3),
+            usage.voluntary_switches,
+            usage.involuntary_switches,
         );
     } else {
         let l = &out["report"]["latency_ms"];

@@ -5,7 +5,9 @@
 //! (exited, not yet reaped): `utime + stime + cutime + cstime` then covers the
 //! root and every descendant that was waited for (a launcher script's JVM,
 //! say). Peak RSS is the sum over the tree's processes of each one's `VmHWM`,
-//! sampled every 100 ms. Nothing here needs `unsafe` or libc.
+//! sampled every 100 ms, and so are the context switches of every thread of
+//! the tree (`/proc/<pid>/task/<tid>/status`; a thread that ends between two
+//! samples loses at most its last 100 ms). Nothing here needs `unsafe` or libc.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -68,6 +70,34 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// `(voluntary, involuntary)` context switches of every thread of `pid`,
+/// by thread id, and how many threads it has.
+fn thread_switches(pid: u32, into: &mut HashMap<(u32, u32), (u64, u64)>) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    let mut threads = 0;
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(s) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        threads += 1;
+        let field = |name: &str| {
+            s.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let now = (field("voluntary_ctxt_switches:"), field("nonvoluntary_ctxt_switches:"));
+        let e = into.entry((pid, tid)).or_default();
+        *e = (e.0.max(now.0), e.1.max(now.1));
+    }
+    threads
+}
+
 /// The project broker's pid, from `var/kafka/kafka.pid` (or `$K2_KAFKA_DIR`).
 pub fn broker_pid(root: &Path) -> Option<u32> {
     let dir = std::env::var_os("K2_KAFKA_DIR")
@@ -92,11 +122,19 @@ pub struct Usage {
     pub peak_rss_mib: f64,
     /// CPU seconds the broker used over the same span.
     pub broker_cpu_s: f64,
+    /// Voluntary context switches of every thread of the tree (it blocked).
+    pub voluntary_switches: u64,
+    /// Involuntary context switches of every thread of the tree (preempted).
+    pub involuntary_switches: u64,
+    /// The most threads the tree had at once.
+    pub peak_threads: usize,
 }
 
 #[derive(Default)]
 struct Shared {
     hwm: HashMap<u32, u64>,
+    switches: HashMap<(u32, u32), (u64, u64)>,
+    peak_threads: usize,
     cpu_s: Option<f64>,
     exited: Option<Instant>,
 }
@@ -124,13 +162,18 @@ impl Tracker {
                     g.exited = Some(Instant::now());
                     break;
                 }
+                let mut threads = 0;
                 for p in tree(pid) {
+                    let mut g = s.lock().unwrap();
                     if let Some(kib) = vm_hwm_kib(p) {
-                        let mut g = s.lock().unwrap();
                         let e = g.hwm.entry(p).or_default();
                         *e = (*e).max(kib);
                     }
+                    threads += thread_switches(p, &mut g.switches);
                 }
+                let mut g = s.lock().unwrap();
+                g.peak_threads = g.peak_threads.max(threads);
+                drop(g);
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
@@ -158,6 +201,9 @@ impl Tracker {
             cpu_s: g.cpu_s.unwrap_or(0.0),
             peak_rss_mib: g.hwm.values().sum::<u64>() as f64 / 1024.0,
             broker_cpu_s,
+            voluntary_switches: g.switches.values().map(|s| s.0).sum(),
+            involuntary_switches: g.switches.values().map(|s| s.1).sum(),
+            peak_threads: g.peak_threads,
         };
         (usage, status)
     }
