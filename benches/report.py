@@ -184,6 +184,12 @@ def throughput_section(doc, out, lines, figures):
     return ratios
 
 
+def per_s(count, seconds):
+    if count is None or not seconds:
+        return None
+    return count / seconds
+
+
 def latency_section(doc, out, lines, figures):
     lat = doc.get("latency")
     if not lat:
@@ -204,13 +210,16 @@ def latency_section(doc, out, lines, figures):
         f"ms, as both joins compare them); an engine below 100 % had not caught up when the run ended, so its percentiles "
         f"understate its latency. *produce→detect* is the alert's own `detected_ms` − `produce_ms` (the "
         f"engine's wall clock when it built the alert): the rest of the latency is the alert's way to the "
-        f"broker.\n"
+        f"broker. *Broker CPU-s* is the broker's over the engine's run, which the feed's producer shares the "
+        f"two cores with too. *Threads* is the engine's most at once; *switches/s* its context switches per "
+        f"second of run, over all its threads (voluntary + involuntary).\n"
     )
     lines.append(
         "| engine | offered msg/s | achieved | alerts / expected | p50 ms | p99 ms | p99.9 ms | max ms "
-        "| steady p99 ms | produce→detect p50 / p99 ms | engine CPU-s | drain s |"
+        "| steady p99 ms | produce→detect p50 / p99 ms | engine CPU-s | broker CPU-s | threads | switches/s "
+        "(involuntary) | drain s |"
     )
-    lines.append("|" + " --- |" * 12)
+    lines.append("|" + " --- |" * 15)
     for r in alerts:
         a = r.get("alert_latency", {})
         al, st, dt = a.get("all") or {}, a.get("steady") or {}, a.get("produce_to_detect") or {}
@@ -219,6 +228,8 @@ def latency_section(doc, out, lines, figures):
             f"| {fmt(a.get('alerts'))} / {fmt(r.get('expected_alerts'))} ({fmt(r.get('complete_pct'), 1)} %) "
             f"| {fmt(al.get('p50'))} | {fmt(al.get('p99'))} | {fmt(al.get('p999'))} | {fmt(al.get('max'))} "
             f"| {fmt(st.get('p99'))} | {fmt(dt.get('p50'))} / {fmt(dt.get('p99'))} | {fmt(r.get('cpu_s'), 1)} "
+            f"| {fmt(r.get('broker_cpu_s'), 1)} | {fmt(r.get('peak_threads'))} "
+            f"| {fmt(r.get('switches_per_s'))} ({fmt(per_s(r.get('involuntary_switches'), r.get('wall_s')))}) "
             f"| {fmt(r.get('drained_s'), 1)} |"
         )
     lines.append("")
