@@ -3,6 +3,8 @@
 //! for both, then the object store's lease, which stands in for the local
 //! file lock.
 
+mod common;
+
 use k2::checkpoint::Store;
 use k2::checkpoint::store::{LocalStore, ObjectStore};
 use k2::config::S3Config;
@@ -10,14 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The local S3 store of `scripts/s3.sh` (`K2_S3_ENDPOINT` overrides).
+/// The local S3 store of `scripts/s3.sh`, started if none runs.
 fn s3() -> S3Config {
-    let endpoint = std::env::var("K2_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:8333".into());
-    let host = endpoint.trim_start_matches("http://").trim_end_matches('/').to_string();
-    assert!(
-        std::net::TcpStream::connect_timeout(&host.parse().expect("host:port"), Duration::from_secs(2)).is_ok(),
-        "no S3 store at {endpoint}: start it with scripts/s3.sh start"
-    );
+    let endpoint = common::store::require_s3();
     S3Config {
         endpoint: Some(endpoint),
         access_key_id: Some(k2::secret::Secret::new("k2")),
