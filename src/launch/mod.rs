@@ -126,6 +126,9 @@ pub struct JobContext {
     pub sections_read: Mutex<BTreeSet<String>>,
     /// Metrics, consumer-group offsets and progress.
     pub telemetry: Arc<Telemetry>,
+    /// The Kafka consumers the workers of this process share: the n-th
+    /// source each worker builds uses the n-th.
+    pub consumers: Mutex<Vec<crate::source::kafka::SharedConsumer>>,
 }
 
 impl JobContext {
@@ -151,6 +154,8 @@ pub struct Job<'scope> {
     ctx: Arc<JobContext>,
     scope: Scope<'scope, Time>,
     cut: Cut<'scope>,
+    /// Kafka sources built so far on this worker.
+    sources: std::cell::Cell<usize>,
 }
 
 impl<'scope> Job<'scope> {
@@ -185,8 +190,17 @@ impl<'scope> Job<'scope> {
     pub fn kafka_source(&self) -> Result<SourceStreams<'scope>> {
         let ctx = &self.ctx;
         let source = &ctx.config.source;
+        let nth = self.sources.replace(self.sources.get() + 1);
+        let consumer = {
+            let mut shared = ctx.consumers.lock().expect("consumers");
+            if shared.len() <= nth {
+                shared.resize_with(nth + 1, Default::default);
+            }
+            shared[nth].clone()
+        };
         let spec = SourceSpec {
             client: consumer_config(&ctx.config),
+            consumer,
             partitions: ctx.plan.for_worker(self.scope.index(), self.scope.peers()),
             watch: ctx.watch.clone(),
             worker: (self.scope.index(), self.scope.peers()),
@@ -590,6 +604,7 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
         processes: timely.processes,
         sections_read: Default::default(),
         telemetry,
+        consumers: Default::default(),
     });
     ctx.telemetry.watch(crate::telemetry::snapshot::Sources {
         source: ctx.source_stats.clone(),
@@ -609,6 +624,7 @@ pub fn run(dataflow: &Dataflow, config: Config, timely: &TimelyArgs, options: Ru
                 ctx: ctx.clone(),
                 scope,
                 cut: Cut::default(),
+                sources: Default::default(),
             };
             build(&job)?;
             let unread: Vec<&str> = {

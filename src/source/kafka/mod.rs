@@ -11,5 +11,5 @@ pub mod reader;
 pub mod watch;
 
 pub use plan::{PartitionPlan, SourcePlan};
-pub use reader::{SourceSpec, SourceStats, SourceStreams, kafka_source};
+pub use reader::{SharedConsumer, SourceSpec, SourceStats, SourceStreams, kafka_source};
 pub use watch::PartitionWatch;

@@ -1,8 +1,9 @@
 //! The Kafka source operator.
 //!
-//! Each worker reads its share of the partitions (see [`super::plan`]) with
-//! one consumer whose partitions each have a queue of their own, so that
-//! end-of-partition events and errors are never ambiguous. It decodes every
+//! Each worker reads its share of the partitions (see [`super::plan`])
+//! through the process's consumer ([`SharedConsumer`]), each partition from a
+//! queue of its own, so that end-of-partition events and errors are never
+//! ambiguous and no worker sees another's messages. It decodes every
 //! message at once and emits three streams:
 //!
 //! * trades, normalized, in Kafka order per partition, each flagged
@@ -165,11 +166,37 @@ impl SourceStats {
     }
 }
 
+/// The consumer that one source's workers in a process share, created by
+/// the first of them with something to read. Each worker reads its own
+/// partitions through queues of their own, so sharing changes nothing for
+/// it; one consumer per process instead of one per worker halves, on two
+/// workers, the fetch requests the broker serves and librdkafka's threads.
+#[derive(Clone, Default)]
+pub struct SharedConsumer(Arc<std::sync::Mutex<Option<Arc<BaseConsumer<Quiet>>>>>);
+
+impl SharedConsumer {
+    /// The consumer, created from `client` by the first caller.
+    fn get(&self, client: &ClientConfig) -> crate::error::Result<Arc<BaseConsumer<Quiet>>> {
+        let mut shared = self.0.lock().expect("shared consumer");
+        if let Some(c) = shared.as_ref() {
+            return Ok(c.clone());
+        }
+        let c: Arc<BaseConsumer<Quiet>> = client
+            .create_with_context(Quiet)
+            .map(Arc::new)
+            .map_err(|e| crate::error::Error::kafka("create consumer", e))?;
+        *shared = Some(c.clone());
+        Ok(c)
+    }
+}
+
 /// What one source needs; cloned into every worker.
 #[derive(Clone)]
 pub struct SourceSpec {
     /// librdkafka settings of the consumer (brokers, security, group id, ...).
     pub client: ClientConfig,
+    /// The consumer this source's workers in this process share.
+    pub consumer: SharedConsumer,
     /// This worker's partitions at start.
     pub partitions: Vec<PartitionPlan>,
     /// Partitions added while the job runs (continuous runs only).
@@ -390,13 +417,10 @@ pub fn control_reason(policy: ControlPolicy, kind: ControlKind) -> Option<String
     }
 }
 
-/// Creates the worker's consumer: its partitions are added with
-/// [`add_partitions`].
+/// The process's consumer for this source (see [`SharedConsumer`]): the
+/// worker's partitions are added with [`add_partitions`].
 fn consumer(spec: &SourceSpec) -> crate::error::Result<Arc<BaseConsumer<Quiet>>> {
-    spec.client
-        .create_with_context(Quiet)
-        .map(Arc::new)
-        .map_err(|e| crate::error::Error::kafka("create consumer", e))
+    spec.consumer.get(&spec.client)
 }
 
 /// Gives each of `plans` a queue of its own, then assigns them (in that
@@ -606,11 +630,23 @@ pub fn kafka_source<'scope>(
                     match event {
                         Ok(m) => {
                             // Fetched before its queue was split: route it.
-                            if let Some(p) = parts
+                            // Queues are split before partitions are assigned,
+                            // so this is a safety net; a message of another
+                            // worker's partition (the consumer is shared)
+                            // cannot be passed on, so the run stops and
+                            // restarts from its checkpoint rather than lose it.
+                            match parts
                                 .iter_mut()
                                 .find(|p| p.s.plan.partition == m.partition() && p.s.plan.topic_name == m.topic())
                             {
-                                poll.message(&mut p.s, &m);
+                                Some(p) => poll.message(&mut p.s, &m),
+                                None => spec.stop.fail(format!(
+                                    "the consumer's main queue returned offset {} of {}/{}, a partition \
+                                     another worker reads",
+                                    m.offset(),
+                                    m.topic(),
+                                    m.partition()
+                                )),
                             }
                         }
                         Err(e) => {
