@@ -118,7 +118,7 @@ fn a_running_job_expires_old_snapshots() {
     let brokers = broker();
     let topics = topics("expiry");
     let dir = temp_dir("expiry");
-    ok(produce_cmd(&brokers, &topics).args(["--count", "0", "--quiet"]));
+    common::job::create_feed_topics(&brokers, &topics);
     let config = bronze_config(&dir, "expiry", &brokers, &topics, "");
     // [iceberg] is the config's last section.
     common::job::append_config(
@@ -127,21 +127,13 @@ fn a_running_job_expires_old_snapshots() {
     );
     let job = spawn_job(&config, "bronze", 1, &dir.join("job.log"));
     // A feed of 8 s at 500 msg/s: about 25 commits of 300 ms per table.
-    let truth = dir.join("truth.jsonl");
-    ok(produce_cmd(&brokers, &topics)
-        .args([
-            "--rate",
-            "500",
-            "--duration",
-            "8s",
-            "--duplicates",
-            "0.05",
-            "--malformed",
-            "0.02",
-        ])
-        .args(["--seed", "8", "--quiet", "--truth"])
-        .arg(&truth));
-    let exp = expected(&read_truth(&truth));
+    let feed = common::job::start_producer(&brokers, &topics, &dir, 500, 8, 8).wait();
+    assert!(
+        feed.is_ok_and(|s| s.success()),
+        "the producer failed: see {}",
+        dir.join("producer.log").display()
+    );
+    let exp = expected(&read_truth(&dir.join("truth.jsonl")));
     common::job::wait_for_offsets(&dir, "expiry", &exp.ends, 60);
     stop_job(job, &dir.join("job.log"));
     check_exactly_once(&dir, &topics, &exp, "expiry");

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::job::start_producer;
+use common::job::{create_feed_topics, start_producer};
 use common::store::*;
 use common::*;
 use rand::rngs::SmallRng;
@@ -24,11 +24,6 @@ fn start_job(config: &Path, workers: usize, log: &Path, fault: Option<&str>) -> 
         cmd.env("K2_FAULT", f);
     }
     cmd.spawn().expect("spawn k2 run")
-}
-
-/// Creates the topics before any job starts (a job refuses missing topics).
-fn create_topics(brokers: &str, topics: &(String, String)) {
-    ok(produce_cmd(brokers, topics).args(["--count", "0", "--quiet"]));
 }
 
 fn kill9(child: &mut Child) {
@@ -57,7 +52,7 @@ fn sigkill_at_random_moments_and_protocol_gaps_loses_and_duplicates_nothing() {
     let brokers = broker();
     let topics = topics("crash");
     let dir = temp_dir("crash");
-    create_topics(&brokers, &topics);
+    create_feed_topics(&brokers, &topics);
     let config = bronze_config(&dir, "crash", &brokers, &topics, "");
     kill_rounds(&config, &dir, &brokers, &topics, rounds(24), 5, Duration::ZERO);
 
@@ -80,7 +75,7 @@ fn on_s3_checkpoints_and_the_rest_catalog_sigkill_loses_and_duplicates_nothing()
     let brokers = broker();
     let topics = topics("crashs3");
     let dir = temp_dir("crashs3");
-    create_topics(&brokers, &topics);
+    create_feed_topics(&brokers, &topics);
     let catalog = Catalog::rest("crashs3");
     let config = job_config(&dir, "crashs3", &brokers, &topics, &catalog);
     // The killed holder's lease is taken over at once (its process is
@@ -173,7 +168,7 @@ fn a_second_instance_refuses_and_a_newer_generation_fences_the_old_one() {
     let brokers = broker();
     let topics = topics("fence");
     let dir = temp_dir("fence");
-    create_topics(&brokers, &topics);
+    create_feed_topics(&brokers, &topics);
     let config = bronze_config(&dir, "fence", &brokers, &topics, "");
     let mut first = start_job(&config, 1, &dir.join("first.log"), None);
     std::thread::sleep(Duration::from_millis(1500));
@@ -273,7 +268,7 @@ fn a_broker_restart_mid_run_loses_nothing() {
     let brokers = "127.0.0.1:19192".to_string();
     let topics = topics("restart");
     let dir = temp_dir("restart");
-    create_topics(&brokers, &topics);
+    create_feed_topics(&brokers, &topics);
     let config = bronze_config(&dir, "restart", &brokers, &topics, "");
     let mut producer = start_producer(&brokers, &topics, &dir, 1500, 12, 21);
     let mut job = start_job(&config, 2, &dir.join("job.log"), None);

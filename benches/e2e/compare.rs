@@ -833,6 +833,7 @@ fn latency_run(engine: &str, brokers: &str, rate: u64, plan: &Plan) -> Value {
         terminate(pid);
     }
     let (report, usage) = running.finish();
+    let switches_per_s = (usage.voluntary_switches + usage.involuntary_switches) as f64 / usage.wall_s.max(1e-3);
     let feed_messages = summary.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok());
     let mut out = json!({
         "engine": engine, "offered_rate": rate, "ready": ready, "producer": summary,
@@ -841,7 +842,7 @@ fn latency_run(engine: &str, brokers: &str, rate: u64, plan: &Plan) -> Value {
         "cpu_s": round(usage.cpu_s, 2), "wall_s": round(usage.wall_s, 2),
         "peak_rss_mib": round(usage.peak_rss_mib, 1), "broker_cpu_s": round(usage.broker_cpu_s, 2),
         "voluntary_switches": usage.voluntary_switches, "involuntary_switches": usage.involuntary_switches,
-        "switches_per_s": round((usage.voluntary_switches + usage.involuntary_switches) as f64 / usage.wall_s.max(1e-3), 0),
+        "switches_per_s": round(switches_per_s, 0),
         "peak_threads": usage.peak_threads,
         "busy_cores_before": busy_before, "load1_before": load_before, "load1_after": load1(),
         "drained_s": drained_s, "report": report,
@@ -868,7 +869,7 @@ fn latency_run(engine: &str, brokers: &str, rate: u64, plan: &Plan) -> Value {
             a["produce_to_detect"]["p99"],
             drained_s,
             usage.peak_threads,
-            (usage.voluntary_switches + usage.involuntary_switches) as f64 / usage.wall_s.max(1e-3),
+            switches_per_s,
             usage.voluntary_switches,
             usage.involuntary_switches,
         );

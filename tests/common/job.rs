@@ -213,16 +213,8 @@ pub fn create_feed_topics(brokers: &str, topics: &(String, String)) {
 pub fn start_producer(brokers: &str, topics: &(String, String), dir: &Path, rate: u64, secs: u64, seed: u64) -> Child {
     produce_cmd(brokers, topics)
         .args(["--rate", &rate.to_string(), "--duration", &format!("{secs}s")])
-        .args([
-            "--duplicates",
-            "0.05",
-            "--malformed",
-            "0.02",
-            "--seed",
-            &seed.to_string(),
-            "--quiet",
-        ])
-        .arg("--truth")
+        .args(mixed_feed(seed))
+        .args(["--quiet", "--truth"])
         .arg(dir.join("truth.jsonl"))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("producer.log")).unwrap())

@@ -274,29 +274,36 @@ pub fn ids(rows: &Value) -> Vec<String> {
 /// The bronze tables.
 pub const TABLES: [&str; 3] = ["bronze_binance_trades", "bronze_kraken_trades", "dead_letters"];
 
-/// Produces a known feed (2 topics x 4 partitions, duplicates and malformed
-/// messages) and returns its truth file.
-pub fn produce(dir: &Path, brokers: &str, topics: &(String, String), count: u64, seed: u64) -> PathBuf {
-    let truth = dir.join("truth.jsonl");
-    ok(produce_cmd(brokers, topics).args([
-        "--count",
-        &count.to_string(),
-        "--rate",
-        "0",
+/// The feed's mix in most tests: 5 % duplicates and 2 % malformed
+/// messages, from `seed`.
+pub fn mixed_feed(seed: u64) -> [String; 6] {
+    [
         "--duplicates",
         "0.05",
         "--malformed",
         "0.02",
         "--seed",
         &seed.to_string(),
-        "--event-start-ms",
-        "1767225600000",
-        "--symbols",
-        "BTC,ETH,SOL,DOGE,PEPE,XRP,ADA,AVAX",
-        "--quiet",
-        "--truth",
-        truth.to_str().unwrap(),
-    ]));
+    ]
+    .map(String::from)
+}
+
+/// Produces a known feed (2 topics x 4 partitions, duplicates and malformed
+/// messages) and returns its truth file.
+pub fn produce(dir: &Path, brokers: &str, topics: &(String, String), count: u64, seed: u64) -> PathBuf {
+    let truth = dir.join("truth.jsonl");
+    ok(produce_cmd(brokers, topics)
+        .args(["--count", &count.to_string(), "--rate", "0"])
+        .args(mixed_feed(seed))
+        .args([
+            "--event-start-ms",
+            "1767225600000",
+            "--symbols",
+            "BTC,ETH,SOL,DOGE,PEPE,XRP,ADA,AVAX",
+            "--quiet",
+            "--truth",
+            truth.to_str().unwrap(),
+        ]));
     truth
 }
 

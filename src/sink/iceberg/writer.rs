@@ -13,8 +13,7 @@
 //! keeps them and the capability, deletes the files the attempt began, and
 //! the whole group is written again after an exponential backoff (capped at
 //! 30 s; the log says the real wait). Meanwhile the writer holds a
-//! [`Stall`], and the sources stop
-//! reading, so memory stays bounded. The job may stall on a full disk, but it
+//! [`Stall`], and the sources stop reading, so memory stays bounded. The job may stall on a full disk, but it
 //! never commits a group without its rows.
 
 use super::rows::{RowContext, TableRow};

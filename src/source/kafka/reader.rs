@@ -417,12 +417,6 @@ pub fn control_reason(policy: ControlPolicy, kind: ControlKind) -> Option<String
     }
 }
 
-/// The process's consumer for this source (see [`SharedConsumer`]): the
-/// worker's partitions are added with [`add_partitions`].
-fn consumer(spec: &SourceSpec) -> crate::error::Result<Arc<BaseConsumer<Quiet>>> {
-    spec.consumer.get(&spec.client)
-}
-
 /// Gives each of `plans` a queue of its own, then assigns them (in that
 /// order, so that no message reaches the consumer's main queue).
 fn add_partitions(
@@ -508,7 +502,7 @@ pub fn kafka_source<'scope>(
     let mut client = None;
     let mut parts = Vec::new();
     if !spec.partitions.is_empty() {
-        let c = consumer(&spec)?;
+        let c = spec.consumer.get(&spec.client)?;
         parts = add_partitions(&c, spec.partitions.clone(), &wake, &spec.stats)?;
         client = Some(c);
     }
@@ -583,7 +577,7 @@ pub fn kafka_source<'scope>(
                 if !new.is_empty() {
                     let added = match &client {
                         Some(c) => add_partitions(c, new.clone(), &wake, &spec.stats),
-                        None => consumer(&spec).and_then(|c| {
+                        None => spec.consumer.get(&spec.client).and_then(|c| {
                             let added = add_partitions(&c, new.clone(), &wake, &spec.stats);
                             client = Some(c);
                             added
